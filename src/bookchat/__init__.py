@@ -1,0 +1,3 @@
+"""bookchat: chat with your Docusaurus book."""
+
+__version__ = "0.1.0"
