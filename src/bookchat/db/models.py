@@ -1,0 +1,74 @@
+"""The data model of BRIEF §8 on advanced-alchemy bases with portable column types."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.base import UUIDv7Base
+from advanced_alchemy.types import GUID, DateTimeUTC, JsonB
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(UUIDv7Base):
+    """An anonymous reader identified by an opaque bearer token (stored hashed)."""
+
+    __tablename__ = "users"
+
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tier: Mapped[str] = mapped_column(String(16), default="token")
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+
+
+class ChatSession(UUIDv7Base):
+    """A conversation; `status` is `active` or `archived` (soft delete)."""
+
+    __tablename__ = "chat_sessions"
+    __table_args__ = (Index("ix_chat_sessions_user_activity", "user_id", "last_activity"),)
+
+    user_id: Mapped[UUID] = mapped_column(GUID, ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    last_activity: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="session", lazy="noload", cascade="all, delete-orphan"
+    )
+
+
+class Message(UUIDv7Base):
+    """One user question or assistant answer."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_session_created", "session_id", "created_at"),)
+
+    session_id: Mapped[UUID] = mapped_column(
+        GUID, ForeignKey("chat_sessions.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(String(16))  # user | assistant
+    content: Mapped[str] = mapped_column(Text, default="")
+    retrieval_mode: Mapped[str] = mapped_column(String(32), default="normal")
+    selected_text: Mapped[str | None] = mapped_column(Text, default=None)
+    source_doc_path: Mapped[str | None] = mapped_column(String(512), default=None)
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JsonB, default=list)
+    chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="complete")
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    model: Mapped[str | None] = mapped_column(String(128), default=None)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    latency_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    feedback_rating: Mapped[str | None] = mapped_column(String(8), default=None)
+    feedback_comment: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+
+    session: Mapped[ChatSession] = relationship(back_populates="messages", lazy="noload")

@@ -1,0 +1,151 @@
+"""Repositories and services for users, chat sessions and messages.
+
+Every read of user data is scoped by its owner: a foreign id is simply "not found".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import func, select, update
+
+from bookchat.db.models import ChatSession, Message, User, utcnow
+
+TOKEN_PREFIX = "bc_"
+
+
+def hash_token(token: str) -> str:
+    """Tokens are random (256 bits), so a plain SHA-256 is enough; no salt or KDF needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def session_title(message: str, limit: int = 100) -> str:
+    """The first message, cut at a word boundary to at most `limit` characters."""
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut[: cut.rfind(" ")]
+    return cut.rstrip(" ,.;:-") + "…"
+
+
+class UserService(SQLAlchemyAsyncRepositoryService[User]):
+    class Repo(SQLAlchemyAsyncRepository[User]):
+        model_type = User
+
+    repository_type = Repo
+
+    async def by_token(self, token: str) -> User | None:
+        return await self.get_one_or_none(token_hash=hash_token(token))
+
+    async def create_with_token(self, tier: str = "token") -> tuple[User, str]:
+        """A new user and its token; the token is returned once and stored only as a hash."""
+        token = new_token()
+        user = await self.create(User(token_hash=hash_token(token), tier=tier))
+        return user, token
+
+
+class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
+    class Repo(SQLAlchemyAsyncRepository[ChatSession]):
+        model_type = ChatSession
+
+    repository_type = Repo
+
+    async def get_owned(self, session_id: UUID, user_id: UUID) -> ChatSession | None:
+        """The active session if it belongs to `user_id`, else None."""
+        return await self.get_one_or_none(id=session_id, user_id=user_id, status="active")
+
+    async def list_for_user(
+        self, user_id: UUID, *, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Active sessions, newest activity first, with their message counts, and the total."""
+        counts = (
+            select(Message.session_id, func.count(Message.id).label("n"))
+            .group_by(Message.session_id)
+            .subquery()
+        )
+        owned = (ChatSession.user_id == user_id) & (ChatSession.status == "active")
+        rows = await self.repository.session.execute(
+            select(ChatSession, func.coalesce(counts.c.n, 0))
+            .outerjoin(counts, counts.c.session_id == ChatSession.id)
+            .where(owned)
+            .order_by(ChatSession.last_activity.desc(), ChatSession.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        total = await self.repository.session.scalar(select(func.count()).where(owned))
+        sessions = [
+            {
+                "id": chat.id,
+                "title": chat.title,
+                "message_count": int(count),
+                "last_activity": chat.last_activity,
+                "created_at": chat.created_at,
+            }
+            for chat, count in rows.all()
+        ]
+        return sessions, int(total or 0)
+
+    async def touch(self, session_id: UUID) -> None:
+        await self.repository.session.execute(
+            update(ChatSession).where(ChatSession.id == session_id).values(last_activity=utcnow())
+        )
+
+    async def archive_idle(self, idle_days: int, *, now: datetime | None = None) -> int:
+        """Soft-delete active sessions with no activity for `idle_days`; returns how many."""
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=idle_days)
+        result = await self.repository.session.execute(
+            update(ChatSession)
+            .where(ChatSession.status == "active", ChatSession.last_activity < cutoff)
+            .values(status="archived")
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+class MessageService(SQLAlchemyAsyncRepositoryService[Message]):
+    class Repo(SQLAlchemyAsyncRepository[Message]):
+        model_type = Message
+
+    repository_type = Repo
+
+    async def list_for_session(self, session_id: UUID) -> list[Message]:
+        """Messages in chronological order (UUIDv7 ids break timestamp ties)."""
+        rows = await self.repository.session.scalars(
+            select(Message)
+            .where(Message.session_id == session_id)
+            .order_by(Message.created_at, Message.id)
+        )
+        return list(rows)
+
+    async def recent_history(self, session_id: UUID, limit: int) -> list[Message]:
+        """The last `limit` complete messages, oldest first (prompt history)."""
+        rows = await self.repository.session.scalars(
+            select(Message)
+            .where(Message.session_id == session_id, Message.status != "failed")
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(limit)
+        )
+        return list(reversed(list(rows)))
+
+    async def get_owned(self, message_id: UUID, user_id: UUID) -> Message | None:
+        """The message if its session belongs to `user_id` and is active, else None."""
+        return await self.repository.session.scalar(
+            select(Message)
+            .join(ChatSession, ChatSession.id == Message.session_id)
+            .where(
+                Message.id == message_id,
+                ChatSession.user_id == user_id,
+                ChatSession.status == "active",
+            )
+        )

@@ -1,0 +1,181 @@
+"""One frozen settings object, read from the environment (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+SAMPLE_BOOK = Path(__file__).parent / "sample_book" / "docs"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    """Every knob of the service. Field `foo_bar` is read from the variable `FOO_BAR`."""
+
+    database_url: str = "sqlite+aiosqlite:///./var/bookchat.db"
+    database_pool_size: int = 10
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_collection: str = "bookchat"
+    qdrant_path: str = "./var/qdrant"
+    gemini_api_key: str | None = None
+    # Only for tests and the benchmark: point google-genai at a fake Gemini server.
+    gemini_base_url: str | None = None
+    chat_model: str = "gemini-2.5-flash"
+    fallback_model: str | None = "gemini-2.5-flash-lite"
+    embedding_model: str = "gemini-embedding-001"
+    embedding_dim: int = 768
+    first_token_timeout: float = 20.0
+    total_timeout: float = 120.0
+    book_title: str = "this book"
+    site_url: str = "http://localhost:3000"
+    docs_path: str = str(SAMPLE_BOOK)
+    cors_origins: tuple[str, ...] = ()
+    redis_url: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()
+    rate_limit_anonymous: int = 10
+    rate_limit_token: int = 20
+    rate_limit_ip: int = 60
+    rate_limit_api_key: int = 100
+    rate_limit_window: int = 60
+    history_messages: int = 10
+    max_body_bytes: int = 131_072
+    sse_ping_interval: float = 15.0
+    health_timeout: float = 2.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check_database_url(self.database_url)
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"TRUSTED_PROXIES: {proxy!r} is not an IP address or CIDR network"
+                ) from None
+        positive = {
+            "EMBEDDING_DIM": self.embedding_dim,
+            "PORT": self.port,
+            "WORKERS": self.workers,
+            "RATE_LIMIT_ANONYMOUS": self.rate_limit_anonymous,
+            "RATE_LIMIT_TOKEN": self.rate_limit_token,
+            "RATE_LIMIT_IP": self.rate_limit_ip,
+            "RATE_LIMIT_API_KEY": self.rate_limit_api_key,
+            "RATE_LIMIT_WINDOW": self.rate_limit_window,
+            "MAX_BODY_BYTES": self.max_body_bytes,
+            "DATABASE_POOL_SIZE": self.database_pool_size,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise SettingsError(f"{name}: must be a positive number, got {value}")
+        if self.port > 65535:
+            raise SettingsError(f"PORT: must be at most 65535, got {self.port}")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise SettingsError(
+                f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"
+            )
+        if not self.site_url.startswith(("http://", "https://")):
+            raise SettingsError(f"SITE_URL: expected an http(s) URL, got {self.site_url!r}")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def offline(self) -> bool:
+        """No Gemini key: BM25-only retrieval and the extractive answerer."""
+        return not self.gemini_api_key
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def _check_database_url(url: str) -> None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError(
+            f"DATABASE_URL: {url!r} is not a database URL; expected e.g. "
+            "sqlite+aiosqlite:///./var/bookchat.db or postgresql+asyncpg://user:pass@host/db"
+        ) from None
+    if parsed.drivername not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+        raise SettingsError(
+            f"DATABASE_URL: driver {parsed.drivername!r} is not supported; "
+            "use sqlite+aiosqlite:// or postgresql+asyncpg://"
+        )
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the common `postgres://` / `postgresql://` / `sqlite://` forms too."""
+    for prefix, replacement in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(prefix):
+            return replacement + url[len(prefix) :]
+    return url
+
+
+_LIST_FIELDS = {"cors_origins", "trusted_proxies", "api_keys"}
+
+
+def load_settings(environ: dict[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    """Read settings from `environ` (default: os.environ over an optional .env file)."""
+    values: dict[str, str] = {}
+    if environ is None:
+        if env_file and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ)
+    else:
+        values.update(environ)
+    raw: dict[str, Any] = {}
+    for field in msgspec.structs.fields(Settings):
+        value = values.get(field.name.upper())
+        if value is None:
+            continue
+        value = value.strip()
+        if field.name in _LIST_FIELDS:
+            raw[field.name] = [item.strip() for item in value.split(",") if item.strip()]
+        elif value == "" and field.default is None:
+            raw[field.name] = None
+        elif field.name == "database_url":
+            raw[field.name] = normalise_database_url(value)
+        else:
+            raw[field.name] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    # msgspec says "Expected `int`, got `str` - at `$.port`": name the variable instead.
+    if " - at `$." in message:
+        text, _, path = message.rpartition(" - at `$.")
+        name = path.rstrip("`").split("[")[0].upper()
+        return f"{name}: {text}"
+    return message
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()
