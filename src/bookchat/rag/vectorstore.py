@@ -1,0 +1,668 @@
+"""The two `VectorStore` implementations: embedded (qdrant-edge) and Qdrant server.
+
+Both hold one collection with named vectors `dense` (cosine, only when a dense model
+is configured) and `sparse` (BM25 from `rag.sparse`, IDF modifier), keyword payload
+indexes on `FILTER_FIELDS`, and hybrid search fused by the engine with RRF (k=2, the
+Qdrant default, so both engines rank alike). The collection's embedding model, dense
+dimension and sparse encoding are stored with it and checked by `ensure_collection`.
+
+Embedded engine and several processes: qdrant-edge takes an exclusive, non-blocking
+lock on the shard's WAL, so a second opener (another granian worker, or `bookchat
+ingest` while the server runs) fails at once; there is no read-only mode. We turn that
+into `VectorStoreUnavailableError` naming the fix. Never disable the WAL: without it
+there is no lock and a second opener breaks the first one's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import httpx
+import msgspec
+import qdrant_edge as edge
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from bookchat.rag.sparse import SPARSE_MODEL, SparseVector, encode_document, encode_query
+from bookchat.rag.types import (
+    FILTER_FIELDS,
+    ChunkPayload,
+    ChunkRecord,
+    CollectionMismatchError,
+    SearchFilters,
+    SearchHit,
+    StoredPoint,
+    VectorStore,
+    VectorStoreUnavailableError,
+)
+
+__all__ = [
+    "CollectionMeta",
+    "EmbeddedVectorStore",
+    "QdrantServerStore",
+    "make_vector_store",
+]
+
+DENSE = "dense"
+SPARSE = "sparse"
+RRF_K = 2
+# Each branch of a hybrid query fetches this many candidates per requested hit.
+PREFETCH_FACTOR = 4
+PREFETCH_MIN = 20
+_SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index"]
+_SCROLL_PAGE = 1000
+_UPSERT_BATCH = 256
+# Queries measured cheaper than this run inline: a thread hop would cost more than it saves.
+INLINE_QUERY_BUDGET_S = 0.0005
+
+T = TypeVar("T")
+
+
+class CollectionMeta(msgspec.Struct, kw_only=True, frozen=True):
+    """What a collection was built with; a difference means it must be rebuilt."""
+
+    embedding_model: str | None
+    dense_dim: int | None
+    sparse_model: str = SPARSE_MODEL
+    format: int = 1
+
+
+def _check_compatible(
+    collection: str, found: CollectionMeta | None, wanted: CollectionMeta
+) -> None:
+    if found == wanted:
+        return
+    if found is None:
+        built = "without bookchat metadata"
+    else:
+        built = (
+            f"with embedding model {found.embedding_model or 'none (BM25 only)'}, "
+            f"dense dim {found.dense_dim}, sparse {found.sparse_model}"
+        )
+    raise CollectionMismatchError(
+        f"vector collection {collection!r} was built {built}, but the settings ask for "
+        f"embedding model {wanted.embedding_model or 'none (BM25 only)'}, dense dim "
+        f"{wanted.dense_dim}, sparse {wanted.sparse_model}. Rebuild it with "
+        "`bookchat ingest --recreate` (or restore the previous settings)."
+    )
+
+
+def _filter_terms(filters: SearchFilters | None) -> list[tuple[str, list[str]]]:
+    """(payload field, allowed values) for every non-empty filter list."""
+    if filters is None or filters.is_empty():
+        return []
+    pairs = zip(
+        FILTER_FIELDS,
+        (filters.modules, filters.chapters, filters.content_types, filters.tags, filters.doc_paths),
+        strict=True,
+    )
+    return [(field, list(values)) for field, values in pairs if values]
+
+
+def _prefetch_limit(limit: int) -> int:
+    return max(limit * PREFETCH_FACTOR, PREFETCH_MIN)
+
+
+def _payload_dict(payload: ChunkPayload) -> dict[str, Any]:
+    return msgspec.to_builtins(payload)
+
+
+def _stored_point(point_id: object, payload: dict[str, Any] | None) -> StoredPoint:
+    payload = payload or {}
+    return StoredPoint(
+        id=str(point_id),
+        doc_path=str(payload.get("doc_path", "")),
+        content_hash=str(payload.get("content_hash", "")),
+        chunk_index=int(payload.get("chunk_index", 0)),
+    )
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+class EmbeddedVectorStore:
+    """The collection as a qdrant-edge shard in this process, under `path/<collection>/`.
+
+    Reads that measure under `INLINE_QUERY_BUDGET_S` run on the event loop; slower
+    ones and every write run in a worker thread. The shard is internally synchronised
+    (concurrent queries and updates from threads are safe); `_lock` only serialises
+    writes with opening, recreating and closing the shard.
+    """
+
+    def __init__(self, path: Path, collection: str) -> None:
+        self._root = Path(path)
+        self._collection = collection
+        self._shard_dir = self._root / collection
+        self._meta_file = self._root / f"{collection}.meta.json"
+        self._shard: edge.EdgeShard | None = None
+        self._meta: CollectionMeta | None = None
+        self._lock = threading.Lock()
+        self._query_cost_s: float | None = None  # moving average of measured query time
+
+    # ---- opening
+
+    def _exists(self) -> bool:
+        return (self._shard_dir / "edge_config.json").exists()
+
+    def _read_meta(self) -> CollectionMeta | None:
+        try:
+            return msgspec.json.decode(self._meta_file.read_bytes(), type=CollectionMeta)
+        except FileNotFoundError:
+            return None
+
+    def _write_meta(self, meta: CollectionMeta) -> None:
+        self._root.mkdir(parents=True, exist_ok=True)
+        tmp = self._meta_file.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(meta))
+        tmp.replace(self._meta_file)  # atomic: a crash never leaves half a meta file
+
+    def _load_locked(self) -> edge.EdgeShard | None:
+        """Open the existing shard (caller holds `_lock`); None when there is none."""
+        if self._shard is not None:
+            return self._shard
+        if not self._exists():
+            return None
+        try:
+            self._shard = edge.EdgeShard.load(str(self._shard_dir))
+        except Exception as exc:
+            raise self._open_error(exc) from exc
+        self._meta = self._read_meta()
+        return self._shard
+
+    def _open_error(self, exc: Exception) -> VectorStoreUnavailableError:
+        if "WouldBlock" in str(exc):
+            return VectorStoreUnavailableError(
+                f"the embedded vector store {self._shard_dir} is open in another process "
+                "(qdrant-edge allows one process per shard). Run the server with one "
+                "worker, stop it before `bookchat ingest`, or set QDRANT_URL to share a "
+                "Qdrant server between processes."
+            )
+        return VectorStoreUnavailableError(
+            f"cannot open embedded vector store {self._shard_dir}: {exc}"
+        )
+
+    def _shard_for_read(self) -> edge.EdgeShard | None:
+        if self._shard is not None:
+            return self._shard
+        with self._lock:
+            return self._load_locked()
+
+    async def _write(self, fn: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn()
+
+        return await anyio.to_thread.run_sync(locked)
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        """Run a read inline when it has measured sub-budget, else in a thread."""
+
+        def timed() -> T:
+            start = time.perf_counter()
+            try:
+                return fn()
+            finally:
+                elapsed = time.perf_counter() - start
+                previous = self._query_cost_s
+                self._query_cost_s = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
+
+        cost = self._query_cost_s
+        if cost is not None and cost < INLINE_QUERY_BUDGET_S and self._shard is not None:
+            return timed()
+        return await anyio.to_thread.run_sync(timed)
+
+    # ---- VectorStore
+
+    async def ensure_collection(
+        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+    ) -> None:
+        """Create the shard if missing; raise CollectionMismatchError if incompatible."""
+        wanted = CollectionMeta(embedding_model=embedding_model, dense_dim=dense_dim)
+
+        def ensure() -> None:
+            if recreate:
+                self._close_locked()
+                shutil.rmtree(self._shard_dir, ignore_errors=True)
+                self._meta_file.unlink(missing_ok=True)
+            if self._exists():
+                _check_compatible(self._collection, self._read_meta(), wanted)
+                self._load_locked()
+                return
+            # Meta first: a crash before the shard exists leaves nothing that looks built.
+            self._write_meta(wanted)
+            vectors = (
+                {DENSE: edge.EdgeVectorParams(size=dense_dim, distance=edge.Distance.Cosine)}
+                if dense_dim
+                else None
+            )
+            config = edge.EdgeConfig(
+                vectors=vectors,
+                sparse_vectors={SPARSE: edge.EdgeSparseVectorParams(modifier=edge.Modifier.Idf)},
+            )
+            try:
+                shard = edge.EdgeShard.create(str(self._shard_dir), config)
+            except Exception as exc:
+                raise self._open_error(exc) from exc
+            for field in FILTER_FIELDS:
+                shard.update(
+                    edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword)
+                )
+            shard.flush()
+            self._shard, self._meta = shard, wanted
+
+        await self._write(ensure)
+
+    def _require_shard(self) -> edge.EdgeShard:
+        shard = self._load_locked()
+        if shard is None:
+            raise VectorStoreUnavailableError(
+                f"vector collection {self._collection!r} does not exist yet: run `bookchat ingest`"
+            )
+        return shard
+
+    async def upsert(self, records: Sequence[ChunkRecord]) -> None:
+        """Insert or replace points: BM25 vector always, dense vector when given."""
+        if not records:
+            return
+
+        def upsert() -> None:
+            shard = self._require_shard()
+            points = []
+            for record in records:
+                sparse = encode_document(record.payload.text)
+                vector: dict[str, Any] = {SPARSE: edge.SparseVector(sparse.indices, sparse.values)}
+                if record.dense is not None:
+                    vector[DENSE] = record.dense
+                points.append(edge.Point(record.id, vector, _payload_dict(record.payload)))
+            shard.update(edge.UpdateOperation.upsert_points(points))
+
+        await self._write(upsert)
+
+    async def set_payloads(self, payloads: Sequence[tuple[str, ChunkPayload]]) -> None:
+        """Replace the payload of existing points without touching their vectors."""
+        if not payloads:
+            return
+
+        def overwrite() -> None:
+            shard = self._require_shard()
+            for point_id, payload in payloads:
+                shard.update(
+                    edge.UpdateOperation.overwrite_payload([point_id], _payload_dict(payload))
+                )
+
+        await self._write(overwrite)
+
+    async def delete(self, ids: Sequence[str]) -> None:
+        """Delete points by id; unknown ids are ignored."""
+        if not ids:
+            return
+        await self._write(
+            lambda: self._require_shard().update(edge.UpdateOperation.delete_points(list(ids)))
+        )
+
+    async def stored_points(self) -> list[StoredPoint]:
+        """Every point's id, doc_path, content_hash and chunk_index."""
+
+        def scroll() -> list[StoredPoint]:
+            shard = self._shard_for_read()
+            if shard is None:
+                return []
+            found: list[StoredPoint] = []
+            offset: Any = None
+            selector = edge.PayloadSelector.Include(_SYNC_FIELDS)
+            while True:
+                request = edge.ScrollRequest(
+                    offset=offset, limit=_SCROLL_PAGE, with_payload=selector
+                )
+                records, offset = shard.scroll(request)
+                found.extend(_stored_point(r.id, r.payload) for r in records)
+                if offset is None:
+                    return found
+
+        return await anyio.to_thread.run_sync(scroll)
+
+    def _query_request(
+        self, query_text: str, dense: list[float] | None, filters: SearchFilters | None, limit: int
+    ) -> edge.QueryRequest | None:
+        terms = _filter_terms(filters)
+        payload_filter = (
+            edge.Filter(
+                must=[
+                    edge.FieldCondition(field, match=edge.MatchAny(values))
+                    for field, values in terms
+                ]
+            )
+            if terms
+            else None
+        )
+        sparse = encode_query(query_text)
+        # A BM25-only collection (built offline) cannot answer a dense query.
+        if self._meta is not None and self._meta.dense_dim is None:
+            dense = None
+        if dense is None:
+            if sparse.is_empty():
+                return None
+            return edge.QueryRequest(
+                limit=limit,
+                query=edge.Query.Nearest(
+                    edge.SparseVector(sparse.indices, sparse.values), using=SPARSE
+                ),
+                filter=payload_filter,
+                with_payload=True,
+            )
+        branch = _prefetch_limit(limit)
+        prefetches = [
+            edge.Prefetch(
+                limit=branch, query=edge.Query.Nearest(dense, using=DENSE), filter=payload_filter
+            )
+        ]
+        if not sparse.is_empty():
+            sparse_query = edge.Query.Nearest(
+                edge.SparseVector(sparse.indices, sparse.values), using=SPARSE
+            )
+            prefetches.append(
+                edge.Prefetch(limit=branch, query=sparse_query, filter=payload_filter)
+            )
+        # The stub types Fusion.Rrf as not a Fusion; the engine takes it (see tests).
+        fusion: Any = edge.Fusion.Rrf(k=RRF_K)
+        return edge.QueryRequest(
+            limit=limit, prefetches=prefetches, query=fusion, with_payload=True
+        )
+
+    async def search(
+        self,
+        *,
+        query_text: str,
+        dense: list[float] | None,
+        filters: SearchFilters | None,
+        limit: int,
+    ) -> list[SearchHit]:
+        """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
+
+        def query() -> list[SearchHit]:
+            shard = self._shard_for_read()
+            if shard is None:
+                return []
+            request = self._query_request(query_text, dense, filters, limit)
+            if request is None:
+                return []
+            try:
+                points = shard.query(request)
+            except Exception as exc:
+                raise VectorStoreUnavailableError(
+                    f"embedded vector store query failed: {exc}"
+                ) from exc
+            return [
+                SearchHit(
+                    id=str(p.id),
+                    score=float(p.score),
+                    payload=msgspec.convert(p.payload, ChunkPayload),
+                )
+                for p in points
+            ]
+
+        return await self._read(query)
+
+    async def count(self) -> int:
+        """Number of points in the collection (0 when it does not exist)."""
+
+        def count() -> int:
+            shard = self._shard_for_read()
+            return 0 if shard is None else shard.count(edge.CountRequest(exact=True))
+
+        return await self._read(count)
+
+    async def ping(self) -> None:
+        """Raise VectorStoreUnavailableError if the shard cannot be opened or read."""
+
+        def ping() -> None:
+            shard = self._shard_for_read()
+            if shard is not None:
+                try:
+                    shard.count(edge.CountRequest(exact=False))
+                except Exception as exc:
+                    raise VectorStoreUnavailableError(
+                        f"embedded vector store failed: {exc}"
+                    ) from exc
+
+        await anyio.to_thread.run_sync(ping)
+
+    def _close_locked(self) -> None:
+        if self._shard is not None:
+            shard, self._shard, self._meta = self._shard, None, None
+            shard.flush()
+            shard.close()
+
+    async def close(self) -> None:
+        """Flush to disk and release the shard (and its lock on the directory)."""
+        await self._write(self._close_locked)
+
+
+# --------------------------------------------------------------------------- server
+
+
+@contextlib.contextmanager
+def _server_errors(what: str) -> Iterator[None]:
+    """Map transport failures of qdrant-client to VectorStoreUnavailableError."""
+    try:
+        yield
+    except (ResponseHandlingException, httpx.HTTPError, OSError, TimeoutError) as exc:
+        raise VectorStoreUnavailableError(
+            f"Qdrant server unreachable during {what}: {exc}"
+        ) from exc
+    except UnexpectedResponse as exc:
+        if (
+            exc.status_code is not None
+            and exc.status_code < 500
+            and exc.status_code not in (401, 403)
+        ):
+            raise
+        raise VectorStoreUnavailableError(f"Qdrant server failed during {what}: {exc}") from exc
+
+
+def _is_missing_collection(exc: Exception) -> bool:
+    # Local mode raises ValueError("Collection ... not found"); a server answers 404.
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404
+    return isinstance(exc, ValueError) and "not found" in str(exc)
+
+
+def _server_sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=vector.indices, values=vector.values)
+
+
+class QdrantServerStore:
+    """The collection on a Qdrant server (or qdrant-client local mode) via AsyncQdrantClient."""
+
+    def __init__(self, client: AsyncQdrantClient, collection: str) -> None:
+        self._client = client
+        self._collection = collection
+        self._has_dense: bool | None = None  # learnt from the collection's metadata
+
+    async def ensure_collection(
+        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+    ) -> None:
+        """Create the collection if missing; raise CollectionMismatchError if incompatible."""
+        wanted = CollectionMeta(embedding_model=embedding_model, dense_dim=dense_dim)
+        client, name = self._client, self._collection
+        with _server_errors("ensure_collection"):
+            if recreate:
+                await client.delete_collection(name)
+            if await client.collection_exists(name):
+                info = await client.get_collection(name)
+                raw = info.config.metadata
+                found = msgspec.convert(raw, CollectionMeta) if raw else None
+                _check_compatible(name, found, wanted)
+                self._has_dense = dense_dim is not None
+                return
+            vectors = (
+                {DENSE: models.VectorParams(size=dense_dim, distance=models.Distance.COSINE)}
+                if dense_dim
+                else {}
+            )
+            await client.create_collection(
+                name,
+                vectors_config=vectors,
+                sparse_vectors_config={
+                    SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
+                metadata=msgspec.to_builtins(wanted),
+            )
+            for field in FILTER_FIELDS:
+                await client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+            self._has_dense = dense_dim is not None
+
+    async def upsert(self, records: Sequence[ChunkRecord]) -> None:
+        """Insert or replace points: BM25 vector always, dense vector when given."""
+        for start in range(0, len(records), _UPSERT_BATCH):
+            points = []
+            for record in records[start : start + _UPSERT_BATCH]:
+                vector: dict[str, Any] = {
+                    SPARSE: _server_sparse(encode_document(record.payload.text))
+                }
+                if record.dense is not None:
+                    vector[DENSE] = record.dense
+                points.append(
+                    models.PointStruct(
+                        id=record.id, vector=vector, payload=_payload_dict(record.payload)
+                    )
+                )
+            with _server_errors("upsert"):
+                await self._client.upsert(self._collection, points=points, wait=True)
+
+    async def set_payloads(self, payloads: Sequence[tuple[str, ChunkPayload]]) -> None:
+        """Replace the payload of existing points without touching their vectors."""
+        if not payloads:
+            return
+        operations: list[models.UpdateOperation] = [
+            models.OverwritePayloadOperation(
+                overwrite_payload=models.SetPayload(
+                    payload=_payload_dict(payload), points=[point_id]
+                )
+            )
+            for point_id, payload in payloads
+        ]
+        with _server_errors("set_payloads"):
+            await self._client.batch_update_points(self._collection, operations, wait=True)
+
+    async def delete(self, ids: Sequence[str]) -> None:
+        """Delete points by id; unknown ids are ignored."""
+        if not ids:
+            return
+        selector = models.PointIdsList(points=list(ids))
+        with _server_errors("delete"):
+            await self._client.delete(self._collection, points_selector=selector, wait=True)
+
+    async def stored_points(self) -> list[StoredPoint]:
+        """Every point's id, doc_path, content_hash and chunk_index."""
+        found: list[StoredPoint] = []
+        offset: Any = None
+        with _server_errors("stored_points"):
+            if not await self._client.collection_exists(self._collection):
+                return []
+            while True:
+                records, offset = await self._client.scroll(
+                    self._collection, limit=_SCROLL_PAGE, offset=offset, with_payload=_SYNC_FIELDS
+                )
+                found.extend(_stored_point(r.id, r.payload) for r in records)
+                if offset is None:
+                    return found
+
+    async def search(
+        self,
+        *,
+        query_text: str,
+        dense: list[float] | None,
+        filters: SearchFilters | None,
+        limit: int,
+    ) -> list[SearchHit]:
+        """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
+        terms = _filter_terms(filters)
+        payload_filter = (
+            models.Filter(
+                must=[models.FieldCondition(key=f, match=models.MatchAny(any=v)) for f, v in terms]
+            )
+            if terms
+            else None
+        )
+        sparse = encode_query(query_text)
+        use_dense = dense is not None and self._has_dense is not False
+        kwargs: dict[str, Any]
+        if use_dense:
+            branch = _prefetch_limit(limit)
+            prefetch = [
+                models.Prefetch(query=dense, using=DENSE, limit=branch, filter=payload_filter)
+            ]
+            if not sparse.is_empty():
+                prefetch.append(
+                    models.Prefetch(
+                        query=_server_sparse(sparse),
+                        using=SPARSE,
+                        limit=branch,
+                        filter=payload_filter,
+                    )
+                )
+            kwargs = {"prefetch": prefetch, "query": models.FusionQuery(fusion=models.Fusion.RRF)}
+        elif sparse.is_empty():
+            return []
+        else:
+            kwargs = {
+                "query": _server_sparse(sparse),
+                "using": SPARSE,
+                "query_filter": payload_filter,
+            }
+        try:
+            with _server_errors("search"):
+                response = await self._client.query_points(
+                    self._collection, limit=limit, with_payload=True, **kwargs
+                )
+        except (UnexpectedResponse, ValueError) as exc:
+            if _is_missing_collection(exc):
+                return []
+            raise
+        return [
+            SearchHit(
+                id=str(p.id), score=float(p.score), payload=msgspec.convert(p.payload, ChunkPayload)
+            )
+            for p in response.points
+        ]
+
+    async def count(self) -> int:
+        """Number of points in the collection (0 when it does not exist)."""
+        try:
+            with _server_errors("count"):
+                return (await self._client.count(self._collection, exact=True)).count
+        except (UnexpectedResponse, ValueError) as exc:
+            if _is_missing_collection(exc):
+                return 0
+            raise
+
+    async def ping(self) -> None:
+        """Raise VectorStoreUnavailableError if the server cannot answer."""
+        with _server_errors("ping"):
+            await self._client.get_collections()
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self._client.close()
+
+
+def make_vector_store(
+    *, qdrant_url: str | None, qdrant_api_key: str | None, collection: str, embedded_path: Path
+) -> VectorStore:
+    """A Qdrant server store when `qdrant_url` is set, else the embedded store."""
+    if qdrant_url:
+        # No version check at construction: it is a blocking request in __init__.
+        client = AsyncQdrantClient(
+            url=qdrant_url, api_key=qdrant_api_key, timeout=10, check_compatibility=False
+        )
+        return QdrantServerStore(client, collection)
+    return EmbeddedVectorStore(embedded_path, collection)
