@@ -289,7 +289,7 @@ async def test_make_vector_store_picks_the_implementation(tmp_path: Path) -> Non
     assert isinstance(embedded, EmbeddedVectorStore)
     server = make_vector_store(
         qdrant_url="http://127.0.0.1:1",
-        qdrant_api_key="k",
+        qdrant_api_key=None,
         collection=COLLECTION,
         embedded_path=tmp_path,
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import httpx
 import msgspec
@@ -216,6 +217,8 @@ class EmbeddedVectorStore:
 
         cost = self._query_cost_s
         if cost is not None and cost < INLINE_QUERY_BUDGET_S and self._shard is not None:
+            # Yield once so a caller looping over searches cannot starve other tasks.
+            await anyio.lowlevel.checkpoint()
             return timed()
         return await anyio.to_thread.run_sync(timed)
 
