@@ -1,0 +1,115 @@
+"""The one place the application is assembled: `create_app()`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.response import Redirect
+from litestar.static_files import create_static_files_router
+
+from bookchat import __version__
+from bookchat.chat.controller import SessionsController
+from bookchat.db.config import make_alchemy_config
+from bookchat.errors import http_exception_handler, internal_error_handler
+from bookchat.health import HealthController
+from bookchat.observability import configure_logging, request_id_middleware
+from bookchat.runtime import Runtime
+from bookchat.settings import Settings, get_settings
+
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+
+
+class MetricsController(PrometheusController):
+    path = "/metrics"
+    include_in_schema = False
+
+
+@get("/docs", include_in_schema=False)
+async def docs_redirect() -> Redirect:
+    """The API reference (Scalar, served from this app so it works offline)."""
+    return Redirect("/schema/scalar")
+
+
+def _openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="bookchat API",
+        version=__version__,
+        description="Ask a book questions; answers stream over Server-Sent Events with "
+        "citations that deep-link into the book. Errors are always "
+        '`{"error": {"code", "message"}}`.',
+        path="/schema",
+        render_plugins=[
+            ScalarRenderPlugin(
+                path="/scalar",
+                js_url="/static/scalar/standalone.js",
+                css_url="/static/scalar/bookchat.css",
+                options={"withDefaultFonts": False, "hideClientButton": True},
+                favicon="<link rel='icon' href='data:,'>",
+            )
+        ],
+    )
+
+
+def _cors_config(settings: Settings) -> CORSConfig | None:
+    if not settings.cors_origins:
+        return None  # same-origin only (the demo page and the widget served from here)
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID", "Last-Event-ID"],
+        expose_headers=[
+            "X-Bookchat-Token",
+            "X-Request-ID",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+        ],
+        allow_credentials=False,
+        max_age=600,
+    )
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
+    """Build the Litestar app; `runtime` lets tests inject their own clients."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    runtime = runtime or Runtime.build(settings)
+    alchemy = make_alchemy_config(settings, runtime.engine)
+    prometheus = PrometheusConfig(
+        app_name="bookchat",
+        prefix="bookchat",
+        group_path=True,
+        exclude=["/metrics", "/static"],
+    )
+
+    async def close_runtime() -> None:
+        await runtime.close()
+
+    return Litestar(
+        route_handlers=[
+            HealthController,
+            SessionsController,
+            MetricsController,
+            docs_redirect,
+            create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
+        ],
+        plugins=[SQLAlchemyPlugin(config=alchemy)],
+        middleware=[request_id_middleware, prometheus.middleware],
+        openapi_config=_openapi_config(),
+        cors_config=_cors_config(settings),
+        exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
+        request_max_body_size=settings.max_body_bytes,
+        state=State({"runtime": runtime, "settings": settings}),
+        on_shutdown=[close_runtime],
+        logging_config=None,
+        debug=False,
+    )

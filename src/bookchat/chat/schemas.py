@@ -1,0 +1,151 @@
+"""Request and response bodies of the chat API (msgspec Structs, validated by Litestar)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+from bookchat.rag.grounding import Citation
+
+RetrievalMode = Literal["normal", "selected_text_only"]
+ContentTypeName = Literal["prose", "code", "table", "lab", "quiz", "assessment"]
+FilterValue = Annotated[str, Meta(min_length=1, max_length=200)]
+FilterList = Annotated[list[FilterValue], Meta(max_length=20)]
+
+MAX_MESSAGE_CHARS = 4000
+MAX_SELECTION_CHARS = 10_000
+
+
+class ChatFilters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    modules: FilterList = msgspec.field(default_factory=list)
+    chapters: FilterList = msgspec.field(default_factory=list)
+    content_types: Annotated[list[ContentTypeName], Meta(max_length=6)] = msgspec.field(
+        default_factory=list
+    )
+    tags: FilterList = msgspec.field(default_factory=list)
+    top_k: Annotated[int, Meta(ge=1, le=20)] = 5
+
+
+class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A question. `selected_text` is required (and the only context) in `selected_text_only`."""
+
+    message: Annotated[str, Meta(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    session_id: UUID | None = None
+    mode: RetrievalMode = "normal"
+    selected_text: Annotated[str, Meta(max_length=MAX_SELECTION_CHARS)] | None = None
+    source_doc_path: Annotated[str, Meta(max_length=512)] | None = None
+    source_section: Annotated[str, Meta(max_length=300)] | None = None
+    filters: ChatFilters | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec turns a ValueError here into a validation error (HTTP 400).
+        if "\x00" in self.message or (self.selected_text and "\x00" in self.selected_text):
+            raise ValueError("text must not contain NUL characters")
+        if not self.message.strip():
+            raise ValueError("message must not be blank")
+        if self.mode == "selected_text_only" and not (self.selected_text or "").strip():
+            raise ValueError("selected_text is required when mode is selected_text_only")
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatResponse(msgspec.Struct, kw_only=True):
+    """The whole answer at once (`Accept: application/json`)."""
+
+    message_id: UUID
+    session_id: UUID
+    answer: str
+    citations: list[Citation]
+    usage: Usage
+    grounded: bool
+    finish_reason: str
+    token: str | None = None  # only when this request created a new anonymous user
+    persistence_warning: str | None = None
+
+
+# SSE event payloads (BRIEF §6). Documented in OpenAPI; encoded with msgspec on the wire.
+class SessionEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    session_id: UUID
+    message_id: UUID
+    token: str | None = None
+
+
+class CitationsEvent(msgspec.Struct, kw_only=True):
+    citations: list[Citation]
+
+
+class TokenEvent(msgspec.Struct, kw_only=True):
+    content: str
+
+
+class DoneEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    message_id: UUID
+    session_id: UUID
+    citations: list[Citation]
+    usage: Usage
+    finish_reason: str
+    grounded: bool
+    persistence_warning: str | None = None
+
+
+class ErrorEvent(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    retryable: bool
+
+
+class SessionSummary(msgspec.Struct, kw_only=True):
+    id: UUID
+    title: str
+    message_count: int
+    last_activity: datetime
+    created_at: datetime
+
+
+class SessionList(msgspec.Struct, kw_only=True):
+    sessions: list[SessionSummary]
+    total: int
+
+
+class MessageOut(msgspec.Struct, kw_only=True):
+    id: UUID
+    role: Literal["user", "assistant"]
+    content: str
+    retrieval_mode: RetrievalMode
+    citations: list[Citation]
+    status: Literal["complete", "interrupted", "failed"]
+    created_at: datetime
+
+
+class MessageList(msgspec.Struct, kw_only=True):
+    session_id: UUID
+    messages: list[MessageOut]
+
+
+class FeedbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    rating: Literal["up", "down"]
+    comment: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class FeedbackOut(msgspec.Struct, kw_only=True):
+    message_id: UUID
+    rating: Literal["up", "down"]
+    comment: str | None
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class ErrorEnvelope(msgspec.Struct, kw_only=True):
+    """Every 4xx/5xx body."""
+
+    error: ErrorDetail

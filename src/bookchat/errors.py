@@ -1,0 +1,93 @@
+"""The one place that maps exceptions to HTTP: every 4xx/5xx is `{"error": {"code", "message"}}`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+logger = logging.getLogger("bookchat.errors")
+
+ERROR_CODES_BY_STATUS = {
+    400: "validation_error",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+}
+
+
+class ApiError(HTTPException):
+    """An error with an explicit machine-readable code (e.g. `session_not_found`)."""
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=message, status_code=status_code, headers=headers)
+        self.code = code
+        self.message = message
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
+    return Response(
+        content=error_body(code, message),
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _validation_message(exc: ValidationException) -> str:
+    # Litestar puts per-field problems in `extra`: [{"message", "key", "source"}].
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for problem in problems:
+        if isinstance(problem, dict):
+            key = problem.get("key")
+            text = str(problem.get("message", "")).strip()
+            parts.append(f"{key}: {text}" if key else text)
+    detail = "; ".join(p for p in parts if p)
+    return detail or (exc.detail if exc.detail else "invalid request")
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Wrap Litestar's HTTP errors and our ApiErrors in the envelope."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+    status = exc.status_code
+    code = ERROR_CODES_BY_STATUS.get(status, "internal_error" if status >= 500 else "bad_request")
+    if isinstance(exc, ValidationException):
+        message = _validation_message(exc)
+    elif status == 404:
+        message = f"no route for {request.method} {request.url.path}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    elif status >= 500:
+        message = "internal error"
+    else:
+        message = str(exc.detail) if exc.detail else code.replace("_", " ")
+    return error_response(status, code, message, exc.headers)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything unexpected: log it with its traceback, answer 500 without one."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error")

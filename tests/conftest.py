@@ -1,0 +1,105 @@
+"""Shared fixtures: databases (SQLite always, PostgreSQL when TEST_POSTGRES_URL is set),
+Redis (TEST_REDIS_URL), and an app wired to temporary stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from bookchat.settings import Settings, load_settings
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("TEST_REDIS_URL")
+NO_POSTGRES = "PostgreSQL tests need TEST_POSTGRES_URL (CI sets it)"
+NO_REDIS = "Redis tests need TEST_REDIS_URL (CI sets it)"
+
+
+def _admin_dsn() -> str:
+    assert POSTGRES_URL
+    return make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _create_pg_database(name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(_admin_dsn())
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+async def _drop_pg_database(name: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(_admin_dsn())
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'bookchat.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    name = f"bookchat_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_create_pg_database(name))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_drop_pg_database(name))
+
+
+@pytest.fixture
+def migrated_database_url(database_url: str) -> str:
+    """The database with every migration applied."""
+    from bookchat.cli import run_migrations
+
+    run_migrations(database_url)
+    return database_url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    if not REDIS_URL:
+        pytest.skip(NO_REDIS)
+    return REDIS_URL
+
+
+def make_settings(tmp_path: Path, **overrides: str) -> Settings:
+    """Settings for a test: temporary SQLite and vector store, offline unless told."""
+    env = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+        "QDRANT_PATH": str(tmp_path / "qdrant"),
+        "LOG_LEVEL": "WARNING",
+        "SITE_URL": "https://book.example.org",
+    }
+    env.update(overrides)
+    return load_settings(env)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, migrated_database_url: str) -> Settings:
+    return make_settings(tmp_path, DATABASE_URL=migrated_database_url)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[object]:
+    """An in-process AsyncTestClient (buffers streams: use a real server for SSE timing)."""
+    from litestar.testing import AsyncTestClient
+
+    from bookchat.app import create_app
+
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
