@@ -1,0 +1,453 @@
+"""Small, dependency-free text analysis shared by retrieval, grounding and the offline answerer.
+
+- `content_terms()`: lowercase word tokens minus stopwords (including question and
+  request words such as *what*, *how*, *explain*), stemmed with a compact Porter stemmer
+  written here (no downloads, no third-party package).
+- `segments()`: Markdown split into readable units — prose sentences (robust to
+  abbreviations, decimals and inline code), list items, table rows, headings and whole
+  code blocks — with Markdown syntax stripped from everything but code.
+
+Everything that is called per chunk is memoised, because the same chunks are analysed
+again and again by every answer that retrieves them.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "STOPWORDS",
+    "Segment",
+    "SegmentKind",
+    "approx_tokens",
+    "content_terms",
+    "content_words",
+    "jaccard",
+    "segments",
+    "split_sentences",
+    "stem",
+    "strip_markdown",
+    "term_set",
+    "tokenize",
+    "word_count",
+]
+
+# Function words, plus question/request words that say nothing about the topic asked.
+STOPWORDS: frozenset[str] = frozenset(
+    """
+    a about above after again against all also am an and any are aren as at be because been
+    before being below between both but by can cannot could couldn did didn do does doesn
+    doing don down during each either else etc ever every few for from further get gets got
+    had hadn has hasn have haven having he her here hers herself him himself his how however
+    i if in into is isn it its itself just let lets like may me might mine more most much
+    must mustn my myself neither no nor not now of off on once one only or other ought our
+    ours ourselves out over own per please quite rather really same shall shan she should
+    shouldn so some such than that the their theirs them themselves then there these they
+    this those though through thus to too under until up upon us very via was wasn we were
+    weren what whatever when whenever where whereas wherever whether which while who whom
+    whose why will with within without would wouldn yes yet you your yours yourself
+    yourselves s t d ll m re ve
+    explain explained explaining explanation describe described describes describing tell
+    told summarize summarise summary mean means meant meaning say says said talk talks
+    discuss discusses discussed give gives show shows define defined definition detail
+    details detailed elaborate briefly simply thing things something
+    anything everything kind kinds sort sorts way ways example examples e g ie eg
+    use used using uses know want need help
+    book chapter section page passage selection selected
+    """.split()  # noqa: SIM905 (word lists read better as text)
+)
+
+_WORD_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
+_TOKEN_CACHE_SIZE = 16384
+
+
+# ---------------------------------------------------------------------------------------
+# Porter stemmer (M. F. Porter, 1980), compact form: steps 1a–5b.
+# ---------------------------------------------------------------------------------------
+
+_STEP2 = (
+    ("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"),
+    ("izer", "ize"), ("bli", "ble"), ("alli", "al"), ("entli", "ent"), ("eli", "e"),
+    ("ousli", "ous"), ("ization", "ize"), ("ation", "ate"), ("ator", "ate"),
+    ("alism", "al"), ("iveness", "ive"), ("fulness", "ful"), ("ousness", "ous"),
+    ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"), ("logi", "log"),
+)  # fmt: skip
+_STEP3 = (
+    ("icate", "ic"), ("ative", ""), ("alize", "al"), ("iciti", "ic"), ("ical", "ic"),
+    ("ful", ""), ("ness", ""),
+)  # fmt: skip
+_STEP4 = (
+    "al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent",
+    "ion", "ou", "ism", "ate", "iti", "ous", "ive", "ize",
+)  # fmt: skip
+# Longest suffix first, so "ement" wins over "ment" and "ent".
+_STEP2_SORTED = tuple(sorted(_STEP2, key=lambda p: -len(p[0])))
+_STEP3_SORTED = tuple(sorted(_STEP3, key=lambda p: -len(p[0])))
+_STEP4_SORTED = tuple(sorted(_STEP4, key=len, reverse=True))
+
+
+def _is_cons(w: str, i: int) -> bool:
+    c = w[i]
+    if c in "aeiou":
+        return False
+    if c == "y":
+        return i == 0 or not _is_cons(w, i - 1)
+    return True
+
+
+def _measure(stem_: str) -> int:
+    m = 0
+    prev_vowel = False
+    for i in range(len(stem_)):
+        vowel = not _is_cons(stem_, i)
+        if prev_vowel and not vowel:
+            m += 1
+        prev_vowel = vowel
+    return m
+
+
+def _has_vowel(stem_: str) -> bool:
+    return any(not _is_cons(stem_, i) for i in range(len(stem_)))
+
+
+def _double_cons(w: str) -> bool:
+    return len(w) >= 2 and w[-1] == w[-2] and _is_cons(w, len(w) - 1)
+
+
+def _cvc(w: str) -> bool:
+    n = len(w)
+    return (
+        n >= 3
+        and _is_cons(w, n - 3)
+        and not _is_cons(w, n - 2)
+        and _is_cons(w, n - 1)
+        and w[-1] not in "wxy"
+    )
+
+
+def _porter(w: str) -> str:
+    # Step 1a: plurals.
+    if w.endswith(("sses", "ies")):
+        w = w[:-2]
+    elif w.endswith("s") and not w.endswith("ss"):
+        w = w[:-1]
+    # Step 1b: -eed, -ed, -ing.
+    if w.endswith("eed"):
+        if _measure(w[:-3]) > 0:
+            w = w[:-1]
+    else:
+        for suf in ("ed", "ing"):
+            if w.endswith(suf) and _has_vowel(w[: -len(suf)]):
+                w = w[: -len(suf)]
+                if w.endswith(("at", "bl", "iz")):
+                    w += "e"
+                elif _double_cons(w) and w[-1] not in "lsz":
+                    w = w[:-1]
+                elif _measure(w) == 1 and _cvc(w):
+                    w += "e"
+                break
+    # Step 1c: y -> i.
+    if w.endswith("y") and _has_vowel(w[:-1]):
+        w = w[:-1] + "i"
+    # Steps 2 and 3: double suffixes.
+    for table in (_STEP2_SORTED, _STEP3_SORTED):
+        for suf, rep in table:
+            if w.endswith(suf):
+                if _measure(w[: -len(suf)]) > 0:
+                    w = w[: -len(suf)] + rep
+                break
+    # Step 4: single suffixes when the stem is long enough.
+    for suf in _STEP4_SORTED:
+        if w.endswith(suf):
+            base = w[: -len(suf)]
+            if _measure(base) > 1 and (suf != "ion" or base.endswith(("s", "t"))):
+                w = base
+            break
+    # Step 5: final -e and -ll.
+    if w.endswith("e"):
+        base = w[:-1]
+        m = _measure(base)
+        if m > 1 or (m == 1 and not _cvc(base)):
+            w = base
+    if w.endswith("ll") and _measure(w) > 1:
+        w = w[:-1]
+    return w
+
+
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def stem(word: str) -> str:
+    """Porter-stem one lowercase word; words with digits or ≤ 2 letters are kept as is."""
+    if len(word) <= 2 or not word.isalpha():
+        return word
+    return _porter(word)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokens and terms
+# ---------------------------------------------------------------------------------------
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase word tokens (letters/digits); possessive 's and other clitics dropped."""
+    out: list[str] = []
+    for tok in _WORD_RE.findall(text.lower()):
+        if "'" in tok or "’" in tok:
+            word, clitic = re.split(r"['’]", tok, maxsplit=1)
+            # "won't", "don't": negated auxiliaries are function words, not "won"/"don".
+            tok = "" if clitic == "t" else word
+        if tok:
+            out.append(tok)
+    return out
+
+
+def content_words(text: str) -> list[str]:
+    """Non-stopword tokens as written (unstemmed), deduplicated, in order of appearance.
+
+    Used to expand a search query: the vector store stems with its own analyser, so it
+    must receive real words, not our stems.
+    """
+    seen: set[str] = set()
+    out: list[str] = []
+    for tok in tokenize(text):
+        if tok in STOPWORDS or tok in seen or (len(tok) < 2 and not tok.isdigit()):
+            continue
+        seen.add(tok)
+        out.append(tok)
+    return out
+
+
+def content_terms(text: str) -> list[str]:
+    """Stemmed content terms, deduplicated, in order of first appearance."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for tok in content_words(text):
+        term = stem(tok)
+        if term not in seen:
+            seen.add(term)
+            out.append(term)
+    return out
+
+
+@lru_cache(maxsize=8192)
+def term_set(text: str) -> frozenset[str]:
+    """The set of stemmed content terms of `text` (memoised: chunks recur across answers)."""
+    return frozenset(content_terms(text))
+
+
+def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float:
+    """Jaccard overlap of two term sets (0.0 when both are empty)."""
+    if not a and not b:
+        return 0.0
+    return len(a & b) / len(a | b)
+
+
+def word_count(text: str) -> int:
+    """Whitespace-separated words."""
+    return len(text.split())
+
+
+def approx_tokens(text: str) -> int:
+    """Approximate LLM tokens (≈ 4 characters each); no tokenizer download needed."""
+    return (len(text) + 3) // 4
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown → readable units
+# ---------------------------------------------------------------------------------------
+
+SegmentKind = Literal["prose", "bullet", "heading", "table_row", "code"]
+
+
+class Segment(msgspec.Struct, kw_only=True, frozen=True):
+    """One readable unit of a chunk: a sentence, a list item, a table row, a code block."""
+
+    kind: SegmentKind
+    text: str  # Markdown stripped, except for code which is kept verbatim
+    position: int  # order within the source text
+
+
+_FENCE_RE = re.compile(r"^\s*(```+|~~~+)")
+_HEADING_RE = re.compile(r"^\s{0,3}#{1,6}\s+")
+_BULLET_RE = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)])\s+")
+_TABLE_SEP_RE = re.compile(r"^\s*\|?\s*:?-{2,}:?\s*(\|\s*:?-{2,}:?\s*)*\|?\s*$")
+_ADMONITION_RE = re.compile(r"^\s*:::\s*(\w+)?\s*(.*)$")
+_IMAGE_RE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
+_LINK_RE = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+_REF_LINK_RE = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
+_HTML_TAG_RE = re.compile(r"</?[A-Za-z][\w.-]*(?:\s[^<>]*)?/?>")
+_HEADING_ID_RE = re.compile(r"\s*\{#[\w-]+\}\s*$")
+_EMPH_RE = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_ITALIC_RE = re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+_STRIKE_RE = re.compile(r"~~(.+?)~~")
+_INLINE_CODE_RE = re.compile(r"`+([^`]+?)`+")
+_SPACES_RE = re.compile(r"[ \t]+")
+
+# Words that end with "." without ending a sentence.
+_ABBREVIATIONS = frozenset(
+    """
+    e.g i.e etc vs cf al fig figs eq eqs no nos approx ca dr mr mrs ms prof sr jr st inc ltd
+    co corp dept est min max sec vol ch pp ed eds u.s u.k a.k.a resp incl
+    """.split()  # noqa: SIM905 (word lists read better as text)
+)
+_BOUNDARY_RE = re.compile(r"[.!?]+[\"'”’)\]]*\s+")
+
+
+def strip_markdown(text: str) -> str:
+    """Inline Markdown/MDX to plain text: emphasis, code ticks, links, images, tags, ids."""
+    text = _IMAGE_RE.sub("", text)
+    text = _LINK_RE.sub(r"\1", text)
+    text = _REF_LINK_RE.sub(r"\1", text)
+    text = _HTML_TAG_RE.sub("", text)
+    text = _HEADING_ID_RE.sub("", text)
+    text = _INLINE_CODE_RE.sub(r"\1", text)
+    text = _EMPH_RE.sub(r"\2", text)
+    text = _ITALIC_RE.sub(r"\2", text)
+    text = _STRIKE_RE.sub(r"\1", text)
+    return _SPACES_RE.sub(" ", text).strip()
+
+
+def _sentence_spans(paragraph: str) -> list[str]:
+    """Split one paragraph of raw Markdown into sentences (before stripping)."""
+    code_spans = [m.span() for m in re.finditer(r"`[^`]*`", paragraph)]
+    out: list[str] = []
+    start = 0
+    for m in _BOUNDARY_RE.finditer(paragraph):
+        end = m.end()
+        if any(a <= m.start() < b for a, b in code_spans):
+            continue  # a "." inside inline code (e.g. `rclpy.init()`)
+        before = paragraph[start : m.start() + 1]
+        last_word = before.rsplit(None, 1)[-1].lower().strip("(\"'*_`").rstrip(".")
+        if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
+            continue  # "e.g.", "Fig.", initials such as "J."
+        nxt = paragraph[end : end + 1]
+        if nxt and nxt.islower():
+            continue  # a sentence does not start in lowercase
+        out.append(paragraph[start:end].strip())
+        start = end
+    tail = paragraph[start:].strip()
+    if tail:
+        out.append(tail)
+    return out
+
+
+def _split_row(line: str) -> list[str]:
+    cells = line.strip().strip("|").split("|")
+    return [strip_markdown(c.strip()) for c in cells]
+
+
+def _table_rows(lines: list[str]) -> list[str]:
+    """Table rows as sentences: "Security — ROS1: None; ROS2: DDS encryption."."""
+    rows = [line for line in lines if not _TABLE_SEP_RE.match(line)]
+    if not rows:
+        return []
+    header = _split_row(rows[0])
+    out: list[str] = []
+    for line in rows[1:]:
+        cells = _split_row(line)
+        if not any(cells):
+            continue
+        first, rest = cells[0], cells[1:]
+        pairs = [f"{h}: {c}" if h else c for h, c in zip(header[1:], rest, strict=False) if c]
+        sentence = f"{first} — {'; '.join(pairs)}" if pairs else first
+        out.append(sentence.rstrip(".") + ".")
+    return out
+
+
+@lru_cache(maxsize=4096)
+def segments(text: str) -> tuple[Segment, ...]:
+    """Markdown split into readable units (memoised per text).
+
+    Code fences stay whole (kind "code"); list items, table rows and headings are units
+    of their own; paragraphs are split into sentences. Admonition markers are dropped
+    but their body is kept as prose.
+    """
+    out: list[Segment] = []
+    lines = text.splitlines()
+    para: list[str] = []
+    table: list[str] = []
+    i = 0
+
+    def add(kind: SegmentKind, value: str) -> None:
+        value = value.strip()
+        if value:
+            out.append(Segment(kind=kind, text=value, position=len(out)))
+
+    def flush_para() -> None:
+        if para:
+            for sent in _sentence_spans(" ".join(s.strip() for s in para)):
+                add("prose", strip_markdown(sent))
+            para.clear()
+
+    def flush_table() -> None:
+        if table:
+            for row in _table_rows(table):
+                add("table_row", row)
+            table.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        fence = _FENCE_RE.match(line)
+        if fence:
+            flush_para()
+            flush_table()
+            marker = fence.group(1)
+            block = [line]
+            i += 1
+            while i < len(lines) and not lines[i].strip().startswith(marker[:3]):
+                block.append(lines[i])
+                i += 1
+            if i < len(lines):
+                block.append(lines[i])
+            add("code", "\n".join(block))
+            i += 1
+            continue
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            flush_para()
+            table.append(stripped)
+            i += 1
+            continue
+        flush_table()
+        if not stripped:
+            flush_para()
+        elif _HEADING_RE.match(line):
+            flush_para()
+            add("heading", strip_markdown(_HEADING_RE.sub("", line)))
+        elif (adm := _ADMONITION_RE.match(line)) is not None:
+            flush_para()
+            label = (adm.group(2) or "").strip()
+            if label:
+                add("heading", strip_markdown(label))
+        elif _BULLET_RE.match(line):
+            flush_para()
+            item = [_BULLET_RE.sub("", line)]
+            # Continuation lines of the same item are indented and not a new bullet.
+            while (
+                i + 1 < len(lines)
+                and lines[i + 1].startswith((" ", "\t"))
+                and lines[i + 1].strip()
+                and not _BULLET_RE.match(lines[i + 1])
+                and not _FENCE_RE.match(lines[i + 1])
+            ):
+                i += 1
+                item.append(lines[i].strip())
+            for sent in _sentence_spans(" ".join(item)):
+                add("bullet", strip_markdown(sent))
+        else:
+            para.append(stripped.lstrip("> ").strip() if stripped.startswith(">") else stripped)
+        i += 1
+    flush_para()
+    flush_table()
+    return tuple(out)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Readable sentences of a Markdown text: prose, list items and table rows.
+
+    Headings and code blocks are left out; use `segments()` to get them too.
+    """
+    return [s.text for s in segments(text) if s.kind in ("prose", "bullet", "table_row")]
