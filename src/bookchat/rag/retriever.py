@@ -1,0 +1,288 @@
+"""Retrieval for `normal` mode: hybrid (dense + BM25, fused by the store) or BM25 only.
+
+On top of the store's ranking this module adds what the store cannot know:
+
+- **History-aware queries** (the follow-up rule). A question is a *follow-up* when there
+  is history and the question either contains an anaphoric word (it, its, they, them,
+  their, this, these, those, he, she, that when it ends the question or follows a
+  function word) or has fewer than two content terms ("why?", "and ROS 1?"). A follow-up's
+  search query is the question plus the content words of the most recent user
+  question(s), walking back over at most `follow_up_depth` questions until at least
+  three expansion words are collected.
+- **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
+  `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
+  The stronger (earlier) hit is kept.
+- **Relevance** (the abstention signal). Fused RRF scores are rank-based and say nothing
+  about whether anything matched, so relevance is lexical. Each question term gets a
+  weight `1 + ln((N + 1) / (df + 1))` where `df` is how many of the N candidates contain
+  it: terms present in every candidate weigh 1, terms absent from all of them weigh the
+  most, so a question whose distinctive words the book lacks scores low. The question's
+  own terms count double relative to follow-up expansion terms. A hit's `relevance` is
+  the weighted fraction of question terms found in its text, title and breadcrumb;
+  `coverage` is the same fraction over the union of the returned hits. The result is
+  `relevant` when `coverage ≥ min_coverage` (BM25 only) or `≥ min_coverage_hybrid`
+  (dense vectors used: the LLM is told to say when the context lacks the answer, and
+  paraphrased questions match fewer words) **and** the best hit has
+  `relevance ≥ min_hit_relevance`.
+
+A dense cosine signal would need the store to return the dense similarity of a hit;
+`SearchHit.score` is the fused RRF score, so it is not used for relevance.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import msgspec
+
+from bookchat.llm.base import Embedder
+from bookchat.rag.text import content_terms, content_words, jaccard, term_set, tokenize
+from bookchat.rag.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
+
+__all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
+
+logger = logging.getLogger(__name__)
+
+# Words that point back at something said earlier in the conversation.
+_ANAPHORA = frozenset(
+    "it its itself they them their theirs this these those he she him her his that".split()  # noqa: SIM905 (word lists read better as text)
+)
+_SPACES_RE = re.compile(r"\s+")
+# Words after which "that" is a pronoun rather than a relative pronoun.
+_FUNCTION_WORDS = frozenset(
+    """
+    is are was were does do did about of for with on in to from by why how what explain use
+    using and or but like than
+    """.split()  # noqa: SIM905 (word lists read better as text)
+)
+
+
+class RetrievedHit(msgspec.Struct, kw_only=True, frozen=True):
+    """One retrieved chunk: store score plus the lexical relevance used for abstention."""
+
+    id: str
+    score: float  # engine score (RRF when hybrid, BM25 when sparse only)
+    relevance: float  # weighted fraction of the question's terms found in this chunk, 0–1
+    payload: ChunkPayload
+
+
+class RetrievalResult(msgspec.Struct, kw_only=True):
+    """What `Retriever.search()` found and whether it is good enough to answer from."""
+
+    hits: list[RetrievedHit]  # best first, at most top_k, near-duplicates removed
+    relevant: bool
+    query_used: str  # the text sent to the store (expanded for follow-ups)
+    elapsed_ms: float
+    coverage: float  # weighted fraction of question terms found across `hits`
+    dense_used: bool  # True when the query was embedded and the search was hybrid
+    expanded: bool  # True when the follow-up rule added history words
+
+
+def _anaphoric(question: str) -> bool:
+    toks = tokenize(question)
+    for i, tok in enumerate(toks):
+        if tok not in _ANAPHORA:
+            continue
+        if tok != "that":
+            return True
+        # "that" is a pronoun at the end or after a function word ("is that", "about that"),
+        # but a relative pronoun after a noun ("the sensor that measures").
+        if i == len(toks) - 1 or i == 0 or toks[i - 1] in _FUNCTION_WORDS:
+            return True
+    return False
+
+
+def is_follow_up(question: str, history: Sequence[str]) -> bool:
+    """True when `question` needs the conversation to be understood (see module docs)."""
+    if not history:
+        return False
+    return _anaphoric(question) or len(content_terms(question)) < 2
+
+
+def _normalise(text: str) -> str:
+    return _SPACES_RE.sub(" ", text).strip().lower()
+
+
+class Retriever:
+    """Searches the book for a question; decides whether anything relevant was found."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: Embedder | None,
+        *,
+        candidates: int = 20,
+        min_coverage: float = 0.6,
+        min_coverage_hybrid: float = 0.5,
+        min_hit_relevance: float = 0.5,
+        duplicate_jaccard: float = 0.7,
+        cross_page_duplicate_jaccard: float = 0.9,
+        follow_up_depth: int = 2,
+        query_cache_size: int = 1024,
+    ) -> None:
+        """Create a retriever.
+
+        Args:
+            store: the vector store (embedded engine or Qdrant server).
+            embedder: dense query embedder; `None` means BM25 only (offline mode).
+            candidates: hits fetched from the store before de-duplication (≥ top_k).
+            min_coverage: minimum weighted question-term coverage (BM25 only) to answer.
+            min_coverage_hybrid: the same when the search used dense vectors.
+            min_hit_relevance: the best single hit must reach this relevance too.
+            duplicate_jaccard: token Jaccard above which two hits of a page are duplicates.
+            cross_page_duplicate_jaccard: the same for hits from different pages.
+            follow_up_depth: how many earlier user questions may expand a follow-up.
+            query_cache_size: LRU size for query embeddings (0 disables the cache).
+        """
+        self.store = store
+        self.embedder = embedder
+        self.candidates = candidates
+        self.min_coverage = min_coverage
+        self.min_coverage_hybrid = min_coverage_hybrid
+        self.min_hit_relevance = min_hit_relevance
+        self.duplicate_jaccard = duplicate_jaccard
+        self.cross_page_duplicate_jaccard = cross_page_duplicate_jaccard
+        self.follow_up_depth = follow_up_depth
+        self._query_cache_size = query_cache_size
+        self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
+
+    def build_query(self, question: str, history: Sequence[str] = ()) -> tuple[str, list[str]]:
+        """The search text for `question` and the history words added to it (follow-up rule)."""
+        question = question.strip()
+        if not is_follow_up(question, history):
+            return question, []
+        own = set(content_words(question))
+        extra: list[str] = []
+        for previous in list(history)[::-1][: self.follow_up_depth]:
+            for word in content_words(previous):
+                if word not in own and word not in extra:
+                    extra.append(word)
+            if len(extra) >= 3:
+                break
+        if not extra:
+            return question, []
+        return f"{question} {' '.join(extra)}", extra
+
+    async def _embed(self, text: str) -> list[float] | None:
+        assert self.embedder is not None
+        cached = self._query_cache.get(text)
+        if cached is not None:
+            self._query_cache.move_to_end(text)
+            return cached
+        try:
+            vector = await self.embedder.embed_query(text)
+        except Exception as exc:
+            # Answering from BM25 alone beats failing the chat when embeddings are down.
+            logger.warning("query embedding failed, using BM25 only: %s", type(exc).__name__)
+            return None
+        if self._query_cache_size > 0:
+            self._query_cache[text] = vector
+            if len(self._query_cache) > self._query_cache_size:
+                self._query_cache.popitem(last=False)
+        return vector
+
+    def _dedupe(self, hits: Sequence[SearchHit]) -> list[SearchHit]:
+        kept: list[SearchHit] = []
+        kept_terms: list[frozenset[str]] = []
+        seen_text: set[str] = set()
+        seen_hash: set[str] = set()
+        for hit in hits:
+            p = hit.payload
+            norm = _normalise(p.text)
+            if p.content_hash in seen_hash or norm in seen_text:
+                continue
+            terms = term_set(p.text)
+            duplicate = False
+            for other, other_terms in zip(kept, kept_terms, strict=True):
+                limit = (
+                    self.duplicate_jaccard
+                    if other.payload.doc_path == p.doc_path
+                    else self.cross_page_duplicate_jaccard
+                )
+                if jaccard(terms, other_terms) >= limit:
+                    duplicate = True
+                    break
+            if duplicate:
+                continue
+            kept.append(hit)
+            kept_terms.append(terms)
+            seen_hash.add(p.content_hash)
+            seen_text.add(norm)
+        return kept
+
+    @staticmethod
+    def _hit_terms(payload: ChunkPayload) -> frozenset[str]:
+        return (
+            term_set(payload.text)
+            | term_set(payload.title)
+            | term_set(" ".join(payload.heading_breadcrumb))
+        )
+
+    async def search(
+        self,
+        query: str,
+        *,
+        history: Sequence[str] = (),
+        filters: SearchFilters | None = None,
+        top_k: int = 5,
+    ) -> RetrievalResult:
+        """Retrieve up to `top_k` chunks for `query` and judge their relevance.
+
+        `history` holds the previous *user* questions, oldest first. Raises
+        `VectorStoreUnavailableError` (from the store) when the store cannot answer.
+        """
+        started = time.perf_counter()
+        top_k = max(1, min(top_k, 20))
+        query_used, extra_words = self.build_query(query, history)
+        dense = await self._embed(query_used) if self.embedder is not None else None
+        raw = await self.store.search(
+            query_text=query_used,
+            dense=dense,
+            filters=filters if filters is not None and not filters.is_empty() else None,
+            limit=max(self.candidates, top_k),
+        )
+        pool = self._dedupe(raw)
+
+        own_terms = content_terms(query)
+        extra_terms = [t for t in content_terms(" ".join(extra_words)) if t not in own_terms]
+        pool_terms = [self._hit_terms(h.payload) for h in pool]
+        n = len(pool)
+        weights: dict[str, float] = {}
+        for term in own_terms + extra_terms:
+            df = sum(1 for terms in pool_terms if term in terms)
+            idf = 1.0 + math.log((n + 1) / (df + 1))
+            weights[term] = idf * (2.0 if term in own_terms else 1.0)
+        total = sum(weights.values())
+
+        def fraction(terms: frozenset[str] | set[str]) -> float:
+            if total == 0:
+                return 0.0
+            return sum(w for t, w in weights.items() if t in terms) / total
+
+        chosen = pool[:top_k]
+        chosen_terms = pool_terms[:top_k]
+        hits = [
+            RetrievedHit(
+                id=h.id, score=h.score, relevance=round(fraction(terms), 4), payload=h.payload
+            )
+            for h, terms in zip(chosen, chosen_terms, strict=True)
+        ]
+        union: set[str] = set().union(*chosen_terms) if chosen_terms else set()
+        coverage = round(fraction(union), 4)
+        best = max((h.relevance for h in hits), default=0.0)
+        threshold = self.min_coverage_hybrid if dense is not None else self.min_coverage
+        relevant = bool(hits) and coverage >= threshold and best >= self.min_hit_relevance
+        return RetrievalResult(
+            hits=hits,
+            relevant=relevant,
+            query_used=query_used,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+            coverage=coverage,
+            dense_used=dense is not None,
+            expanded=bool(extra_words),
+        )
