@@ -1,0 +1,257 @@
+"""The offline answerer: an extractive excerpt of the retrieved sources, with citations.
+
+Used when no Gemini key is configured (the quick start). It never invents text: it picks
+the 2–5 sentences of the context that best cover the question's terms, keeps them in
+book order, strips Markdown, cites each with `[n]`, and labels the answer as an excerpt.
+
+Scoring a sentence: the weighted fraction of question terms it contains (terms rare
+among the context's sentences weigh more), a bonus when its block's title/section
+matches the question and for definition-like sentences of "what is …" questions,
+scaled by the block's rank and by a length/kind factor. Code is left out unless the
+question asks about code. Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Sequence
+
+from bookchat.llm.base import (
+    ContextBlock,
+    GenerationEvent,
+    GenerationFinished,
+    GenerationRequest,
+    TokenDelta,
+)
+from bookchat.rag.text import Segment, approx_tokens, jaccard, segments, term_set, tokenize
+
+__all__ = ["OFFLINE_LABEL", "OfflineGenerator"]
+
+OFFLINE_LABEL = "From the book (extractive excerpt, no AI model configured):"
+
+_CODE_WORDS = frozenset(
+    """
+    code command commands snippet script run install implement implementation write syntax
+    launch function class api program cli terminal python cpp yaml xml config configure
+    configuration file
+    """.split()  # noqa: SIM905 (word lists read better as text)
+)
+_DEFINITION_Q_RE = re.compile(r"^\s*(what\s+(is|are|'s)|define|who\s+(is|are)|what\s+does)\b", re.I)
+_DEFINITION_S_RE = re.compile(r"\b(is|are|refers? to|means|describes?|stands for)\b", re.I)
+_HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
+_MAX_CODE_LINES = 15
+_PIECE_RE = re.compile(r"\s*\S+")
+# Sections that restate or quiz the content rather than explain it.
+_SIDE_SECTION_RE = re.compile(
+    r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
+    r"references|further reading|prerequisites|key takeaways|scenario)\b",
+    re.I,
+)
+_END_PUNCT = (".", "!", "?", ":", "…")
+
+
+class _Candidate:
+    __slots__ = ("block", "bullets", "rank", "score", "segment", "terms", "words")
+
+    def __init__(self, block: ContextBlock, rank: int, segment: Segment, terms: frozenset[str]):
+        self.block = block
+        self.rank = rank
+        self.segment = segment
+        self.terms = terms
+        self.words = len(segment.text.split())
+        self.score = 0.0
+        self.bullets: list[Segment] = []
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith(_END_PUNCT) else text + "."
+
+
+class OfflineGenerator:
+    """Extractive `AnswerGenerator` for offline mode (`name = "offline-extractive"`)."""
+
+    name = "offline-extractive"
+
+    def __init__(
+        self,
+        *,
+        min_sentences: int = 2,
+        max_sentences: int = 5,
+        min_words: int = 60,
+        max_words: int = 120,
+        label: str = OFFLINE_LABEL,
+    ) -> None:
+        """Answers are 2–5 sentences and about `min_words`–`max_words` words."""
+        self.min_sentences = min_sentences
+        self.max_sentences = max_sentences
+        self.min_words = min_words
+        self.max_words = max_words
+        self.label = label
+
+    # -- selection --------------------------------------------------------------------
+
+    def _candidates(
+        self, question: str, context: Sequence[ContextBlock], *, wants_code: bool
+    ) -> tuple[list[_Candidate], frozenset[str]]:
+        q_terms = term_set(question)
+        definitional = _DEFINITION_Q_RE.match(question) is not None
+        pool: list[_Candidate] = []
+        for rank, block in enumerate(context):
+            segs = segments(block.text)
+            for idx, seg in enumerate(segs):
+                if seg.kind == "heading" or (seg.kind == "code" and not wants_code):
+                    continue
+                cand = _Candidate(block, rank, seg, term_set(seg.text))
+                if seg.kind == "prose" and seg.text.endswith(":"):
+                    # An intro line reads well only with the list it introduces.
+                    cand.bullets = [s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4]
+                pool.append(cand)
+        if not q_terms:
+            return pool, q_terms
+
+        # Sentence frequency of each question term: frequent terms say less.
+        weights = {
+            t: 1.0 + math.log((len(pool) + 1) / (1 + sum(1 for c in pool if t in c.terms)))
+            for t in q_terms
+        }
+        total = sum(weights.values())
+        header_match = {
+            id(b): len(q_terms & term_set(f"{b.title} {b.section}")) / len(q_terms) for b in context
+        }
+        side_section = {id(b): _SIDE_SECTION_RE.search(b.section) is not None for b in context}
+        for cand in pool:
+            terms = cand.terms
+            if cand.bullets:
+                terms = terms.union(*(term_set(b.text) for b in cand.bullets))
+            matched = q_terms & terms
+            if not matched:
+                continue
+            # Squared-ish coverage: one sentence with all the terms beats three with one each.
+            score = (sum(weights[t] for t in matched) / total) ** 1.5
+            score += 0.25 * header_match[id(cand.block)]
+            if definitional and _DEFINITION_S_RE.search(cand.segment.text):
+                score += 0.2
+            words = cand.words
+            length = 0.3 if words < 4 else 0.7 if words < 8 else 1.0 if words <= 45 else 0.75
+            kind = {"prose": 1.0, "bullet": 0.85, "table_row": 0.85, "code": 0.8}.get(
+                cand.segment.kind, 1.0
+            )
+            text = cand.segment.text
+            if text.endswith(":") and not cand.bullets:
+                continue  # "Example launch file:" announces something we do not show
+            if cand.bullets:
+                kind *= 0.7  # a whole list is long; a precise sentence is better
+            if text.endswith("?") or side_section[id(cand.block)]:
+                kind *= 0.4  # exercise prompts and objectives do not answer anything
+            cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
+        return pool, q_terms
+
+    def select(self, question: str, context: Sequence[ContextBlock]) -> list[_Candidate]:
+        """The sentences the answer is made of, in book order."""
+        wants_code = (
+            not _CODE_WORDS.isdisjoint(tokenize(question)) or _HOW_TO_RE.match(question) is not None
+        )
+        pool, _ = self._candidates(question, context, wants_code=wants_code)
+        scored = sorted((c for c in pool if c.score > 0), key=lambda c: -c.score)
+        if not scored and not wants_code:
+            # The matching passage may be code only (e.g. a launch file): show it.
+            pool, _ = self._candidates(question, context, wants_code=True)
+            scored = sorted((c for c in pool if c.score > 0), key=lambda c: -c.score)
+        if not scored:
+            # No overlap at all (e.g. "explain more"): the opening of the best source.
+            opening = [
+                c for c in pool
+                if c.rank == 0 and c.segment.kind != "code" and not c.segment.text.endswith(":")
+            ]  # fmt: skip
+            return opening[: self.min_sentences] or [c for c in pool if c.rank == 0][:1]
+        floor = scored[0].score * 0.4
+        chosen: list[_Candidate] = []
+        used: set[tuple[int, int]] = set()  # (block n, segment position) already in the answer
+        words = 0
+        for cand in scored:
+            if cand.score < floor or len(chosen) >= self.max_sentences:
+                break
+            parts = {(cand.block.n, s.position) for s in (cand.segment, *cand.bullets)}
+            if parts & used or any(jaccard(cand.terms, c.terms) >= 0.6 for c in chosen):
+                continue
+            size = cand.words + sum(len(b.text.split()) for b in cand.bullets)
+            if chosen and words + size > self.max_words:
+                continue
+            chosen.append(cand)
+            used |= parts
+            words += size
+            if len(chosen) >= self.min_sentences and words >= self.min_words:
+                break
+        if len(chosen) < self.min_sentences or words < self.min_words:
+            # Too little: continue the best sentence with what follows it in its section.
+            best = chosen[0]
+            by_pos = {
+                c.segment.position: c for c in pool if c.block is best.block and not c.bullets
+            }
+            pos = max(s.position for s in (best.segment, *best.bullets)) + 1
+            while words < self.min_words and len(chosen) < self.max_sentences:
+                nxt = by_pos.get(pos)
+                if nxt is None or (best.block.n, pos) in used:
+                    break  # a heading, code or the end of the chunk: the section is over
+                if words + nxt.words > self.max_words:
+                    break
+                chosen.append(nxt)
+                used.add((best.block.n, pos))
+                words += nxt.words
+                pos += 1
+        chosen.sort(key=lambda c: (c.rank, c.segment.position))
+        return chosen
+
+    # -- rendering --------------------------------------------------------------------
+
+    def compose(self, question: str, context: Sequence[ContextBlock]) -> str:
+        """The full answer text for `question` over `context` (no streaming)."""
+        if not context:
+            return f"{self.label}\n\nThe retrieved sources are empty."
+        chosen = self.select(question, context)
+        paragraphs: list[str] = []
+        current: list[str] = []
+        last_rank = -1
+        for cand in chosen:
+            if cand.rank != last_rank and current:
+                paragraphs.append(" ".join(current))
+                current = []
+            last_rank = cand.rank
+            cite = f"[{cand.block.n}]"
+            seg = cand.segment
+            if seg.kind == "code":
+                if current:
+                    paragraphs.append(" ".join(current))
+                    current = []
+                lines = seg.text.splitlines()
+                if len(lines) > _MAX_CODE_LINES + 2:
+                    # Keep the fence valid: first lines, an ellipsis, the closing fence.
+                    lines = [*lines[: _MAX_CODE_LINES + 1], "# …", lines[-1]]
+                paragraphs.append(f"Code from {cite}:\n" + "\n".join(lines))
+                continue
+            text = seg.text
+            if cand.bullets:
+                items = "; ".join(b.text.rstrip(".;") for b in cand.bullets)
+                text = f"{text} {items}"
+            current.append(f"{_sentence(text)[:-1]} {cite}{_sentence(text)[-1]}")
+        if current:
+            paragraphs.append(" ".join(current))
+        return "\n\n".join([self.label, *paragraphs])
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream the extractive answer word by word, then `GenerationFinished`."""
+        answer = self.compose(request.question, request.context)
+        pieces = _PIECE_RE.findall(answer)
+        for piece in pieces:
+            yield TokenDelta(text=piece)
+        prompt_tokens = approx_tokens(request.system_instruction) + sum(
+            approx_tokens(t.text) for t in request.contents
+        )
+        yield GenerationFinished(
+            finish_reason="stop",
+            model=self.name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=approx_tokens(answer),
+        )

@@ -1,0 +1,303 @@
+"""One grounded answer, with no HTTP and no database: decide first, then stream.
+
+`AnswerPipeline.prepare()` does everything that can fail or be decided before the first
+byte is sent — retrieval (may raise `VectorStoreUnavailableError`), the relevance and
+selection checks, the prompt — and returns a `PreparedAnswer`. `PreparedAnswer.stream()`
+then yields `Retrieved`, `AnswerToken`…, `AnswerDone`. The HTTP layer can therefore map
+retrieval failures to a 503 status before it starts an SSE response. A `GenerationError`
+propagates out of `stream()` after the partial tokens (`PreparedAnswer.text` holds them).
+
+Decisions made in `prepare()`:
+- `normal`: retrieve; when the result is not relevant the generator is not called and
+  the answer is the abstention message with related sections (`grounded=False`).
+- `selected_text_only`: the store and embedder are never touched. The selection is the
+  only source (`[1]`). When the question's content terms are not covered by the
+  selection (fraction < `min_selection_coverage`), the answer says so and offers
+  full-book mode (`grounded=False`, no generator call). A selection under
+  `min_selection_words` words is answered, followed by a note that more text would help.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from typing import Literal
+
+import msgspec
+
+from bookchat.llm.base import (
+    AnswerGenerator,
+    ContextBlock,
+    GenerationFinished,
+    GenerationRequest,
+    TokenDelta,
+    Turn,
+)
+from bookchat.rag.grounding import (
+    SELECTION_NOT_COVERED,
+    Citation,
+    CitationMapper,
+    PromptBuilder,
+    abstention_message,
+    short_selection_note,
+)
+from bookchat.rag.retriever import RetrievalResult, Retriever
+from bookchat.rag.text import term_set, word_count
+from bookchat.rag.types import SearchFilters
+
+__all__ = [
+    "AnswerDone",
+    "AnswerEvent",
+    "AnswerPipeline",
+    "AnswerToken",
+    "Mode",
+    "PreparedAnswer",
+    "Retrieved",
+]
+
+Mode = Literal["normal", "selected_text_only"]
+# finish_reason of answers given without calling the generator.
+ABSTAINED = "abstained"
+SELECTION_TITLE = "Selected text"
+_PIECE_RE = re.compile(r"\s*\S+")
+
+
+class Retrieved(msgspec.Struct, kw_only=True, frozen=True, tag="retrieved"):
+    """First event: the numbered sources the answer may cite (empty when abstaining)."""
+
+    citations: list[Citation]
+    grounded_candidate: bool  # False when the answer will be a non-answer
+
+
+class AnswerToken(msgspec.Struct, kw_only=True, frozen=True, tag="token"):
+    """A piece of answer text, invalid `[n]` markers already removed."""
+
+    text: str
+
+
+class AnswerDone(msgspec.Struct, kw_only=True, frozen=True, tag="done"):
+    """Last event: the whole text and the citations actually used."""
+
+    text: str
+    citations: list[Citation]
+    finish_reason: str  # the generator's ("stop", ...) or "abstained" when none was called
+    prompt_tokens: int
+    completion_tokens: int
+    grounded: bool
+    model: str  # generator name, "" when none was called
+
+
+AnswerEvent = Retrieved | AnswerToken | AnswerDone
+
+
+def _pieces(text: str) -> list[str]:
+    return _PIECE_RE.findall(text)
+
+
+class PreparedAnswer:
+    """An answer whose retrieval and decisions are done; `stream()` produces its events."""
+
+    def __init__(
+        self,
+        *,
+        mode: Mode,
+        citations: list[Citation],
+        retrieval: RetrievalResult | None,
+        generator: AnswerGenerator | None,
+        request: GenerationRequest | None,
+        canned_text: str | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.mode = mode
+        self.citations = citations
+        self.retrieval = retrieval  # None in selected-text mode
+        self.request = request  # None when no generator call will be made
+        self.canned_text = canned_text
+        self.note = note
+        self._generator = generator
+        self._parts: list[str] = []
+
+    @property
+    def grounded_candidate(self) -> bool:
+        """True when the generator will be called on grounded context."""
+        return self.request is not None
+
+    @property
+    def text(self) -> str:
+        """The answer text streamed so far (the partial answer after a failure)."""
+        return "".join(self._parts)
+
+    def _emit(self, piece: str) -> AnswerToken:
+        self._parts.append(piece)
+        return AnswerToken(text=piece)
+
+    async def stream(self) -> AsyncIterator[AnswerEvent]:
+        """Yield `Retrieved`, then `AnswerToken`s, then `AnswerDone`.
+
+        Raises `GenerationError` after the partial tokens when generation fails. Closing
+        this iterator early closes the generator's stream too.
+        """
+        yield Retrieved(citations=list(self.citations), grounded_candidate=self.grounded_candidate)
+        if self.request is None or self._generator is None:
+            for piece in _pieces(self.canned_text or ""):
+                yield self._emit(piece)
+            yield AnswerDone(
+                text=self.text, citations=[], finish_reason=ABSTAINED, prompt_tokens=0,
+                completion_tokens=0, grounded=False, model="",
+            )  # fmt: skip
+            return
+
+        mapper = CitationMapper(self.citations)
+        finished: GenerationFinished | None = None
+        async with aclosing(self._generator.stream(self.request)) as events:  # type: ignore[type-var]
+            async for event in events:
+                if isinstance(event, TokenDelta):
+                    shown = mapper.feed(event.text)
+                    if shown:
+                        yield self._emit(shown)
+                elif isinstance(event, GenerationFinished):
+                    finished = event
+        tail = mapper.flush()
+        if tail:
+            yield self._emit(tail)
+        if self.note:
+            for piece in _pieces(f"\n\n{self.note}"):
+                yield self._emit(piece)
+        yield AnswerDone(
+            text=self.text,
+            citations=mapper.cited(),
+            finish_reason=finished.finish_reason if finished else "stop",
+            prompt_tokens=finished.prompt_tokens if finished else 0,
+            completion_tokens=finished.completion_tokens if finished else 0,
+            grounded=True,
+            model=finished.model if finished else self._generator.name,
+        )
+
+
+class AnswerPipeline:
+    """Turns (question, mode, selection, history, filters) into answer events."""
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: AnswerGenerator,
+        prompt_builder: PromptBuilder,
+        *,
+        min_selection_words: int = 10,
+        min_selection_coverage: float = 0.5,
+    ) -> None:
+        """`min_selection_coverage`: share of question terms the selection must contain."""
+        self.retriever = retriever
+        self.generator = generator
+        self.prompt_builder = prompt_builder
+        self.min_selection_words = min_selection_words
+        self.min_selection_coverage = min_selection_coverage
+
+    def selection_covers(self, question: str, selected_text: str) -> bool:
+        """Whether the selection contains enough of the question's content terms.
+
+        A question without content terms ("what does this mean?") is about the
+        selection itself, so it is covered.
+        """
+        q_terms = term_set(question)
+        if not q_terms:
+            return True
+        found = len(q_terms & term_set(selected_text))
+        return found / len(q_terms) >= self.min_selection_coverage
+
+    async def prepare(
+        self,
+        question: str,
+        *,
+        mode: Mode = "normal",
+        selected_text: str | None = None,
+        source_doc_path: str | None = None,
+        source_section: str | None = None,
+        history: Sequence[Turn] = (),
+        filters: SearchFilters | None = None,
+        top_k: int = 5,
+    ) -> PreparedAnswer:
+        """Retrieve and decide; may raise `VectorStoreUnavailableError` (normal mode only)."""
+        question = question.strip()
+        if mode == "selected_text_only":
+            return self._prepare_selection(
+                question, selected_text, source_doc_path, source_section, history
+            )
+        user_questions = [t.text for t in history if t.role == "user"]
+        retrieval = await self.retriever.search(
+            question, history=user_questions, filters=filters, top_k=top_k
+        )
+        if not retrieval.relevant:
+            return PreparedAnswer(
+                mode=mode, citations=[], retrieval=retrieval, generator=None, request=None,
+                canned_text=abstention_message(retrieval.hits),
+            )  # fmt: skip
+        built = self.prompt_builder.compose(question, retrieval.hits, history, selected_text)
+        return PreparedAnswer(
+            mode=mode,
+            citations=built.citations,
+            retrieval=retrieval,
+            generator=self.generator,
+            request=built.request,
+        )
+
+    def _prepare_selection(
+        self,
+        question: str,
+        selected_text: str | None,
+        source_doc_path: str | None,
+        source_section: str | None,
+        history: Sequence[Turn],
+    ) -> PreparedAnswer:
+        selection = (selected_text or "").strip()
+        if not selection:
+            raise ValueError("selected_text_only mode needs a non-empty selected_text")
+        mode: Mode = "selected_text_only"
+        if not self.selection_covers(question, selection):
+            return PreparedAnswer(
+                mode=mode, citations=[], retrieval=None, generator=None, request=None,
+                canned_text=SELECTION_NOT_COVERED,
+            )  # fmt: skip
+        section = source_section or ""
+        citation = Citation(
+            n=1, doc_path=source_doc_path or "", title=SELECTION_TITLE, section=section,
+            url="", module="", chapter="", score=1.0,
+        )  # fmt: skip
+        block = ContextBlock(n=1, title=SELECTION_TITLE, section=section, text=selection, score=1.0)
+        built = self.prompt_builder.compose(question, [block], history, None)
+        words = word_count(selection)
+        return PreparedAnswer(
+            mode=mode,
+            citations=[citation],
+            retrieval=None,
+            generator=self.generator,
+            request=built.request,
+            note=short_selection_note(words) if words < self.min_selection_words else None,
+        )
+
+    async def run(
+        self,
+        question: str,
+        *,
+        mode: Mode = "normal",
+        selected_text: str | None = None,
+        source_doc_path: str | None = None,
+        source_section: str | None = None,
+        history: Sequence[Turn] = (),
+        filters: SearchFilters | None = None,
+        top_k: int = 5,
+    ) -> AsyncIterator[AnswerEvent]:
+        """`prepare()` then `stream()`: retrieval errors raise before any event."""
+        prepared = await self.prepare(
+            question,
+            mode=mode,
+            selected_text=selected_text,
+            source_doc_path=source_doc_path,
+            source_section=source_section,
+            history=history,
+            filters=filters,
+            top_k=top_k,
+        )
+        async for event in prepared.stream():
+            yield event
