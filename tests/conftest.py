@@ -20,6 +20,29 @@ NO_POSTGRES = "PostgreSQL tests need TEST_POSTGRES_URL (CI sets it)"
 NO_REDIS = "Redis tests need TEST_REDIS_URL (CI sets it)"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # In CI the PostgreSQL and Redis tests must run, never skip quietly.
+    if os.environ.get("CI") == "true" and not (POSTGRES_URL and REDIS_URL):
+        raise pytest.UsageError("CI=true needs TEST_POSTGRES_URL and TEST_REDIS_URL")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many PostgreSQL/Redis-backed tests ran, so CI logs prove it."""
+    for marker in ("postgres", "redis"):
+        counts = {}
+        for outcome in ("passed", "failed", "skipped"):
+            reports = terminalreporter.stats.get(outcome, [])
+            counts[outcome] = sum(
+                1 for r in reports if getattr(r, "when", "call") in ("call", "setup")
+                and marker in getattr(r, "keywords", {})
+                and (outcome != "passed" or r.when == "call")
+            )
+        terminalreporter.write_line(
+            f"{marker} tests: {counts['passed']} passed, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped"
+        )
+
+
 def _admin_dsn() -> str:
     assert POSTGRES_URL
     return make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)

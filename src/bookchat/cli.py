@@ -97,6 +97,116 @@ def cmd_archive(args: argparse.Namespace) -> None:
     print(f"bookchat: archived {count} session(s) idle for more than {args.idle_days} days")
 
 
+def _progress_printer(use_bar: bool) -> tuple[object | None, Callable[[int, int, str], None]]:
+    """A rich progress bar on a terminal, plain lines otherwise."""
+    if use_bar:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        bar = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
+        task = bar.add_task("", total=None)
+
+        def update(done: int, total: int, doc_path: str) -> None:
+            bar.update(task, completed=done, total=total, description=doc_path)
+
+        return bar, update
+
+    def plain(done: int, total: int, doc_path: str) -> None:
+        if doc_path:
+            print(f"ingest: {done}/{total} {doc_path}", file=sys.stderr)
+
+    return None, plain
+
+
+async def run_ingest(
+    settings: Settings,
+    docs_root: Path,
+    *,
+    site_url: str,
+    recreate: bool = False,
+    dry_run: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> object:
+    """Ingest `docs_root` with the configured store and embedder; returns the summary."""
+    from bookchat.rag.ingest import ingest_book
+    from bookchat.runtime import make_embedder, make_store
+
+    store = make_store(settings)
+    embedder = make_embedder(settings)
+    try:
+        return await ingest_book(
+            docs_root,
+            store=store,
+            embedder=embedder,
+            site_url=site_url,
+            recreate=recreate,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    finally:
+        await store.close()
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    import msgspec
+
+    from bookchat.rag.ingest import IngestError
+    from bookchat.rag.types import CollectionMismatchError, VectorStoreUnavailableError
+
+    settings = _settings()
+    docs_root = Path(args.path)
+    bar, progress = _progress_printer(sys.stderr.isatty() and not args.json)
+    if args.json:
+        progress = _quiet  # stdout carries only the JSON; stderr stays quiet for scripts
+    try:
+        if bar is not None:
+            with bar:  # type: ignore[attr-defined]
+                summary = asyncio.run(_ingest_call(settings, docs_root, args, progress))
+        else:
+            summary = asyncio.run(_ingest_call(settings, docs_root, args, progress))
+    except (IngestError, CollectionMismatchError, VectorStoreUnavailableError) as exc:
+        _fail(str(exc), 1)
+        return
+    if args.json:
+        print(msgspec.json.encode(summary).decode())
+        return
+    data = msgspec.structs.asdict(summary)  # type: ignore[arg-type]
+    mode = "dry run, nothing written" if args.dry_run else ("offline: BM25 only" if settings.offline else f"dense: {settings.embedding_model}")
+    print(f"ingested {docs_root} ({mode})")
+    for key, value in data.items():
+        print(f"  {key:<17} {value}")
+
+
+def _ingest_call(settings: Settings, docs_root: Path, args: argparse.Namespace, progress: Callable[[int, int, str], None]) -> object:
+    return run_ingest(
+        settings,
+        docs_root,
+        site_url=args.site_url or settings.site_url,
+        recreate=args.recreate,
+        dry_run=args.dry_run,
+        progress=progress,
+    )
+
+
+def _quiet(done: int, total: int, doc_path: str) -> None:
+    return None
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    """The quick start: migrate, ingest the sample book (or DOCS_PATH), serve."""
+    settings = _settings()
+    print("bookchat: applying migrations", file=sys.stderr)
+    cmd_migrate(argparse.Namespace(revision="head"))
+    docs_root = Path(settings.docs_path)
+    summary = asyncio.run(run_ingest(settings, docs_root, site_url=settings.site_url))
+    print(f"bookchat: ingested {docs_root}: {summary}", file=sys.stderr)
+    print(
+        f"bookchat: serving on http://{settings.host}:{settings.port}/ "
+        f"(demo page /, API docs /docs); Ctrl-C stops",
+        file=sys.stderr,
+    )
+    cmd_serve(argparse.Namespace(host=None, port=None, workers=None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bookchat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
     archive = sub.add_parser("archive", help="soft-delete sessions idle for N days")
     archive.add_argument("--idle-days", type=int, default=30)
     archive.set_defaults(func=cmd_archive)
+
+    ingest = sub.add_parser("ingest", help="(re-)ingest a Docusaurus docs/ tree")
+    ingest.add_argument("path", help="the docs/ folder")
+    ingest.add_argument("--site-url", help="base URL of the published book (default SITE_URL)")
+    ingest.add_argument("--recreate", action="store_true", help="drop and rebuild the collection")
+    ingest.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+    ingest.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    ingest.set_defaults(func=cmd_ingest)
+
+    up = sub.add_parser("up", help="migrate, ingest the sample book and serve (quick start)")
+    up.set_defaults(func=cmd_up)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -1,0 +1,55 @@
+# bookchat's entry points. `just --list` shows them all.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The sample book shipped with the package.
+sample_book := "src/bookchat/sample_book/docs"
+
+default:
+    @just --list
+
+# Install bookchat and its dev tools into the active Python environment
+setup:
+    pip install -e '.[dev]'
+
+# Migrate, ingest the sample book and serve on http://127.0.0.1:8000 (the quick start)
+up:
+    bookchat up
+
+# Run the API on granian (HOST, PORT, WORKERS or --host/--port/--workers)
+serve *ARGS:
+    bookchat serve {{ARGS}}
+
+# Apply database migrations
+migrate:
+    bookchat migrate
+
+# (Re-)ingest a Docusaurus docs/ tree: just ingest PATH [--site-url URL] [--recreate] [--json]
+ingest PATH=sample_book *ARGS:
+    bookchat ingest {{PATH}} {{ARGS}}
+
+# Run the test suite (PostgreSQL/Redis tests need TEST_POSTGRES_URL / TEST_REDIS_URL)
+test *ARGS:
+    python -m pytest {{ARGS}}
+
+# Lint and type-check
+lint:
+    ruff check src tests
+    ruff format --check src tests
+    mypy
+
+# Benchmarks: time to first token, throughput, retrieval, ingestion (--quick for a short run)
+bench *ARGS:
+    bookchat bench {{ARGS}}
+
+# Answer quality on a question set (default: the sample book's)
+eval *ARGS:
+    bookchat eval {{ARGS}}
+
+# Soak test: 200 concurrent conversations for 60 s against granian + PostgreSQL
+soak *ARGS:
+    bookchat soak {{ARGS}}
+
+# Archive sessions idle for more than N days
+archive DAYS="30":
+    bookchat archive --idle-days {{DAYS}}
