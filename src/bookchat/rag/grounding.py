@@ -124,6 +124,7 @@ class BuiltPrompt(msgspec.Struct, kw_only=True, frozen=True):
     source_indices: list[int]  # index into the given sources of each block, in block order
     history_kept: int  # history turns included
     dropped_sources: int  # sources dropped by the budget
+    estimated_tokens: int  # the budget's estimate of the whole prompt (≈ len/4)
 
 
 class PromptBuilder:
@@ -267,6 +268,7 @@ class PromptBuilder:
             source_indices=order,
             history_kept=len(turns),
             dropped_sources=len(sources) - len(order),
+            estimated_tokens=total(),
         )
 
     def build(

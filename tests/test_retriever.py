@@ -1,0 +1,116 @@
+"""Retriever: BM25/hybrid search, follow-ups, near-duplicates, relevance, failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from bookchat.rag.retriever import Retriever, is_follow_up
+from bookchat.rag.types import SearchFilters, VectorStoreUnavailableError
+from tests.rag_fakes import (
+    SAMPLE_CHUNKS,
+    CountingEmbedder,
+    FakeBM25Store,
+    UnavailableStore,
+    chunk,
+)
+
+
+async def test_bm25_search_finds_the_section_and_is_relevant() -> None:
+    retriever = Retriever(FakeBM25Store(SAMPLE_CHUNKS), None)
+    result = await retriever.search("What is a PID controller?", top_k=3)
+    assert result.relevant
+    assert result.hits[0].payload.section == "PID controllers"
+    assert result.hits[0].relevance == 1.0
+    assert not result.dense_used and len(result.hits) <= 3
+    assert result.elapsed_ms >= 0
+
+
+async def test_out_of_book_question_is_not_relevant() -> None:
+    retriever = Retriever(FakeBM25Store(SAMPLE_CHUNKS), None)
+    result = await retriever.search("What is the GDP of Brazil?")
+    assert not result.relevant
+    assert result.coverage == 0.0
+
+
+async def test_partial_match_on_common_words_is_not_relevant() -> None:
+    retriever = Retriever(FakeBM25Store(SAMPLE_CHUNKS), None)
+    result = await retriever.search("Which robot vacuum cleaner should I buy for my flat?")
+    assert not result.relevant
+
+
+async def test_follow_up_retrieves_the_first_questions_section() -> None:
+    store = FakeBM25Store(SAMPLE_CHUNKS)
+    retriever = Retriever(store, None)
+    first = await retriever.search("How does a PID controller work?")
+    assert first.hits[0].payload.doc_path == "control/pid"
+    follow = await retriever.search(
+        "What are its limitations?", history=["How does a PID controller work?"]
+    )
+    assert follow.expanded and "pid" in follow.query_used.lower()
+    assert follow.hits[0].payload.section == "Limitations of PID"
+    assert follow.relevant
+
+
+def test_follow_up_rule() -> None:
+    history = ["What is a digital twin?"]
+    assert is_follow_up("What are its limitations?", history)
+    assert is_follow_up("Why?", history)
+    assert is_follow_up("And is that used in practice?", history)
+    assert not is_follow_up("What is domain randomization used for?", history)
+    assert not is_follow_up("What is the sensor that measures distance?", history)
+    assert not is_follow_up("What are its limitations?", [])
+
+
+async def test_standalone_question_is_not_expanded() -> None:
+    store = FakeBM25Store(SAMPLE_CHUNKS)
+    result = await Retriever(store, None).search(
+        "What does LiDAR measure?", history=["How does a PID controller work?"]
+    )
+    assert not result.expanded
+    assert store.calls[-1]["query_text"] == "What does LiDAR measure?"
+
+
+async def test_near_duplicates_are_removed() -> None:
+    text = SAMPLE_CHUNKS[3].text
+    dup_same_page = chunk("control/pid", "PID Control", "PID controllers (again)", text + " Yes.")
+    dup_other_page = chunk("appendix/pid", "Appendix", "PID", text)
+    store = FakeBM25Store([SAMPLE_CHUNKS[3], dup_same_page, dup_other_page, *SAMPLE_CHUNKS[4:]])
+    result = await Retriever(store, None).search("PID controller gains", top_k=5)
+    texts = [h.payload.text for h in result.hits]
+    assert len([t for t in texts if t.startswith("A PID controller")]) == 1
+
+
+async def test_hybrid_embeds_the_query_once_and_passes_the_vector() -> None:
+    store = FakeBM25Store(SAMPLE_CHUNKS)
+    embedder = CountingEmbedder()
+    retriever = Retriever(store, embedder)
+    for _ in range(2):
+        result = await retriever.search("What is a digital twin?")
+    assert result.dense_used and result.relevant
+    assert embedder.queries == ["What is a digital twin?"]  # second call hit the LRU cache
+    assert store.calls[-1]["dense"] == [0.5, 0.5, 0.5, 0.5]
+
+
+async def test_failing_embedder_falls_back_to_bm25() -> None:
+    class Down(CountingEmbedder):
+        async def embed_query(self, text: str) -> list[float]:
+            raise TimeoutError("embeddings down")
+
+    store = FakeBM25Store(SAMPLE_CHUNKS)
+    result = await Retriever(store, Down()).search("What is a digital twin?")
+    assert not result.dense_used and result.relevant
+    assert store.calls[-1]["dense"] is None
+
+
+async def test_filters_and_top_k_are_passed_to_the_store() -> None:
+    store = FakeBM25Store(SAMPLE_CHUNKS)
+    result = await Retriever(store, None, candidates=10).search(
+        "nodes lifecycle controller", filters=SearchFilters(modules=("ros",)), top_k=1
+    )
+    assert [h.payload.module for h in result.hits] == ["ros"]
+    assert store.calls[-1]["limit"] == 10
+
+
+async def test_store_failure_propagates() -> None:
+    with pytest.raises(VectorStoreUnavailableError):
+        await Retriever(UnavailableStore(), None).search("What is a node?")

@@ -1,0 +1,70 @@
+"""Text analysis: stemming, content terms, Markdown-aware sentence splitting."""
+
+from __future__ import annotations
+
+from bookchat.rag.text import (
+    content_terms,
+    content_words,
+    segments,
+    split_sentences,
+    stem,
+    strip_markdown,
+)
+
+
+def test_stemmer_conflates_inflections() -> None:
+    assert stem("limitations") == stem("limits") == stem("limitation") == "limit"
+    assert stem("embodied") == stem("embodiment")
+    assert stem("running") == "run"
+    assert stem("ros2") == "ros2"  # words with digits are kept as they are
+
+
+def test_content_terms_drop_question_words_and_stopwords() -> None:
+    assert content_terms("What is embodied AI? Explain how it works.") == [
+        stem("embodied"),
+        "ai",
+        "work",
+    ]
+    assert content_terms("Describe what this does") == []
+
+
+def test_content_words_keep_surface_forms_and_drop_negated_auxiliaries() -> None:
+    assert content_words("Why won't the robot's motors start?") == ["robot", "motors", "start"]
+
+
+def test_sentences_respect_abbreviations_decimals_and_inline_code() -> None:
+    text = (
+        "Sensors, e.g. cameras, are noisy. The gain is 0.5 by default. "
+        "Call `rclpy.init()` first. Then spin the node!"
+    )
+    assert split_sentences(text) == [
+        "Sensors, e.g. cameras, are noisy.",
+        "The gain is 0.5 by default.",
+        "Call rclpy.init() first.",
+        "Then spin the node!",
+    ]
+
+
+def test_segments_keep_code_whole_and_split_lists_tables_headings() -> None:
+    text = (
+        "## Nodes {#nodes}\n\n"
+        "A **node** is a [process](/docs/p). It runs one task.\n\n"
+        "- **Small**: easy to test\n"
+        "- Reusable across robots\n\n"
+        "```python\nnode = Node('a')\nprint('x. Y')\n```\n\n"
+        "| Feature | ROS1 | ROS2 |\n|---|---|---|\n| Security | None | DDS |\n"
+    )
+    segs = segments(text)
+    kinds = [s.kind for s in segs]
+    assert kinds == ["heading", "prose", "prose", "bullet", "bullet", "code", "table_row"]
+    assert segs[0].text == "Nodes"
+    assert segs[1].text == "A node is a process."
+    assert segs[3].text == "Small: easy to test"
+    assert segs[5].text.startswith("```python") and "print('x. Y')" in segs[5].text
+    assert segs[6].text == "Security — ROS1: None; ROS2: DDS."
+    assert "node = Node" not in " ".join(split_sentences(text))
+
+
+def test_strip_markdown_removes_syntax_but_keeps_words() -> None:
+    raw = "**Bold** _it_ `code` [link](http://x) ![img](a.png) <Tabs>kept</Tabs> ~~old~~"
+    assert strip_markdown(raw) == "Bold it code link kept old"
