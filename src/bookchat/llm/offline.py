@@ -126,11 +126,14 @@ class OfflineGenerator:
             if cand.bullets:
                 terms = terms.union(*(term_set(b.text) for b in cand.bullets))
             matched = q_terms & terms
-            if not matched:
+            header = header_match[id(cand.block)]
+            if not matched and (header == 0 or cand.segment.kind == "code"):
                 continue
             # Squared-ish coverage: one sentence with all the terms beats three with one each.
             score = (sum(weights[t] for t in matched) / total) ** 1.5
-            score += 0.25 * header_match[id(cand.block)]
+            # A section titled after the question ("Limitations of PID") answers it even
+            # in sentences that do not repeat the question's words.
+            score += 0.25 * header
             if definitional and _DEFINITION_S_RE.search(cand.segment.text):
                 score += 0.2
             words = cand.words
