@@ -43,6 +43,7 @@ _INLINE_MDX = re.compile(
     r"(?:\s+(?:[^<>\"'{}]|\"[^\"]*\"|'[^']*'|\{(?:[^{}]|\{[^{}]*\})*\})*)?\s*/?>)"
 )
 _ADMONITION_PARAMS = re.compile(r"^\s*([A-Za-z]+)")
+_CONTAINER_CLOSE = re.compile(r"^[ \t]*:{3,}[ \t]*$")
 
 
 class FrontMatterError(ValueError):
@@ -108,7 +109,7 @@ def _new_parser() -> MarkdownIt:
 
     def is_admonition(params: str, *_: Any) -> bool:
         match = _ADMONITION_PARAMS.match(params)
-        return bool(match) and match.group(1).lower() in ADMONITION_KEYWORDS
+        return match is not None and match.group(1).lower() in ADMONITION_KEYWORDS
 
     container_plugin(md, "admonition", validate=is_admonition)
     return md
@@ -295,6 +296,8 @@ def parse_blocks(body: str, *, line_offset: int = 0) -> tuple[list[Block], list[
             continue
         start, end = token.map
         close = index if token.nesting == 0 else _closing_index(tokens, index)
+        if kind == "admonition" and end < len(lines) and _CONTAINER_CLOSE.match(lines[end]):
+            end += 1  # the container plugin's map stops before the closing `:::` line
         parts: tuple[str, ...] = ()
         if kind == "list":
             parts = tuple(
