@@ -113,7 +113,23 @@ def make_settings(tmp_path: Path, **overrides: str) -> Settings:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, migrated_database_url: str) -> Settings:
+def sqlite_url(tmp_path: Path) -> str:
+    """A migrated SQLite database (for tests that are not about the database)."""
+    from bookchat.cli import run_migrations
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
+    run_migrations(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, sqlite_url: str) -> Settings:
+    return make_settings(tmp_path, DATABASE_URL=sqlite_url)
+
+
+@pytest.fixture
+def any_db_settings(tmp_path: Path, migrated_database_url: str) -> Settings:
+    """Settings on SQLite and, when available, on PostgreSQL (parametrized)."""
     return make_settings(tmp_path, DATABASE_URL=migrated_database_url)
 
 

@@ -10,13 +10,15 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
 from bookchat import __version__
-from bookchat.chat.controller import SessionsController
+from bookchat.chat.controller import ChatController, SessionsController
+from bookchat.chat.openapi import chat_components
 from bookchat.db.config import make_alchemy_config
 from bookchat.errors import http_exception_handler, internal_error_handler
 from bookchat.health import HealthController
@@ -91,6 +93,15 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         exclude=["/metrics", "/static"],
     )
 
+    def add_event_schemas(app: Litestar) -> None:
+        # Litestar rebuilds `components.schemas` from its registry, dropping configured
+        # ones, so the SSE event schemas are merged into the built document instead.
+        openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
+        schemas = openapi.components.schemas if openapi.components else None
+        if schemas is not None:
+            for name, schema in chat_components().items():
+                schemas.setdefault(name, schema)
+
     async def close_runtime() -> None:
         await runtime.close()
 
@@ -98,6 +109,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         route_handlers=[
             HealthController,
             SessionsController,
+            ChatController,
             MetricsController,
             docs_redirect,
             create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
@@ -109,6 +121,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
         request_max_body_size=settings.max_body_bytes,
         state=State({"runtime": runtime, "settings": settings}),
+        on_startup=[add_event_schemas],
         on_shutdown=[close_runtime],
         logging_config=None,
         debug=False,

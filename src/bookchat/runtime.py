@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bookchat.chat.identity import IdentityResolver
+from bookchat.chat.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from bookchat.chat.service import ChatService
 from bookchat.db.config import create_engine
-from bookchat.llm.base import Embedder
+from bookchat.llm.base import AnswerGenerator, Embedder
+from bookchat.rag.answer import AnswerPipeline
+from bookchat.rag.grounding import PromptBuilder
+from bookchat.rag.retriever import Retriever
 from bookchat.rag.types import VectorStore
 from bookchat.settings import Settings
 
@@ -18,10 +23,23 @@ logger = logging.getLogger("bookchat.runtime")
 
 
 def make_store(settings: Settings) -> VectorStore:
-    """The embedded engine by default, a Qdrant server when QDRANT_URL is set."""
+    """The writer store (ingestion): the embedded engine, or a Qdrant server (QDRANT_URL)."""
     from bookchat.rag.vectorstore import make_vector_store
 
     return make_vector_store(
+        qdrant_url=settings.qdrant_url,
+        qdrant_api_key=settings.qdrant_api_key,
+        collection=settings.qdrant_collection,
+        embedded_path=Path(settings.qdrant_path),
+    )
+
+
+def make_serving_store(settings: Settings) -> VectorStore:
+    """The store the API reads from (embedded: a private snapshot per worker process)."""
+    from bookchat.rag import vectorstore
+
+    factory = getattr(vectorstore, "make_serving_store", vectorstore.make_vector_store)
+    return factory(
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=settings.qdrant_api_key,
         collection=settings.qdrant_collection,
@@ -40,29 +58,79 @@ def make_embedder(settings: Settings) -> Embedder | None:
     return GeminiEmbedder(client, model=settings.embedding_model, dim=settings.embedding_dim)
 
 
+def make_generator(settings: Settings) -> AnswerGenerator:
+    """Gemini when a key is configured, else the offline extractive answerer."""
+    if settings.offline:
+        from bookchat.llm.offline import OfflineGenerator
+
+        return OfflineGenerator()
+    from bookchat.llm.gemini import GeminiGenerator, make_genai_client
+
+    client = make_genai_client(settings.gemini_api_key or "", settings.gemini_base_url)
+    return GeminiGenerator(
+        client,
+        settings.chat_model,
+        settings.fallback_model,
+        first_token_timeout=settings.first_token_timeout,
+        total_timeout=settings.total_timeout,
+    )
+
+
+def make_limiter(settings: Settings) -> RateLimiter:
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url)
+    return MemoryRateLimiter()
+
+
 @dataclass
 class Runtime:
-    """Everything a request needs that outlives it: engine, vector store, generators."""
+    """Everything a request needs that outlives it: engine, store, pipeline, limiter."""
 
     settings: Settings
     engine: AsyncEngine
     store: VectorStore
     identities: IdentityResolver
-    owns_clients: bool = field(default=True)
+    limiter: RateLimiter
+    chat: ChatService
+    owns_clients: bool = True
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
-        """Create the clients; nothing here does network I/O yet."""
-        store = make_store(settings)
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        store: VectorStore | None = None,
+        embedder: Embedder | None = None,
+        generator: AnswerGenerator | None = None,
+        engine: AsyncEngine | None = None,
+    ) -> Runtime:
+        """Create the clients (no network I/O yet); tests may pass their own parts."""
+        engine = engine or create_engine(settings)
+        store = store or make_serving_store(settings)
+        if embedder is None:
+            embedder = make_embedder(settings)
+        pipeline = AnswerPipeline(
+            Retriever(store, embedder),
+            generator or make_generator(settings),
+            PromptBuilder(settings.book_title, history_limit=settings.history_messages),
+        )
+        chat = ChatService(
+            pipeline,
+            async_sessionmaker(engine, expire_on_commit=False),
+            history_messages=settings.history_messages,
+        )
         return cls(
             settings=settings,
-            engine=create_engine(settings),
+            engine=engine,
             store=store,
             identities=IdentityResolver(settings),
+            limiter=make_limiter(settings),
+            chat=chat,
         )
 
     async def close(self) -> None:
         if not self.owns_clients:
             return
+        await self.limiter.close()
         await self.store.close()
         await self.engine.dispose()

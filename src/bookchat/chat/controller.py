@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
+import anyio
 import msgspec
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bookchat import metrics
 from bookchat.chat.identity import Identity
+from bookchat.chat.openapi import ChatOperation
+from bookchat.chat.ratelimit import Window
 from bookchat.chat.schemas import (
+    ChatRequest,
     ErrorEnvelope,
+    ErrorEvent,
     FeedbackOut,
     FeedbackRequest,
     MessageList,
@@ -26,8 +36,12 @@ from bookchat.chat.schemas import (
 )
 from bookchat.db.models import Message
 from bookchat.db.services import ChatSessionService, MessageService
+from bookchat.chat.service import DB_ERRORS, ChatService, ChatTurn
 from bookchat.errors import ApiError
 from bookchat.rag.grounding import Citation
+from bookchat.settings import Settings
+
+logger = logging.getLogger("bookchat.chat")
 
 ERRORS = {
     400: ResponseSpec(ErrorEnvelope, description="validation_error"),
@@ -120,3 +134,132 @@ class SessionsController(Controller):
         message.feedback_rating = data.rating
         message.feedback_comment = data.comment
         return FeedbackOut(message_id=message.id, rating=data.rating, comment=data.comment)
+
+
+async def sse_messages(
+    service: ChatService, turn: ChatTurn, ping_interval: float
+) -> AsyncIterator[ServerSentEventMessage]:
+    """Encode the answer's events as SSE, with a comment ping after `ping_interval` idle.
+
+    The answer runs in a task feeding a queue so that waiting for the next event can time
+    out (for the ping) without cancelling the answer itself; Litestar's ServerSentEvent
+    has no keep-alive of its own.
+    """
+    queue: asyncio.Queue[tuple[str, msgspec.Struct] | None] = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for event in service.run(turn):
+                queue.put_nowait(event)
+        except Exception:
+            logger.exception("chat stream failed")
+            queue.put_nowait(
+                ("error", ErrorEvent(code="internal_error", message="internal error", retryable=True))
+            )
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(produce())
+    event_id = 0
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(ping_interval):
+                    item = await queue.get()
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="ping", data=None)
+                continue
+            if item is None:
+                break
+            name, payload = item
+            event_id += 1
+            yield ServerSentEventMessage(
+                event=name, id=event_id, data=msgspec.json.encode(payload).decode()
+            )
+    finally:
+        if not task.done():
+            task.cancel()  # the client left: stop generating, save what was said
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _windows(identity: Identity, settings: Settings) -> list[Window]:
+    if identity.tier == "api_key":
+        return [Window(identity.subject, settings.rate_limit_api_key)]
+    if identity.tier == "token":
+        return [
+            Window(identity.subject, settings.rate_limit_token),
+            Window(f"tokens-ip:{identity.client_ip}", settings.rate_limit_ip),
+        ]
+    return [Window(identity.subject, settings.rate_limit_anonymous)]
+
+
+SSE_DESCRIPTION = """Server-Sent Events (default) or, with `Accept: application/json`, one
+`ChatResponse`. Events, each with an `id`, in order:
+
+- `session` → `SessionEvent` (`token` only when a new anonymous user was created)
+- `citations` → `CitationsEvent` (the numbered sources retrieved)
+- `token` → `TokenEvent` (repeated)
+- `done` → `DoneEvent` (citations actually cited, usage, `grounded`, `persistence_warning?`)
+- `error` → `ErrorEvent` (last event on failure: `generation_failed`, `generation_timeout`,
+  `generation_blocked`, `rate_limited`, `internal_error`)
+
+Comment lines (`: ping`) keep idle connections open every 15 s. Everything that can be
+decided before streaming is an HTTP status with the error envelope instead: 400, 401,
+404, 429 (with `Retry-After`), 503."""
+
+
+class ChatController(Controller):
+    path = "/api/v1"
+    tags = ["chat"]
+
+    @post(
+        "/chat",
+        summary="Ask the book a question (SSE stream or JSON)",
+        description=SSE_DESCRIPTION,
+        status_code=200,
+        responses={
+            **ERRORS,
+            429: ResponseSpec(ErrorEnvelope, description="rate_limit_exceeded (Retry-After)"),
+            503: ResponseSpec(ErrorEnvelope, description="retrieval_failed / service_unavailable"),
+        },
+        response_description="text/event-stream of SessionEvent, CitationsEvent, TokenEvent, "
+        "DoneEvent, ErrorEvent; or application/json ChatResponse",
+        operation_class=ChatOperation,
+    )
+    async def chat(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        db_session: NamedDependency[AsyncSession],
+        data: JSONBody[ChatRequest],
+    ) -> Response[Any]:
+        runtime = state.runtime
+        try:
+            identity: Identity = await runtime.identities.resolve(request, db_session)
+        except DB_ERRORS as exc:
+            raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        decision = await runtime.limiter.hit(
+            _windows(identity, runtime.settings), runtime.settings.rate_limit_window
+        )
+        if not decision.allowed:
+            metrics.RATE_LIMITED.labels(identity.tier).inc()
+            wait = decision.headers()["Retry-After"]
+            raise ApiError(
+                429,
+                "rate_limit_exceeded",
+                f"too many messages; try again in {wait} s",
+                headers=decision.headers(),
+            )
+        service: ChatService = runtime.chat
+        turn = await service.begin(data, identity, db_session)
+        headers = decision.headers()
+        if turn.token:
+            headers["X-Bookchat-Token"] = turn.token
+        if "application/json" in request.headers.get("accept", ""):
+            answer = await service.answer(turn)
+            return Response(answer, headers=headers)
+        headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+        return ServerSentEvent(
+            sse_messages(service, turn, runtime.settings.sse_ping_interval), headers=headers
+        )

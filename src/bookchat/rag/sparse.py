@@ -20,13 +20,16 @@ from functools import lru_cache
 import msgspec
 import qdrant_edge
 
+from bookchat.rag.types import ChunkPayload
+
 # Mean chunk length in BM25 tokens (stop words removed) for ~500-token chunks.
 BM25_AVG_LEN = 256.0
 BM25_K = 1.2
 BM25_B = 0.75
 
 # Changing the encoder or its parameters changes this name and forces `--recreate`.
-SPARSE_MODEL = f"qdrant-edge-bm25-en/k{BM25_K}-b{BM25_B}-avg{BM25_AVG_LEN:g}"
+# "+crumbs": documents are indexed with their heading breadcrumb (document_text).
+SPARSE_MODEL = f"qdrant-edge-bm25-en/k{BM25_K}-b{BM25_B}-avg{BM25_AVG_LEN:g}+crumbs"
 
 
 class SparseVector(msgspec.Struct, frozen=True):
@@ -45,6 +48,15 @@ def _encoder() -> qdrant_edge.Bm25:
     # One encoder per process: construction builds the stemmer and stop-word tables.
     config = qdrant_edge.Bm25Config(k=BM25_K, b=BM25_B, avg_len=BM25_AVG_LEN, language="english")
     return qdrant_edge.Bm25(config)
+
+
+def document_text(payload: ChunkPayload) -> str:
+    """What BM25 indexes for a chunk: its breadcrumb (page title, headings) and text.
+
+    Headings name the topic even when the body does not repeat it ("Lidar Range Sensing"
+    over a section that says "the sensor").
+    """
+    return " › ".join(payload.heading_breadcrumb or [payload.title]) + "\n" + payload.text
 
 
 def encode_document(text: str) -> SparseVector:

@@ -56,7 +56,7 @@ STOPWORDS: frozenset[str] = frozenset(
     discuss discusses discussed give gives show shows define defined definition detail
     details detailed elaborate briefly simply thing things something
     anything everything kind kinds sort sorts way ways example examples e g ie eg
-    use used using uses know want need help
+    use used using uses know want need help work works working happen happens
     book chapter section page passage selection selected
     """.split()  # noqa: SIM905 (word lists read better as text)
 )

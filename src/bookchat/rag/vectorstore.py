@@ -32,7 +32,13 @@ import qdrant_edge as edge
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from bookchat.rag.sparse import SPARSE_MODEL, SparseVector, encode_document, encode_query
+from bookchat.rag.sparse import (
+    SPARSE_MODEL,
+    SparseVector,
+    document_text,
+    encode_document,
+    encode_query,
+)
 from bookchat.rag.types import (
     FILTER_FIELDS,
     ChunkPayload,
@@ -280,7 +286,7 @@ class EmbeddedVectorStore:
             shard = self._require_shard()
             points = []
             for record in records:
-                sparse = encode_document(record.payload.text)
+                sparse = encode_document(document_text(record.payload))
                 vector: dict[str, Any] = {SPARSE: edge.SparseVector(sparse.indices, sparse.values)}
                 if record.dense is not None:
                     vector[DENSE] = record.dense
@@ -529,7 +535,7 @@ class QdrantServerStore:
             points = []
             for record in records[start : start + _UPSERT_BATCH]:
                 vector: dict[str, Any] = {
-                    SPARSE: _server_sparse(encode_document(record.payload.text))
+                    SPARSE: _server_sparse(encode_document(document_text(record.payload)))
                 }
                 if record.dense is not None:
                     vector[DENSE] = record.dense
