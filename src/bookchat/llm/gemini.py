@@ -20,6 +20,7 @@ import contextvars
 import logging
 import random
 import re
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,6 +63,12 @@ except ImportError:  # pragma: no cover - httpx2 is optional
     _TRANSPORT_ERRORS = (httpx.TransportError,)
 
 
+# The httpx client each `make_genai_client` client owns (google-genai won't close it).
+_OWNED_HTTP_CLIENTS: weakref.WeakKeyDictionary[genai.Client, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def _remember_response(response: httpx.Response) -> None:
     opened = _OPENED_RESPONSES.get()
     if opened is not None:
@@ -86,7 +93,17 @@ def make_genai_client(api_key: str, base_url: str | None = None) -> genai.Client
         base_url=base_url,
         httpx_async_client=http_client,
     )
-    return genai.Client(api_key=api_key, http_options=options)
+    client = genai.Client(api_key=api_key, http_options=options)
+    _OWNED_HTTP_CLIENTS[client] = http_client
+    return client
+
+
+async def close_genai_client(client: genai.Client) -> None:
+    """Close a client from `make_genai_client`, including its pooled connections."""
+    await client.aio.aclose()
+    http_client = _OWNED_HTTP_CLIENTS.pop(client, None)
+    if http_client is not None:
+        await http_client.aclose()
 
 
 def retry_delay_hint(exc: BaseException) -> float | None:
