@@ -1,0 +1,195 @@
+"""Dense embeddings with Gemini (`gemini-embedding-001`) through google-genai.
+
+google-genai sends one `title` per call (EmbedContentConfig applies it to every text of
+`:batchEmbedContents`), so documents are grouped by title and each group is split into
+batches of at most `batch_size`; a page's chunks share its title, so this costs about
+one call per page. Vectors are L2-normalised here because Gemini only normalises the
+full 3072-dimension output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import OrderedDict
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from bookchat.llm.gemini import backoff_delay, is_retryable_error, retry_delay_hint
+
+logger = logging.getLogger(__name__)
+
+_MAX_BATCH = 100  # the API's limit for :batchEmbedContents
+
+
+class EmbeddingError(Exception):
+    """Embedding failed for good (after retries, or on a non-retryable error)."""
+
+
+def l2_normalise(vector: list[float]) -> list[float]:
+    """`vector` scaled to unit length (a zero vector is returned unchanged)."""
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm else list(vector)
+
+
+class GeminiEmbedder:
+    """`Embedder` for Gemini: batched, bounded-concurrency, retried, with a query cache.
+
+    `embedding_calls` counts HTTP calls made (retries included) for the ingestion
+    summary; `cache_hits` / `cache_misses` describe the query cache.
+    """
+
+    def __init__(
+        self,
+        client: genai.Client,
+        model: str = "gemini-embedding-001",
+        dim: int = 768,
+        *,
+        batch_size: int = _MAX_BATCH,
+        concurrency: int = 4,
+        max_retries: int = 5,
+        backoff_base: float = 0.5,
+        max_backoff: float = 20.0,
+        request_timeout: float = 60.0,
+        cache_size: int = 1024,
+    ) -> None:
+        if not 1 <= batch_size <= _MAX_BATCH:
+            raise ValueError(f"batch_size must be 1..{_MAX_BATCH}, got {batch_size}")
+        self.model = model
+        self.dim = dim
+        self._client = client
+        self._batch_size = batch_size
+        self._concurrency = max(1, concurrency)
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._max_backoff = max_backoff
+        self._request_timeout = request_timeout
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self.embedding_calls = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    async def embed_documents(self, texts: list[str], titles: list[str]) -> list[list[float]]:
+        """Embed chunks for indexing (`RETRIEVAL_DOCUMENT`, with each chunk's page title)."""
+        if len(texts) != len(titles):
+            raise ValueError(f"got {len(texts)} texts but {len(titles)} titles")
+        if not texts:
+            return []
+        by_title: dict[str, list[int]] = {}
+        for index, title in enumerate(titles):
+            by_title.setdefault(title, []).append(index)
+        batches = [
+            (title, indices[start : start + self._batch_size])
+            for title, indices in by_title.items()
+            for start in range(0, len(indices), self._batch_size)
+        ]
+        # Created per call: an asyncio.Semaphore binds to the loop that first waits on it.
+        semaphore = asyncio.Semaphore(self._concurrency)
+        vectors: list[list[float] | None] = [None] * len(texts)
+
+        async def run(title: str, indices: list[int]) -> None:
+            async with semaphore:
+                batch = await self._embed(
+                    [texts[i] for i in indices], "RETRIEVAL_DOCUMENT", title or None
+                )
+            for i, vector in zip(indices, batch, strict=True):
+                vectors[i] = vector
+
+        tasks = [asyncio.ensure_future(run(title, indices)) for title, indices in batches]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # One batch failed for good: stop the others instead of spending quota.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [v for v in vectors if v is not None]
+
+    async def embed_query(self, text: str) -> list[float]:
+        """Embed a search query (`RETRIEVAL_QUERY`); repeated queries come from an LRU cache."""
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            self.cache_hits += 1
+            return list(cached)
+        self.cache_misses += 1
+        (vector,) = await self._embed([text], "RETRIEVAL_QUERY", None)
+        if self._cache_size > 0:
+            self._cache[text] = vector
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return list(vector)
+
+    async def _embed(
+        self, texts: list[str], task_type: str, title: str | None
+    ) -> list[list[float]]:
+        config = types.EmbedContentConfig(
+            task_type=task_type, title=title, output_dimensionality=self.dim
+        )
+        last_error: BaseException | None = None
+        for attempt in range(self._max_retries + 1):
+            if attempt:
+                delay = backoff_delay(
+                    attempt - 1, self._backoff_base, retry_delay_hint(last_error), self._max_backoff
+                )
+                logger.info(
+                    "embedding retry %d/%d in %.2fs after %s",
+                    attempt,
+                    self._max_retries,
+                    delay,
+                    _describe(last_error),
+                )
+                await asyncio.sleep(delay)
+            self.embedding_calls += 1
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    response = await self._client.aio.models.embed_content(
+                        model=self.model, contents=texts, config=config
+                    )
+            except TimeoutError as exc:
+                last_error = exc
+                continue
+            except Exception as exc:
+                if not is_retryable_error(exc):
+                    raise EmbeddingError(
+                        f"Embedding with {self.model} was rejected ({_describe(exc)}): "
+                        f"{getattr(exc, 'message', None) or exc}. Check GEMINI_API_KEY, the "
+                        "embedding model name and the dimension."
+                    ) from exc
+                last_error = exc
+                continue
+            return self._vectors(response, len(texts))
+        raise EmbeddingError(
+            f"Embedding {len(texts)} text(s) with {self.model} failed after "
+            f"{self._max_retries + 1} attempts (last error: {_describe(last_error)}). "
+            "Gemini may be overloaded or the quota exhausted; try again later."
+        ) from last_error
+
+    def _vectors(self, response: types.EmbedContentResponse, expected: int) -> list[list[float]]:
+        embeddings = response.embeddings or []
+        if len(embeddings) != expected:
+            raise EmbeddingError(
+                f"{self.model} returned {len(embeddings)} embeddings for {expected} texts"
+            )
+        vectors = []
+        for embedding in embeddings:
+            values = list(embedding.values or [])
+            if len(values) != self.dim:
+                raise EmbeddingError(
+                    f"{self.model} returned {len(values)} dimensions, expected {self.dim}"
+                )
+            vectors.append(l2_normalise(values))
+        return vectors
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, genai_errors.APIError):
+        return f"HTTP {exc.code} {exc.status or ''}".strip()
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__ if exc is not None else "unknown"
