@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from logging.config import fileConfig
 
+from advanced_alchemy.types import GUID
+from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from advanced_alchemy.types import GUID
-
-from alembic import context
 from bookchat.db import models
 from bookchat.settings import load_settings
 

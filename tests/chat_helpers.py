@@ -52,7 +52,9 @@ async def ask(
             answer.error_body = response.json()
             return answer
         async for event in source.aiter_sse():
-            answer.events.append((event.event, msgspec.json.decode(event.data) if event.data else {}))
+            answer.events.append(
+                (event.event, msgspec.json.decode(event.data) if event.data else {})
+            )
             answer.ids.append(event.id)
     return answer
 

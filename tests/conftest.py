@@ -33,7 +33,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for outcome in ("passed", "failed", "skipped"):
             reports = terminalreporter.stats.get(outcome, [])
             counts[outcome] = sum(
-                1 for r in reports if getattr(r, "when", "call") in ("call", "setup")
+                1
+                for r in reports
+                if getattr(r, "when", "call") in ("call", "setup")
                 and marker in getattr(r, "keywords", {})
                 and (outcome != "passed" or r.when == "call")
             )

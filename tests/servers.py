@@ -28,7 +28,11 @@ def free_port() -> int:
 
 
 def prepare_book_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
-    """Environment for a server with a migrated SQLite DB and the sample book ingested."""
+    """Environment for a server with a migrated SQLite DB and the sample book ingested.
+
+    With GEMINI_API_KEY and GEMINI_BASE_URL (a FakeGemini) in `overrides`, the book is
+    ingested with dense embeddings too, so the server runs hybrid retrieval.
+    """
     from bookchat.cli import run_ingest, run_migrations
 
     env = {
@@ -42,9 +46,7 @@ def prepare_book_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env.update(overrides)
     settings = load_settings({k: v for k, v in env.items() if k.isupper()})
     run_migrations(settings.database_url)
-    # Ingestion itself always runs offline: the fake Gemini may not be up yet.
-    offline = settings.replace(gemini_api_key=None)
-    asyncio.run(run_ingest(offline, SAMPLE_BOOK, site_url=settings.site_url))
+    asyncio.run(run_ingest(settings, SAMPLE_BOOK, site_url=settings.site_url))
     return env
 
 

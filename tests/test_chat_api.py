@@ -49,7 +49,16 @@ async def test_chat_streams_events_in_protocol_order(client: httpx.AsyncClient) 
     assert session["token"] == answer.headers["x-bookchat-token"]
     citations = answer.first("citations")["citations"]
     assert citations and citations[0]["n"] == 1
-    assert set(citations[0]) == {"n", "doc_path", "title", "section", "url", "module", "chapter", "score"}
+    assert set(citations[0]) == {
+        "n",
+        "doc_path",
+        "title",
+        "section",
+        "url",
+        "module",
+        "chapter",
+        "score",
+    }
     assert citations[0]["url"].startswith("https://book.example.org/")
     assert not citations[0]["doc_path"].endswith((".md", ".mdx"))
 
@@ -121,7 +130,9 @@ async def test_invalid_chat_requests_are_400(client: httpx.AsyncClient, body: di
 async def test_unknown_token_is_401(client: httpx.AsyncClient) -> None:
     answer = await ask(client, PID, token="bc_not-a-real-token")
     assert answer.status == 401
-    assert answer.error_body == {"error": {"code": "unauthorized", "message": "unknown or revoked token"}}
+    assert answer.error_body == {
+        "error": {"code": "unauthorized", "message": "unknown or revoked token"}
+    }
 
 
 async def test_unknown_session_is_404(client: httpx.AsyncClient) -> None:
@@ -140,7 +151,9 @@ async def test_other_users_sessions_and_messages_are_404(client: httpx.AsyncClie
     message_a = a.first("done")["message_id"]
     as_b = {"Authorization": f"Bearer {token_b}"}
 
-    assert (await client.get(f"/api/v1/sessions/{session_a}/messages", headers=as_b)).status_code == 404
+    assert (
+        await client.get(f"/api/v1/sessions/{session_a}/messages", headers=as_b)
+    ).status_code == 404
     assert (await client.delete(f"/api/v1/sessions/{session_a}", headers=as_b)).status_code == 404
     feedback = await client.post(
         f"/api/v1/messages/{message_a}/feedback", json={"rating": "down"}, headers=as_b
@@ -177,8 +190,12 @@ async def test_delete_archives_the_session(client: httpx.AsyncClient) -> None:
     first = await ask(client, "What is lidar?")
     token, session_id = first.first("session")["token"], first.first("session")["session_id"]
     headers = {"Authorization": f"Bearer {token}"}
-    assert (await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)).status_code == 204
-    assert (await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)).status_code == 404
+    assert (
+        await client.delete(f"/api/v1/sessions/{session_id}", headers=headers)
+    ).status_code == 204
+    assert (
+        await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers)
+    ).status_code == 404
     assert (await client.get("/api/v1/sessions", headers=headers)).json()["total"] == 0
 
 
@@ -309,7 +326,9 @@ async def test_vector_store_down_is_503_before_streaming(settings: Settings) -> 
 
 
 async def test_database_down_at_start_is_503(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    settings = make_settings(
+        tmp_path, DATABASE_URL="postgresql+asyncpg://postgres@127.0.0.1:1/none"
+    )
     await aingest_sample_book(settings)
     async for client in app_client(settings):
         answer = await ask(client, PID)
@@ -320,10 +339,10 @@ async def test_database_down_at_start_is_503(tmp_path: Path) -> None:
 class _FailingSessions:
     """A session factory whose sessions fail like a database that went away."""
 
-    def __call__(self) -> "_FailingSessions":
+    def __call__(self) -> _FailingSessions:
         return self
 
-    async def __aenter__(self) -> "_FailingSessions":
+    async def __aenter__(self) -> _FailingSessions:
         raise OperationalError("INSERT", {}, ConnectionRefusedError("database went away"))
 
     async def __aexit__(self, *exc: object) -> None:

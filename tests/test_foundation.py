@@ -197,7 +197,11 @@ def test_bad_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": "nonsense"}
     result = subprocess.run(
         [sys.executable, "-m", "bookchat.cli", "serve"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()

@@ -6,17 +6,18 @@ from pathlib import Path
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, get
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
 from bookchat import __version__
+from bookchat.bench.floor import bench_plugins
 from bookchat.chat.controller import ChatController, SessionsController
 from bookchat.chat.openapi import chat_components
 from bookchat.db.config import make_alchemy_config
@@ -112,13 +113,18 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             ChatController,
             MetricsController,
             docs_redirect,
-            create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False),
+            create_static_files_router(
+                path="/static", directories=[STATIC_DIR], include_in_schema=False
+            ),
         ],
-        plugins=[SQLAlchemyPlugin(config=alchemy)],
+        plugins=[SQLAlchemyPlugin(config=alchemy), *bench_plugins()],  # bench: opt-in by env
         middleware=[request_id_middleware, prometheus.middleware],
         openapi_config=_openapi_config(),
         cors_config=_cors_config(settings),
-        exception_handlers={HTTPException: http_exception_handler, Exception: internal_error_handler},
+        exception_handlers={
+            HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
+        },
         request_max_body_size=settings.max_body_bytes,
         state=State({"runtime": runtime, "settings": settings}),
         on_startup=[add_event_schemas],

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bookchat.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from bookchat.rag.ingest import IngestSummary
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -27,7 +34,10 @@ def _settings() -> Settings:
 
 def find_alembic_ini() -> Path:
     """alembic.ini in the working directory, else the one beside the source tree."""
-    for candidate in (Path.cwd() / "alembic.ini", Path(__file__).resolve().parents[2] / "alembic.ini"):
+    for candidate in (
+        Path.cwd() / "alembic.ini",
+        Path(__file__).resolve().parents[2] / "alembic.ini",
+    ):
         if candidate.is_file():
             return candidate
     _fail("alembic.ini not found: run from the project directory (or the container's /app)")
@@ -97,12 +107,17 @@ def cmd_archive(args: argparse.Namespace) -> None:
     print(f"bookchat: archived {count} session(s) idle for more than {args.idle_days} days")
 
 
-def _progress_printer(use_bar: bool) -> tuple[object | None, Callable[[int, int, str], None]]:
+def _progress_printer(use_bar: bool) -> tuple[Progress | None, Callable[[int, int, str], None]]:
     """A rich progress bar on a terminal, plain lines otherwise."""
     if use_bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        bar = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"))
+        bar = Progress(
+            TextColumn("ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+        )
         task = bar.add_task("", total=None)
 
         def update(done: int, total: int, doc_path: str) -> None:
@@ -125,7 +140,7 @@ async def run_ingest(
     recreate: bool = False,
     dry_run: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
-) -> object:
+) -> IngestSummary:
     """Ingest `docs_root` with the configured store and embedder; returns the summary."""
     from bookchat.rag.ingest import ingest_book
     from bookchat.runtime import make_embedder, make_store
@@ -158,33 +173,32 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     if args.json:
         progress = _quiet  # stdout carries only the JSON; stderr stays quiet for scripts
     try:
-        if bar is not None:
-            with bar:  # type: ignore[attr-defined]
-                summary = asyncio.run(_ingest_call(settings, docs_root, args, progress))
-        else:
-            summary = asyncio.run(_ingest_call(settings, docs_root, args, progress))
+        with bar if bar is not None else contextlib.nullcontext():
+            summary = asyncio.run(
+                run_ingest(
+                    settings,
+                    docs_root,
+                    site_url=args.site_url or settings.site_url,
+                    recreate=args.recreate,
+                    dry_run=args.dry_run,
+                    progress=progress,
+                )
+            )
     except (IngestError, CollectionMismatchError, VectorStoreUnavailableError) as exc:
         _fail(str(exc), 1)
         return
     if args.json:
         print(msgspec.json.encode(summary).decode())
         return
-    data = msgspec.structs.asdict(summary)  # type: ignore[arg-type]
-    mode = "dry run, nothing written" if args.dry_run else ("offline: BM25 only" if settings.offline else f"dense: {settings.embedding_model}")
+    data = msgspec.structs.asdict(summary)
+    mode = (
+        "dry run, nothing written"
+        if args.dry_run
+        else ("offline: BM25 only" if settings.offline else f"dense: {settings.embedding_model}")
+    )
     print(f"ingested {docs_root} ({mode})")
     for key, value in data.items():
         print(f"  {key:<17} {value}")
-
-
-def _ingest_call(settings: Settings, docs_root: Path, args: argparse.Namespace, progress: Callable[[int, int, str], None]) -> object:
-    return run_ingest(
-        settings,
-        docs_root,
-        site_url=args.site_url or settings.site_url,
-        recreate=args.recreate,
-        dry_run=args.dry_run,
-        progress=progress,
-    )
 
 
 def _quiet(done: int, total: int, doc_path: str) -> None:
@@ -229,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path", help="the docs/ folder")
     ingest.add_argument("--site-url", help="base URL of the published book (default SITE_URL)")
     ingest.add_argument("--recreate", action="store_true", help="drop and rebuild the collection")
-    ingest.add_argument("--dry-run", action="store_true", help="report what would change, write nothing")
+    ingest.add_argument(
+        "--dry-run", action="store_true", help="report what would change, write nothing"
+    )
     ingest.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     ingest.set_defaults(func=cmd_ingest)
 

@@ -34,9 +34,9 @@ class Liveness(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
-async def _probe(check: Callable[[], Awaitable[object]], timeout: float) -> ComponentStatus:
+async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> ComponentStatus:
     try:
-        await asyncio.wait_for(check(), timeout)
+        await asyncio.wait_for(check(), limit)
     except Exception:  # any failure or the timeout: the component is not usable
         return "error"
     return "ok"

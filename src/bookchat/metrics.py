@@ -14,7 +14,9 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From request start to the first answer token",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20),
 )
-ANSWER_TOKENS = Counter("bookchat_answer_tokens_total", "Tokens reported by the generator", ["kind"])
+ANSWER_TOKENS = Counter(
+    "bookchat_answer_tokens_total", "Tokens reported by the generator", ["kind"]
+)
 RETRIEVAL_LATENCY = Histogram(
     "bookchat_retrieval_seconds",
     "Retrieval latency (embedding + vector search)",

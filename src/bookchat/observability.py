@@ -61,7 +61,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Accept a sane `X-Request-ID` or make one; echo it; write one access line per request."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # websockets and lifespan pass through untouched
             await app(scope, receive, send)
             return
         incoming = next(
@@ -88,7 +88,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 access_logger.info(
                     "request",
                     extra={
-                        "method": scope["method"],
+                        "method": scope.get("method", ""),
                         "path": scope["path"],
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 2),

@@ -87,7 +87,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             raise SettingsError(f"PORT: must be at most 65535, got {self.port}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise SettingsError(
-                f"LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {self.log_level!r}"
+                "LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                f"got {self.log_level!r}"
             )
         if not self.site_url.startswith(("http://", "https://")):
             raise SettingsError(f"SITE_URL: expected an http(s) URL, got {self.site_url!r}")

@@ -10,13 +10,12 @@ from uuid import UUID
 
 import anyio
 import msgspec
-
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.datastructures import State
-from litestar.openapi import ResponseSpec
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat import metrics
@@ -34,9 +33,9 @@ from bookchat.chat.schemas import (
     SessionList,
     SessionSummary,
 )
+from bookchat.chat.service import DB_ERRORS, ChatService, ChatTurn
 from bookchat.db.models import Message
 from bookchat.db.services import ChatSessionService, MessageService
-from bookchat.chat.service import DB_ERRORS, ChatService, ChatTurn
 from bookchat.errors import ApiError
 from bookchat.rag.grounding import Citation
 from bookchat.settings import Settings
@@ -89,9 +88,17 @@ class SessionsController(Controller):
         )
         return SessionList(sessions=[SessionSummary(**row) for row in rows], total=total)
 
-    @get("/sessions/{session_id:uuid}/messages", summary="A session's messages, oldest first", responses=ERRORS)
+    @get(
+        "/sessions/{session_id:uuid}/messages",
+        summary="A session's messages, oldest first",
+        responses=ERRORS,
+    )
     async def list_messages(
-        self, request: Request[Any, Any, Any], state: State, db_session: NamedDependency[AsyncSession], session_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        db_session: NamedDependency[AsyncSession],
+        session_id: FromPath[UUID],
     ) -> MessageList:
         identity = await require_user(request, state, db_session)
         assert identity.user is not None
@@ -101,9 +108,15 @@ class SessionsController(Controller):
         messages = await MessageService(session=db_session).list_for_session(chat.id)
         return MessageList(session_id=chat.id, messages=[message_out(m) for m in messages])
 
-    @delete("/sessions/{session_id:uuid}", summary="Archive a session (soft delete)", responses=ERRORS)
+    @delete(
+        "/sessions/{session_id:uuid}", summary="Archive a session (soft delete)", responses=ERRORS
+    )
     async def archive_session(
-        self, request: Request[Any, Any, Any], state: State, db_session: NamedDependency[AsyncSession], session_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        db_session: NamedDependency[AsyncSession],
+        session_id: FromPath[UUID],
     ) -> None:
         identity = await require_user(request, state, db_session)
         assert identity.user is not None
@@ -154,7 +167,10 @@ async def sse_messages(
         except Exception:
             logger.exception("chat stream failed")
             queue.put_nowait(
-                ("error", ErrorEvent(code="internal_error", message="internal error", retryable=True))
+                (
+                    "error",
+                    ErrorEvent(code="internal_error", message="internal error", retryable=True),
+                )
             )
         finally:
             queue.put_nowait(None)

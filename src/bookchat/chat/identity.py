@@ -74,7 +74,9 @@ class IdentityResolver:
         client_ip = self.proxies.client_ip(request)
         header = request.headers.get("authorization")
         if not header:
-            return Identity(user=None, tier="anonymous", client_ip=client_ip, subject=f"ip:{client_ip}")
+            return Identity(
+                user=None, tier="anonymous", client_ip=client_ip, subject=f"ip:{client_ip}"
+            )
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > 512:
@@ -89,4 +91,6 @@ class IdentityResolver:
             raise ApiError(401, "unauthorized", "unknown or revoked token")
         user.last_seen_at = utcnow()
         tier: Tier = "api_key" if user.tier == "api_key" else "token"
-        return Identity(user=user, tier=tier, client_ip=client_ip, subject=f"user:{token_hash[:32]}")
+        return Identity(
+            user=user, tier=tier, client_ip=client_ip, subject=f"user:{token_hash[:32]}"
+        )

@@ -48,7 +48,9 @@ def _schema(node: Any) -> Schema | Reference:
     for key, value in node.items():
         name = _SNAKE.sub("_", key).lower()
         if key == "type":
-            kwargs["type"] = OpenAPIType(value) if isinstance(value, str) else [OpenAPIType(v) for v in value]
+            kwargs["type"] = (
+                OpenAPIType(value) if isinstance(value, str) else [OpenAPIType(v) for v in value]
+            )
         elif key == "properties":
             kwargs["properties"] = {k: _schema(v) for k, v in value.items()}
         elif key in ("anyOf", "oneOf", "allOf"):

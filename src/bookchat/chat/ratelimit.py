@@ -122,7 +122,9 @@ class RedisRateLimiter:
             )
         except Exception as exc:
             # Documented choice: an outage of the limiter must not take reading down.
-            logger.warning("rate limiter unavailable, allowing request", extra={"error": type(exc).__name__})
+            logger.warning(
+                "rate limiter unavailable, allowing request", extra={"error": type(exc).__name__}
+            )
             return Decision(True, windows[0].limit, windows[0].limit, period)
         window = windows[int(index) - 1]
         if int(allowed):

@@ -18,6 +18,7 @@ from uuid import UUID
 
 import anyio
 import msgspec
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
@@ -206,8 +207,9 @@ class ChatService:
     async def run(self, turn: ChatTurn) -> AsyncIterator[Event]:
         """The events of one answer; persists it before `done` (or on cancellation)."""
         outcome = StreamOutcome()
-        yield "session", SessionEvent(
-            session_id=turn.session_id, message_id=turn.message_id, token=turn.token
+        yield (
+            "session",
+            SessionEvent(session_id=turn.session_id, message_id=turn.message_id, token=turn.token),
         )
         metrics.ACTIVE_STREAMS.inc()
         try:
@@ -244,27 +246,33 @@ class ChatService:
         finally:
             metrics.ACTIVE_STREAMS.dec()
         if outcome.error is not None:
-            yield "error", ErrorEvent(
-                code=outcome.error.code,
-                message=outcome.error.message,
-                retryable=outcome.error.retryable,
+            yield (
+                "error",
+                ErrorEvent(
+                    code=outcome.error.code,
+                    message=outcome.error.message,
+                    retryable=outcome.error.retryable,
+                ),
             )
             return
-        yield "done", DoneEvent(
-            message_id=turn.message_id,
-            session_id=turn.session_id,
-            citations=outcome.citations,
-            usage=outcome.usage,
-            finish_reason=outcome.finish_reason,
-            grounded=outcome.grounded,
-            persistence_warning=warning,
+        yield (
+            "done",
+            DoneEvent(
+                message_id=turn.message_id,
+                session_id=turn.session_id,
+                citations=outcome.citations,
+                usage=outcome.usage,
+                finish_reason=outcome.finish_reason,
+                grounded=outcome.grounded,
+                persistence_warning=warning,
+            ),
         )
 
     async def answer(self, turn: ChatTurn) -> ChatResponse:
         """JSON mode: the same events, collected into one response."""
         parts: list[str] = []
         done: DoneEvent | None = None
-        async for name, payload in self.run(turn):
+        async for _name, payload in self.run(turn):
             if isinstance(payload, TokenEvent):
                 parts.append(payload.content)
             elif isinstance(payload, DoneEvent):
@@ -314,7 +322,7 @@ class ChatService:
                 async with self.session_maker() as session:
                     session.add(message)
                     await session.execute(
-                        ChatSession.__table__.update()
+                        update(ChatSession)
                         .where(ChatSession.id == turn.session_id)
                         .values(last_activity=utcnow())
                     )

@@ -45,7 +45,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_alchemy_config(settings: Settings, engine: AsyncEngine | None = None) -> SQLAlchemyAsyncConfig:
+def make_alchemy_config(
+    settings: Settings, engine: AsyncEngine | None = None
+) -> SQLAlchemyAsyncConfig:
     """advanced-alchemy's config: request-scoped sessions committed on 2xx responses."""
     return SQLAlchemyAsyncConfig(
         engine_instance=engine or create_engine(settings),

@@ -110,7 +110,7 @@ class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
             .where(ChatSession.status == "active", ChatSession.last_activity < cutoff)
             .values(status="archived")
         )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        return int(result.rowcount or 0)
 
 
 class MessageService(SQLAlchemyAsyncRepositoryService[Message]):

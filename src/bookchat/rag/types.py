@@ -63,7 +63,9 @@ class SearchFilters(msgspec.Struct, kw_only=True, frozen=True):
     doc_paths: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
-        return not (self.modules or self.chapters or self.content_types or self.tags or self.doc_paths)
+        return not (
+            self.modules or self.chapters or self.content_types or self.tags or self.doc_paths
+        )
 
 
 class SearchHit(msgspec.Struct, kw_only=True, frozen=True):
