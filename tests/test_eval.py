@@ -1,0 +1,233 @@
+"""`bookchat eval`: the sample set is the CI gate, and the gate notices when things break."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from bookchat import evaluation
+from bookchat.eval_report import EvalReport
+from bookchat.evaluation import (
+    SAMPLE_DOCS,
+    SAMPLE_QUESTIONS,
+    EvalError,
+    evaluate,
+    load_questions,
+    main,
+    matches,
+)
+from bookchat.rag import chunking, grounding, ingest
+from bookchat.rag.answer import AnswerPipeline
+
+SUMMARY_KEYS = {
+    "questions", "in_book", "follow_up", "out_of_book", "selected_text", "recall_at_1",
+    "recall_at_3", "recall_at_5", "mrr", "abstention_precision", "abstention_recall",
+    "false_abstentions", "contamination", "selection_behaviour_correct", "citations_checked",
+    "invalid_citations", "chunks_ingested", "retrieval", "generator", "seconds",
+}  # fmt: skip
+GATE_KEYS = {
+    "passed", "failures", "min_recall5", "min_abstention_recall", "min_abstention_precision",
+}  # fmt: skip
+QUESTION_KEYS = {
+    "id", "kind", "question", "expected", "top_doc_paths", "rank", "abstained", "grounded",
+    "finish_reason", "cited_urls", "cites_expected", "invalid_urls", "contaminated", "passed",
+    "problem",
+}  # fmt: skip
+
+
+def _run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    code = main(["--offline", "--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+async def _sample_report() -> EvalReport:
+    return await evaluate(load_questions(SAMPLE_QUESTIONS, SAMPLE_DOCS), SAMPLE_DOCS)
+
+
+def test_sample_question_set_covers_every_page_and_every_kind() -> None:
+    questions = load_questions(SAMPLE_QUESTIONS, SAMPLE_DOCS)
+    kinds = [q.kind for q in questions]
+    assert len(questions) >= 30
+    assert kinds.count("out_of_book") >= 5
+    assert kinds.count("selected_text") >= 5
+    assert kinds.count("follow_up") >= 3
+    expects = {q.expect for q in questions if q.kind == "selected_text"}
+    assert {"answer", "not_covered", "short_note"} <= expects
+    pages = {page.doc_path for page in chunking.chunk_book(SAMPLE_DOCS, site_url="https://x")}
+    for page in pages:
+        assert any(matches(page, q.expected[:1]) for q in questions), f"no question for {page}"
+
+
+async def test_sample_question_set_passes_the_gate() -> None:
+    report = await _sample_report()
+    s = report.summary
+    assert report.gate.passed, report.gate.failures
+    assert s.recall_at_5 is not None and s.recall_at_5 >= 0.9
+    assert s.abstention_recall == 1.0
+    assert s.contamination == 0
+    assert s.invalid_citations == 0 and s.citations_checked > 0
+
+
+def test_eval_cli_prints_one_json_object_with_the_documented_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, data = _run_json(capsys)
+    assert code == 0
+    assert set(data) == {"summary", "gate", "questions"}
+    assert set(data["summary"]) == SUMMARY_KEYS
+    assert set(data["gate"]) == GATE_KEYS
+    assert all(set(q) == QUESTION_KEYS for q in data["questions"])
+
+
+def test_eval_cli_prints_a_table_and_fails_above_an_impossible_threshold(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--offline", "--min-recall5", "1.01"]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("| id | kind | rank |")
+    assert "| **total** (" in out and "gate: FAILED: recall@5" in out
+
+
+def test_shuffled_chunk_texts_drop_recall_below_the_gate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A chunker that puts every text on the wrong page must fail the gate."""
+    real_chunk_book = chunking.chunk_book
+
+    def shuffled(docs_root: Path, *, site_url: str) -> list[chunking.PageChunks]:
+        pages = real_chunk_book(docs_root, site_url=site_url)
+        chunks = [c for page in pages for c in page.chunks]
+        texts = [c.text for c in chunks]
+        random.Random(7).shuffle(texts)
+        for page in pages:
+            page.chunks[:] = [msgspec.structs.replace(c, text=texts.pop()) for c in page.chunks]
+        return pages
+
+    monkeypatch.setattr(ingest, "chunk_book", shuffled)
+    code, data = _run_json(capsys)
+    assert code == 1
+    assert data["summary"]["recall_at_5"] < 0.9
+    assert any(f.startswith("recall@5") for f in data["gate"]["failures"])
+
+
+def test_index_without_chunk_text_fails_the_gate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Chunks indexed with no text (only their headings) must fail the gate, not just dip."""
+    real_chunk_book = chunking.chunk_book
+
+    def textless(docs_root: Path, *, site_url: str) -> list[chunking.PageChunks]:
+        pages = real_chunk_book(docs_root, site_url=site_url)
+        for page in pages:
+            page.chunks[:] = [msgspec.structs.replace(c, text="") for c in page.chunks]
+        return pages
+
+    monkeypatch.setattr(ingest, "chunk_book", textless)
+    code, data = _run_json(capsys)
+    assert code == 1
+    assert data["summary"]["recall_at_5"] < 0.9
+    assert data["summary"]["abstention_precision"] < 0.5
+    assert data["summary"]["false_abstentions"] > 30
+
+
+def test_fabricated_citation_url_fails_citation_validity(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_citation_for = grounding.citation_for
+
+    def fabricated(n: int, source: grounding.Source) -> grounding.Citation:
+        citation = real_citation_for(n, source)
+        return msgspec.structs.replace(citation, url=citation.url + "-invented")
+
+    monkeypatch.setattr(grounding, "citation_for", fabricated)
+    code, data = _run_json(capsys)
+    assert code == 1
+    assert data["summary"]["invalid_citations"] > 0
+    bad = [q for q in data["questions"] if q["invalid_urls"]]
+    assert bad and all(u.endswith("-invented") for q in bad for u in q["invalid_urls"])
+
+
+def test_selected_text_answer_from_the_store_counts_as_contamination(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A regression that searches the book in selected-text mode must fail the gate."""
+    real_prepare = AnswerPipeline.prepare
+
+    async def leaky(self: AnswerPipeline, question: str, **kwargs: object):  # type: ignore[no-untyped-def]
+        kwargs["mode"] = "normal"
+        return await real_prepare(self, question, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AnswerPipeline, "prepare", leaky)
+    code, data = _run_json(capsys)
+    assert code == 1
+    leaked = [q for q in data["questions"] if q["contaminated"]]
+    assert len(leaked) == data["summary"]["contamination"] >= 5
+    assert all(q["kind"] == "selected_text" for q in leaked)
+
+
+def test_an_answered_out_of_book_question_fails_the_abstention_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    questions = tmp_path / "q.json"
+    rows = [
+        {"id": "in", "question": "Why do glass walls confuse a lidar?", "expected": ["01-sensors"]},
+        {
+            "id": "mislabelled",
+            "out_of_book": True,
+            "question": "How does a lidar turn the round-trip time of a pulse into distance?",
+        },
+    ]
+    questions.write_text(json.dumps({"questions": rows}))
+    code, data = _run_json(capsys, str(questions))
+    assert code == 1
+    assert data["summary"]["abstention_recall"] == 0.0
+    assert data["questions"][0]["rank"] == 1  # a folder in `expected` matches its pages
+
+
+def _tiny_book(root: Path) -> Path:
+    docs = root / "docs"
+    for folder, text in {
+        "01-introduction": "# Embodied AI\n\nEmbodied AI gives a model a body with sensors.",
+        "02-humanoids": "# Humanoids\n\nThe zero moment point keeps a biped balanced.",
+    }.items():
+        (docs / folder).mkdir(parents=True)
+        (docs / folder / "index.md").write_text(text)
+    return docs
+
+
+async def test_corpus_format_maps_expected_chapter_to_its_folder(tmp_path: Path) -> None:
+    docs = _tiny_book(tmp_path)
+    corpus = tmp_path / "queries.json"
+    queries = [
+        {"id": 1, "chapter": 1, "query": "What is embodied AI?", "expected_chapter": 1},
+        {"id": 2, "chapter": 2, "query": "What is the zero moment point?", "expected_chapter": 2},
+    ]
+    corpus.write_text(json.dumps({"test_queries": queries}))
+    questions = load_questions(corpus, docs)
+    assert [(q.id, q.kind, q.expected) for q in questions] == [
+        ("1", "in_book", ["01-introduction"]),
+        ("2", "in_book", ["02-humanoids"]),
+    ]
+    report = await evaluate(questions, docs)
+    assert [r.rank for r in report.questions] == [1, 1]
+    assert report.summary.abstention_recall is None and report.gate.passed
+
+
+def test_question_file_errors_are_reported_with_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing_expected = tmp_path / "bad.json"
+    missing_expected.write_text(json.dumps({"questions": [{"id": "a", "question": "Why?"}]}))
+    with pytest.raises(EvalError, match="needs `expected`"):
+        load_questions(missing_expected, SAMPLE_DOCS)
+    assert evaluation.main(["--offline", str(missing_expected)]) == 2
+    assert "needs `expected`" in capsys.readouterr().err
+    corpus = tmp_path / "corpus.json"
+    missing = [{"id": 1, "query": "q", "expected_chapter": 9}]
+    corpus.write_text(json.dumps({"test_queries": missing}))
+    with pytest.raises(EvalError, match="no folder 09-"):
+        load_questions(corpus, SAMPLE_DOCS)
