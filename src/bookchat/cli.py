@@ -257,8 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that live with their feature (ingest, eval, bench) register themselves here.
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+def _register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bookchat.evaluation import register
+
+    register(sub)
+
+
+# Commands that live with their feature register themselves here.
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _register_eval,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
