@@ -63,9 +63,7 @@ def _heading_ids(state: StateCore) -> None:
             children[-1].content = parse_heading_id(children[-1].content)[0].rstrip()
 
 
-def _render_admonition(
-    self: Any, tokens: list[Token], idx: int, options: Any, env: Any
-) -> str:
+def _render_admonition(self: Any, tokens: list[Token], idx: int, options: Any, env: Any) -> str:
     token = tokens[idx]
     if token.nesting != 1:
         return "</aside>\n"
@@ -102,11 +100,18 @@ def render_doc(rel_path: str) -> tuple[str, str]:
     return title, _markdown().render(clean_mdx(body))
 
 
+def _book_title(settings: Settings) -> str:
+    """BOOK_TITLE when set, else the title of the sample book's home page."""
+    if settings.book_title != Settings().book_title:
+        return settings.book_title
+    return render_doc("index.md")[0]
+
+
 def demo_html(settings: Settings) -> str:
     """The demo page: the sample page as a reader sees it, plus one widget script tag."""
     title, article = render_doc(DEMO_DOC)
     doc_path = DEMO_DOC.rsplit(".", 1)[0]
-    book = html.escape(settings.book_title)
+    book = html.escape(_book_title(settings))
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -148,7 +153,7 @@ passage of this page and choose “Ask about selection”.</p>
 {article}
 </article>
 </main>
-<script src="/widget.js" data-title="Ask {book}"
+<script src="/widget.js" data-title="Ask the book"
         data-doc-path="{html.escape(doc_path)}" defer></script>
 </body>
 </html>
