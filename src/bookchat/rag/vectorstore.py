@@ -7,18 +7,26 @@ Qdrant default, so both engines rank alike). The collection's embedding model, d
 dimension and sparse encoding are stored with it and checked by `ensure_collection`.
 
 Embedded engine and several processes: qdrant-edge takes an exclusive, non-blocking
-lock on the shard's WAL, so a second opener (another granian worker, or `bookchat
-ingest` while the server runs) fails at once; there is no read-only mode. We turn that
-into `VectorStoreUnavailableError` naming the fix. Never disable the WAL: without it
-there is no lock and a second opener breaks the first one's files.
+lock on the shard's WAL, so a second opener fails at once; there is no read-only mode.
+Never disable the WAL: without it there is no lock and a second opener breaks the first
+one's files. So `EmbeddedVectorStore` is the one writer (`bookchat ingest`), and the
+server reads private copies (`rag.snapshot.SnapshotVectorStore`, built by
+`make_serving_store`). The writer holds an advisory `flock` on `<collection>.lock`
+exclusively while it changes the shard's files and bumps `<collection>.generation`
+after each flushed change; a snapshot copies the shard under the same lock, shared,
+and re-copies when the generation changes. A second writer still fails with
+`VectorStoreUnavailableError` naming the fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +63,9 @@ __all__ = [
     "CollectionMeta",
     "EmbeddedVectorStore",
     "QdrantServerStore",
+    "collection_lock",
+    "generation_signature",
+    "make_serving_store",
     "make_vector_store",
 ]
 
@@ -134,6 +145,43 @@ def _stored_point(point_id: object, payload: dict[str, Any] | None) -> StoredPoi
 
 # --------------------------------------------------------------------------- embedded
 
+# What `os.stat` says about the generation marker; None when there is none yet.
+GenerationSignature = tuple[int, int, int] | None
+
+
+@contextlib.contextmanager
+def collection_lock(root: Path, collection: str, *, shared: bool) -> Iterator[None]:
+    """Hold the advisory lock on `root/<collection>.lock`: exclusive to write, shared to copy.
+
+    `flock` locks belong to the open file, so two holders in one process exclude each
+    other just as two processes do; the kernel drops the lock if its holder dies.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{collection}.lock", "a+b") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def generation_signature(root: Path, collection: str) -> GenerationSignature:
+    """Inode, mtime (ns) and size of `root/<collection>.generation`: one `os.stat`."""
+    try:
+        info = os.stat(root / f"{collection}.generation")
+    except FileNotFoundError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _publish_generation(root: Path, collection: str) -> None:
+    """Replace the generation marker so snapshot readers see that the shard changed."""
+    marker = root / f"{collection}.generation"
+    previous = generation_signature(root, collection)
+    tmp = marker.with_suffix(".generation.tmp")
+    tmp.write_text(uuid.uuid4().hex + "\n")
+    # A strictly later mtime: two changes within one clock tick must still differ.
+    mtime_ns = max(time.time_ns(), previous[1] + 1 if previous else 0)
+    os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    tmp.replace(marker)
+
 
 class EmbeddedVectorStore:
     """The collection as a qdrant-edge shard in this process, under `path/<collection>/`.
@@ -141,7 +189,10 @@ class EmbeddedVectorStore:
     Reads that measure under `INLINE_QUERY_BUDGET_S` run on the event loop; slower
     ones and every write run in a worker thread. The shard is internally synchronised
     (concurrent queries and updates from threads are safe); `_lock` only serialises
-    writes with opening, recreating and closing the shard.
+    writes with opening, recreating and closing the shard. Everything that changes the
+    shard's files (open, create, write, close) also holds `collection_lock`
+    exclusively, and each write is flushed and published as a new generation, so a
+    snapshot copy taken under the shared lock is always a complete, flushed state.
     """
 
     def __init__(self, path: Path, collection: str) -> None:
@@ -188,24 +239,40 @@ class EmbeddedVectorStore:
         if "WouldBlock" in str(exc):
             return VectorStoreUnavailableError(
                 f"the embedded vector store {self._shard_dir} is open in another process "
-                "(qdrant-edge allows one process per shard). Run the server with one "
-                "worker, stop it before `bookchat ingest`, or set QDRANT_URL to share a "
-                "Qdrant server between processes."
+                "(qdrant-edge allows one writer per shard): is another `bookchat ingest` "
+                "running? Run one ingest at a time, serve through `make_serving_store` "
+                "(private snapshots), or set QDRANT_URL to share a Qdrant server "
+                "between processes."
             )
         return VectorStoreUnavailableError(
             f"cannot open embedded vector store {self._shard_dir}: {exc}"
         )
 
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return collection_lock(self._root, self._collection, shared=False)
+
     def _shard_for_read(self) -> edge.EdgeShard | None:
         if self._shard is not None:
             return self._shard
-        with self._lock:
+        # Opening replays the WAL, which writes: keep snapshot copies out meanwhile.
+        with self._lock, self._exclusive():
             return self._load_locked()
 
-    async def _write(self, fn: Callable[[], T]) -> T:
+    def _publish_locked(self) -> None:
+        """Flush and bump the generation (caller holds both locks)."""
+        if self._shard is not None:
+            self._shard.flush()
+        _publish_generation(self._root, self._collection)
+
+    async def _write(self, fn: Callable[[], T], *, publish: bool) -> T:
+        """Run `fn` in a thread under both locks; `publish`: flush and bump the generation."""
+
         def locked() -> T:
-            with self._lock:
-                return fn()
+            with self._lock, self._exclusive():
+                result = fn()
+                if publish:
+                    self._publish_locked()
+                return result
 
         return await anyio.to_thread.run_sync(locked)
 
@@ -264,10 +331,11 @@ class EmbeddedVectorStore:
                 shard.update(
                     edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword)
                 )
-            shard.flush()
             self._shard, self._meta = shard, wanted
+            self._publish_locked()
 
-        await self._write(ensure)
+        # Publishes only when it creates: an unchanged collection must not make readers re-copy.
+        await self._write(ensure, publish=False)
 
     def _require_shard(self) -> edge.EdgeShard:
         shard = self._load_locked()
@@ -293,7 +361,7 @@ class EmbeddedVectorStore:
                 points.append(edge.Point(record.id, vector, _payload_dict(record.payload)))
             shard.update(edge.UpdateOperation.upsert_points(points))
 
-        await self._write(upsert)
+        await self._write(upsert, publish=True)
 
     async def set_payloads(self, payloads: Sequence[tuple[str, ChunkPayload]]) -> None:
         """Replace the payload of existing points without touching their vectors."""
@@ -307,14 +375,15 @@ class EmbeddedVectorStore:
                     edge.UpdateOperation.overwrite_payload([point_id], _payload_dict(payload))
                 )
 
-        await self._write(overwrite)
+        await self._write(overwrite, publish=True)
 
     async def delete(self, ids: Sequence[str]) -> None:
         """Delete points by id; unknown ids are ignored."""
         if not ids:
             return
         await self._write(
-            lambda: self._require_shard().update(edge.UpdateOperation.delete_points(list(ids)))
+            lambda: self._require_shard().update(edge.UpdateOperation.delete_points(list(ids))),
+            publish=True,
         )
 
     async def stored_points(self) -> list[StoredPoint]:
@@ -452,7 +521,7 @@ class EmbeddedVectorStore:
 
     async def close(self) -> None:
         """Flush to disk and release the shard (and its lock on the directory)."""
-        await self._write(self._close_locked)
+        await self._write(self._close_locked, publish=False)
 
 
 # --------------------------------------------------------------------------- server
@@ -675,3 +744,25 @@ def make_vector_store(
         )
         return QdrantServerStore(client, collection)
     return EmbeddedVectorStore(embedded_path, collection)
+
+
+def make_serving_store(
+    *, qdrant_url: str | None, qdrant_api_key: str | None, collection: str, embedded_path: Path
+) -> VectorStore:
+    """The store the API reads from: a Qdrant server store, or per-process snapshots.
+
+    Every server process (granian worker) gets its own `SnapshotVectorStore` copy of
+    the embedded collection, so any number of workers and a running `bookchat ingest`
+    coexist; the copies follow new ingests within a few seconds.
+    """
+    if qdrant_url:
+        return make_vector_store(
+            qdrant_url=qdrant_url,
+            qdrant_api_key=qdrant_api_key,
+            collection=collection,
+            embedded_path=embedded_path,
+        )
+    # Imported here: rag.snapshot builds on this module's EmbeddedVectorStore.
+    from bookchat.rag.snapshot import SnapshotVectorStore
+
+    return SnapshotVectorStore(embedded_path, collection)
