@@ -79,6 +79,15 @@ async def test_exact_texts_and_non_streaming_generate(
     assert response.text == "A whole answer."
 
 
+async def test_words_per_chunk_groups_the_answer(
+    fake_gemini: FakeGemini, genai_client: genai.Client
+) -> None:
+    fake_gemini.configure(words_per_chunk=5)
+    texts = await _stream_texts(genai_client)
+    assert texts[0] == "Odometry integrates wheel rotations to "
+    assert "".join(texts) == DEFAULT_ANSWER and len(texts) == 3
+
+
 async def test_429_body_is_shaped_like_gemini(
     fake_gemini: FakeGemini, genai_client: genai.Client
 ) -> None:

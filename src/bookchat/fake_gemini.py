@@ -160,6 +160,7 @@ class _State:
     answer: str = DEFAULT_ANSWER
     first_token_delay: float = 0.0
     token_delay: float = 0.0
+    words_per_chunk: int = 1
     generate_script: deque[Behaviour] = field(default_factory=deque)
     embed_script: deque[Behaviour] = field(default_factory=deque)
     model_rules: dict[str, Behaviour] = field(default_factory=dict)
@@ -423,12 +424,13 @@ class FakeGemini:
         answer: str = DEFAULT_ANSWER,
         first_token_delay: float = 0.0,
         token_delay: float = 0.0,
+        words_per_chunk: int = 1,
     ) -> None:
         self._host = host
         self._requested_port = port
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._defaults = (answer, first_token_delay, token_delay)
+        self._defaults = (answer, first_token_delay, token_delay, max(1, words_per_chunk))
         self._state = self._fresh_state()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -508,8 +510,12 @@ class FakeGemini:
         answer: str | None = None,
         first_token_delay: float | None = None,
         token_delay: float | None = None,
+        words_per_chunk: int | None = None,
     ) -> None:
-        """Change the default answer text and pacing for later requests."""
+        """Change the default answer text and pacing for later requests.
+
+        `words_per_chunk` > 1 models real Gemini, which streams several tokens per chunk.
+        """
         with self._lock:
             if answer is not None:
                 self._state.answer = answer
@@ -517,6 +523,8 @@ class FakeGemini:
                 self._state.first_token_delay = first_token_delay
             if token_delay is not None:
                 self._state.token_delay = token_delay
+            if words_per_chunk is not None:
+                self._state.words_per_chunk = max(1, words_per_chunk)
 
     def script_generate(self, *behaviours: Behaviour) -> None:
         """Queue behaviours for the next generate calls, one per request, in order."""
@@ -545,8 +553,13 @@ class FakeGemini:
             self._changed.notify_all()
 
     def _fresh_state(self) -> _State:
-        answer, first_token_delay, token_delay = self._defaults
-        return _State(answer=answer, first_token_delay=first_token_delay, token_delay=token_delay)
+        answer, first_token_delay, token_delay, words_per_chunk = self._defaults
+        return _State(
+            answer=answer,
+            first_token_delay=first_token_delay,
+            token_delay=token_delay,
+            words_per_chunk=words_per_chunk,
+        )
 
     # ----------------------------------------------------------------- observations
 
@@ -609,10 +622,10 @@ class FakeGemini:
                 # Capped so a change between the check and the wait is never missed for long.
                 self._changed.wait(min(remaining, 0.05))
 
-    async def until(self, predicate: Callable[[FakeGemini], object], timeout: float) -> bool:
-        """Async `wait_until`: polls every 5 ms without blocking the caller's loop."""
+    async def until(self, predicate: Callable[[FakeGemini], object], within: float) -> bool:
+        """Async `wait_until`: polls every 5 ms for `within` seconds without blocking the loop."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while not predicate(self):
             if loop.time() >= deadline:
                 return False
@@ -813,7 +826,9 @@ class FakeGemini:
         if isinstance(behaviour, Reply) and behaviour.texts is not None:
             return list(behaviour.texts)
         words = state.answer.split(" ")
-        return [w + " " for w in words[:-1]] + [words[-1]]
+        tokens = [w + " " for w in words[:-1]] + [words[-1]]
+        size = state.words_per_chunk
+        return ["".join(tokens[i : i + size]) for i in range(0, len(tokens), size)]
 
     @staticmethod
     def _chunk_payload(
@@ -1059,6 +1074,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--answer", default=DEFAULT_ANSWER)
     parser.add_argument(
+        "--words-per-chunk", type=int, default=1, help="words per SSE chunk (Gemini sends several)"
+    )
+    parser.add_argument(
         "--answer-words",
         type=int,
         default=0,
@@ -1075,6 +1093,7 @@ def main(argv: list[str] | None = None) -> None:
         answer=answer,
         first_token_delay=args.first_token_ms / 1000,
         token_delay=1 / args.tokens_per_second if args.tokens_per_second > 0 else 0.0,
+        words_per_chunk=args.words_per_chunk,
     )
     with fake:
         print(f"fake Gemini listening on {fake.base_url}", flush=True)
