@@ -36,10 +36,9 @@ def make_store(settings: Settings) -> VectorStore:
 
 def make_serving_store(settings: Settings) -> VectorStore:
     """The store the API reads from (embedded: a private snapshot per worker process)."""
-    from bookchat.rag import vectorstore
+    from bookchat.rag.snapshot import make_serving_store as make
 
-    factory = getattr(vectorstore, "make_serving_store", vectorstore.make_vector_store)
-    return factory(
+    return make(
         qdrant_url=settings.qdrant_url,
         qdrant_api_key=settings.qdrant_api_key,
         collection=settings.qdrant_collection,
