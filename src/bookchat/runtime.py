@@ -36,7 +36,7 @@ def make_store(settings: Settings) -> VectorStore:
 
 def make_serving_store(settings: Settings) -> VectorStore:
     """The store the API reads from (embedded: a private snapshot per worker process)."""
-    from bookchat.rag.snapshot import make_serving_store as make
+    from bookchat.rag.vectorstore import make_serving_store as make
 
     return make(
         qdrant_url=settings.qdrant_url,
