@@ -169,7 +169,7 @@ async def test_no_first_token_in_time_is_generation_timeout(
     assert error is not None and error.code == "generation_timeout" and error.retryable
     assert time.monotonic() - started < 1.5
     # The abandoned request is closed, not left hanging on the provider.
-    assert await fake_gemini.until(lambda f: f.stream_closed_early, timeout=1.0)
+    assert await fake_gemini.until(lambda f: f.stream_closed_early, within=1.0)
 
 
 async def test_total_timeout_after_first_token(
@@ -218,7 +218,7 @@ async def test_consumer_stopping_closes_the_provider_stream(
     await stream.aclose()
     closed_at = time.monotonic()
 
-    assert await fake_gemini.until(lambda f: f.stream_closed_early, timeout=1.0)
+    assert await fake_gemini.until(lambda f: f.stream_closed_early, within=1.0)
     (closure,) = fake_gemini.stream_closed_early
     assert closure.tokens_sent == 3
     assert closure.closed_at - closed_at < 1.0
@@ -240,7 +240,7 @@ async def test_cancelled_consumer_closes_the_provider_stream(
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert await fake_gemini.until(lambda f: f.stream_closed_early, timeout=1.0)
+    assert await fake_gemini.until(lambda f: f.stream_closed_early, within=1.0)
 
 
 @pytest.mark.parametrize("reason", ["SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST"])

@@ -131,6 +131,7 @@ class GeminiEmbedder:
         config = types.EmbedContentConfig(
             task_type=task_type, title=title, output_dimensionality=self.dim
         )
+        contents = [types.Content(parts=[types.Part(text=text)]) for text in texts]
         last_error: BaseException | None = None
         for attempt in range(self._max_retries + 1):
             if attempt:
@@ -149,7 +150,7 @@ class GeminiEmbedder:
             try:
                 async with asyncio.timeout(self._request_timeout):
                     response = await self._client.aio.models.embed_content(
-                        model=self.model, contents=texts, config=config
+                        model=self.model, contents=contents, config=config
                     )
             except TimeoutError as exc:
                 last_error = exc
