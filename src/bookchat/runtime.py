@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+if TYPE_CHECKING:
+    from google import genai
 
 from bookchat.chat.identity import IdentityResolver
 from bookchat.chat.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -46,26 +50,34 @@ def make_serving_store(settings: Settings) -> VectorStore:
     )
 
 
-def make_embedder(settings: Settings) -> Embedder | None:
-    """Gemini embeddings when a key is configured; None means BM25 only (offline)."""
+def make_genai(settings: Settings) -> genai.Client | None:
+    """One google-genai client per process when a key is configured (None = offline)."""
     if settings.offline:
         return None
     from bookchat.llm.gemini import make_genai_client
+
+    return make_genai_client(settings.gemini_api_key or "", settings.gemini_base_url)
+
+
+def make_embedder(settings: Settings, client: genai.Client | None = None) -> Embedder | None:
+    """Gemini embeddings when a key is configured; None means BM25 only (offline)."""
+    client = client or make_genai(settings)
+    if client is None:
+        return None
     from bookchat.rag.embeddings import GeminiEmbedder
 
-    client = make_genai_client(settings.gemini_api_key or "", settings.gemini_base_url)
     return GeminiEmbedder(client, model=settings.embedding_model, dim=settings.embedding_dim)
 
 
-def make_generator(settings: Settings) -> AnswerGenerator:
+def make_generator(settings: Settings, client: genai.Client | None = None) -> AnswerGenerator:
     """Gemini when a key is configured, else the offline extractive answerer."""
-    if settings.offline:
+    client = client or make_genai(settings)
+    if client is None:
         from bookchat.llm.offline import OfflineGenerator
 
         return OfflineGenerator()
-    from bookchat.llm.gemini import GeminiGenerator, make_genai_client
+    from bookchat.llm.gemini import GeminiGenerator
 
-    client = make_genai_client(settings.gemini_api_key or "", settings.gemini_base_url)
     return GeminiGenerator(
         client,
         settings.chat_model,
@@ -91,6 +103,7 @@ class Runtime:
     identities: IdentityResolver
     limiter: RateLimiter
     chat: ChatService
+    genai_client: genai.Client | None = None
     owns_clients: bool = True
 
     @classmethod
@@ -106,11 +119,12 @@ class Runtime:
         """Create the clients (no network I/O yet); tests may pass their own parts."""
         engine = engine or create_engine(settings)
         store = store or make_serving_store(settings)
+        client = make_genai(settings) if (embedder is None or generator is None) else None
         if embedder is None:
-            embedder = make_embedder(settings)
+            embedder = make_embedder(settings, client)
         pipeline = AnswerPipeline(
             Retriever(store, embedder),
-            generator or make_generator(settings),
+            generator or make_generator(settings, client),
             PromptBuilder(settings.book_title, history_limit=settings.history_messages),
         )
         chat = ChatService(
@@ -125,6 +139,7 @@ class Runtime:
             identities=IdentityResolver(settings),
             limiter=make_limiter(settings),
             chat=chat,
+            genai_client=client,
         )
 
     async def close(self) -> None:
@@ -133,3 +148,7 @@ class Runtime:
         await self.limiter.close()
         await self.store.close()
         await self.engine.dispose()
+        if self.genai_client is not None:
+            from bookchat.llm.gemini import close_genai_client
+
+            await close_genai_client(self.genai_client)
