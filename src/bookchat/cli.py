@@ -49,6 +49,9 @@ def run_migrations(database_url: str, revision: str = "head") -> None:
     from alembic import command
     from alembic.config import Config
 
+    from bookchat.db.config import ensure_sqlite_directory
+
+    ensure_sqlite_directory(database_url)
     config = Config(str(find_alembic_ini()))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     config.attributes["configure_logging"] = False

@@ -14,12 +14,18 @@ from bookchat.db.models import UUIDv7Base
 from bookchat.settings import Settings
 
 
+def ensure_sqlite_directory(database_url: str) -> None:
+    """SQLite creates the file but not its folder (a fresh clone has no ./var)."""
+    url = make_url(database_url)
+    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """An async engine tuned per backend (WAL + busy timeout on SQLite, a pool on PostgreSQL)."""
     url = make_url(settings.database_url)
     if url.drivername.startswith("sqlite"):
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_directory(settings.database_url)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
