@@ -4,10 +4,12 @@ Redis (TEST_REDIS_URL), and an app wired to temporary stores."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -95,11 +97,21 @@ def migrated_database_url(database_url: str) -> str:
     return database_url
 
 
+_redis_counter = itertools.count()
+
+
 @pytest.fixture
 def redis_url() -> str:
+    """A flushed Redis database (1–15) of this test's own, so xdist workers do not collide."""
     if not REDIS_URL:
         pytest.skip(NO_REDIS)
-    return REDIS_URL
+    import redis
+
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    index = (worker * 7 + next(_redis_counter)) % 15 + 1
+    url = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{index}"))
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 def make_settings(tmp_path: Path, **overrides: str) -> Settings:

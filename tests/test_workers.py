@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from .servers import prepare_book_env, running_server
 
@@ -17,7 +16,6 @@ pytestmark = [pytest.mark.server, pytest.mark.redis]
 
 @pytest.fixture
 def two_workers(tmp_path: Path, redis_url: str) -> Iterator[str]:
-    redis.Redis.from_url(redis_url).flushdb()
     env = prepare_book_env(tmp_path, REDIS_URL=redis_url)
     with running_server(env, workers=2) as base_url:
         yield base_url
