@@ -33,9 +33,13 @@ async def test_rate_limit_is_exact_across_two_workers_sharing_redis(two_workers:
                 for _ in range(30)
             )
         )
+        metrics = (await http.get("/metrics")).text
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 10, statuses
     assert statuses.count(429) == 20
     assert all(int(r.headers["retry-after"]) >= 1 for r in responses if r.status_code == 429)
     # Both workers answered from the embedded store (each from its own snapshot).
     assert all(r.json()["grounded"] for r in responses if r.status_code == 200)
+    # Metrics add up across worker processes, whichever worker answers the scrape.
+    assert 'bookchat_chat_outcomes_total{outcome="complete"} 10.0' in metrics
+    assert 'bookchat_rate_limited_total{tier="anonymous"} 20.0' in metrics

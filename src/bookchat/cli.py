@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,14 +70,28 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from granian import Granian
-    from granian.constants import Interfaces
-
     for name in ("host", "port", "workers"):
         value = getattr(args, name)
         if value is not None:
             os.environ[name.upper()] = str(value)
     settings = _settings()  # validate in the parent: a bad value is one line, not N tracebacks
+    metrics_dir = None
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Workers are processes: they share metrics through files, so /metrics on any
+        # worker reports the whole server.
+        metrics_dir = tempfile.mkdtemp(prefix="bookchat-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        _run_granian(settings)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_granian(settings: Settings) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces
+
     Granian(
         "bookchat.app:create_app",
         factory=True,

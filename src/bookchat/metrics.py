@@ -25,7 +25,10 @@ RETRIEVAL_LATENCY = Histogram(
 ZERO_HIT_RETRIEVALS = Counter(
     "bookchat_zero_hit_retrievals_total", "Retrievals where nothing relevant was found"
 )
-ACTIVE_STREAMS = Gauge("bookchat_active_streams", "Chat answers being streamed now")
+# livesum: with several workers (PROMETHEUS_MULTIPROC_DIR) the gauge adds up live processes.
+ACTIVE_STREAMS = Gauge(
+    "bookchat_active_streams", "Chat answers being streamed now", multiprocess_mode="livesum"
+)
 LLM_ERRORS = Counter("bookchat_llm_errors_total", "Generation failures by code", ["code"])
 RATE_LIMITED = Counter("bookchat_rate_limited_total", "Requests refused with 429", ["tier"])
 PERSISTENCE_FAILURES = Counter(
