@@ -19,9 +19,9 @@ from litestar.static_files import create_static_files_router
 from bookchat import __version__
 from bookchat.bench.floor import bench_plugins
 from bookchat.chat.controller import ChatController, SessionsController
-from bookchat.chat.openapi import chat_components
+from bookchat.chat.openapi import chat_components, document_request_rules
 from bookchat.db.config import make_alchemy_config
-from bookchat.errors import http_exception_handler, internal_error_handler
+from bookchat.errors import JsonBodyRequest, http_exception_handler, internal_error_handler
 from bookchat.health import HealthController
 from bookchat.observability import configure_logging, request_id_middleware
 from bookchat.runtime import Runtime
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         if schemas is not None:
             for name, schema in chat_components().items():
                 schemas.setdefault(name, schema)
+            document_request_rules(schemas)
 
     async def close_runtime() -> None:
         await runtime.close()
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             Exception: internal_error_handler,
         },
         request_max_body_size=settings.max_body_bytes,
+        request_class=JsonBodyRequest,
         state=State({"runtime": runtime, "settings": settings}),
         on_startup=[add_event_schemas],
         on_shutdown=[close_runtime],

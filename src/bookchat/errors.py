@@ -87,6 +87,31 @@ def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) 
     return error_response(status, code, message, exc.headers)
 
 
+class JsonBodyRequest(Request[Any, Any, Any]):
+    """A request whose JSON body problems are 4xx, never 500.
+
+    Litestar decodes JSON bodies whatever the `Content-Type` (so a cross-site
+    `text/plain` or form POST, which needs no CORS preflight, would be accepted) and
+    only maps msgspec's own decode errors to 400: invalid UTF-8 and too deep nesting
+    escaped as 500s.
+    """
+
+    async def json(self) -> Any:
+        media_type, _ = self.content_type
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "expected a JSON body (Content-Type: application/json)",
+            )
+        try:
+            return await super().json()
+        except UnicodeDecodeError:
+            raise ValidationException("JSON is malformed: the body is not valid UTF-8") from None
+        except RecursionError:
+            raise ValidationException("JSON is malformed: nested too deeply") from None
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Anything unexpected: log it with its traceback, answer 500 without one."""
     logger.exception("unhandled error on %s %s", request.method, request.url.path)

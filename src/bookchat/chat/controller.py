@@ -47,6 +47,10 @@ ERRORS = {
     401: ResponseSpec(ErrorEnvelope, description="unauthorized"),
     404: ResponseSpec(ErrorEnvelope, description="session_not_found / message_not_found"),
 }
+JSON_BODY_ERRORS = {
+    413: ResponseSpec(ErrorEnvelope, description="payload_too_large (over MAX_BODY_BYTES)"),
+    415: ResponseSpec(ErrorEnvelope, description="unsupported_media_type (not application/json)"),
+}
 
 
 def message_out(message: Message) -> MessageOut:
@@ -129,7 +133,7 @@ class SessionsController(Controller):
         "/messages/{message_id:uuid}/feedback",
         summary="Rate an answer",
         status_code=200,
-        responses=ERRORS,
+        responses={**ERRORS, **JSON_BODY_ERRORS},
     )
     async def feedback(
         self,
@@ -236,6 +240,7 @@ class ChatController(Controller):
         status_code=200,
         responses={
             **ERRORS,
+            **JSON_BODY_ERRORS,
             429: ResponseSpec(ErrorEnvelope, description="rate_limit_exceeded (Retry-After)"),
             503: ResponseSpec(ErrorEnvelope, description="retrieval_failed / service_unavailable"),
         },

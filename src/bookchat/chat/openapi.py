@@ -21,10 +21,14 @@ from litestar.openapi.spec import (
 )
 
 from bookchat.chat.schemas import (
+    NO_NUL,
+    ChatFilters,
+    ChatRequest,
     ChatResponse,
     CitationsEvent,
     DoneEvent,
     ErrorEvent,
+    FeedbackRequest,
     SessionEvent,
     TokenEvent,
 )
@@ -37,6 +41,10 @@ EVENTS = {
     "error": ErrorEvent,
 }
 _REF = "#/components/schemas/{name}"
+# Some character that is neither whitespace nor NUL, and no NUL anywhere.
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
+REQUEST_STRUCTS = (ChatRequest, ChatFilters, FeedbackRequest)
+_KEYWORDS = {"if": "schema_if", "else": "schema_else"}  # Python keywords in Litestar's Schema
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -53,6 +61,8 @@ def _schema(node: Any) -> Schema | Reference:
             )
         elif key == "properties":
             kwargs["properties"] = {k: _schema(v) for k, v in value.items()}
+        elif key in ("if", "then", "else"):
+            kwargs[_KEYWORDS.get(key, key)] = _schema(value)
         elif key in ("anyOf", "oneOf", "allOf"):
             kwargs[name] = [_schema(v) for v in value]
         elif key == "items":
@@ -79,9 +89,27 @@ class ChatOperation(Operation):
     def __post_init__(self) -> None:
         if self.responses is None:
             return
+        # One SSE event as a client sees it (`event`, `id`, `data`), as Open API 3.2's
+        # `itemSchema` and Schemathesis read it: `data` is JSON whose schema depends on
+        # the event name.
         events = Schema(
-            one_of=[Reference(ref=_REF.format(name=struct.__name__)) for struct in EVENTS.values()],
-            description="One SSE event's `data` (JSON). `event:` names: "
+            one_of=[
+                Schema(
+                    type=OpenAPIType.OBJECT,
+                    required=["event", "data"],
+                    properties={
+                        "event": Schema(type=OpenAPIType.STRING, const=name),
+                        "id": Schema(type=OpenAPIType.STRING),
+                        "data": Schema(
+                            type=OpenAPIType.STRING,
+                            content_media_type="application/json",
+                            content_schema=Reference(ref=_REF.format(name=struct.__name__)),
+                        ),
+                    },
+                )
+                for name, struct in EVENTS.items()
+            ],
+            description="One SSE event; its `data` is JSON. `event:` names: "
             + ", ".join(f"`{name}` → {struct.__name__}" for name, struct in EVENTS.items()),
         )
         self.responses["200"] = OpenAPIResponse(
@@ -94,3 +122,25 @@ class ChatOperation(Operation):
                 ),
             },
         )
+
+
+def document_request_rules(schemas: dict[str, Schema]) -> None:
+    """Replace Litestar's request body schemas with exact ones.
+
+    Litestar's generator drops `forbid_unknown_fields` and the constraints on list items
+    (e.g. an empty tag); msgspec's own JSON schema has both. The rules of
+    `ChatRequest.__post_init__` (no blank message, no NUL, a selection in
+    `selected_text_only` mode) are added by hand.
+    """
+    _, components = msgspec.json.schema_components(REQUEST_STRUCTS, ref_template=_REF)
+    chat = components[ChatRequest.__name__]
+    chat["properties"]["message"]["pattern"] = NOT_BLANK
+    chat["properties"]["message"]["description"] = "1–4000 characters, not only whitespace, no NUL"
+    chat["properties"]["selected_text"]["anyOf"][0]["pattern"] = NO_NUL
+    chat["if"] = {"properties": {"mode": {"const": "selected_text_only"}}, "required": ["mode"]}
+    chat["then"] = {
+        "required": ["selected_text"],
+        "properties": {"selected_text": {"type": "string", "pattern": NOT_BLANK}},
+    }
+    for name, body in components.items():
+        schemas[name] = _schema(body)  # type: ignore[assignment]

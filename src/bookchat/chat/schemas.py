@@ -13,7 +13,9 @@ from bookchat.rag.grounding import Citation
 
 RetrievalMode = Literal["normal", "selected_text_only"]
 ContentTypeName = Literal["prose", "code", "table", "lab", "quiz", "assessment"]
-FilterValue = Annotated[str, Meta(min_length=1, max_length=200)]
+# PostgreSQL text cannot hold NUL: refuse it in every stored or searched string (400, not 5xx).
+NO_NUL = r"^[^\x00]*$"
+FilterValue = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 FilterList = Annotated[list[FilterValue], Meta(max_length=20)]
 
 MAX_MESSAGE_CHARS = 4000
@@ -37,8 +39,8 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: UUID | None = None
     mode: RetrievalMode = "normal"
     selected_text: Annotated[str, Meta(max_length=MAX_SELECTION_CHARS)] | None = None
-    source_doc_path: Annotated[str, Meta(max_length=512)] | None = None
-    source_section: Annotated[str, Meta(max_length=300)] | None = None
+    source_doc_path: Annotated[str, Meta(max_length=512, pattern=NO_NUL)] | None = None
+    source_section: Annotated[str, Meta(max_length=300, pattern=NO_NUL)] | None = None
     filters: ChatFilters | None = None
 
     def __post_init__(self) -> None:
@@ -131,7 +133,7 @@ class MessageList(msgspec.Struct, kw_only=True):
 
 class FeedbackRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rating: Literal["up", "down"]
-    comment: Annotated[str, Meta(max_length=2000)] | None = None
+    comment: Annotated[str, Meta(max_length=2000, pattern=NO_NUL)] | None = None
 
 
 class FeedbackOut(msgspec.Struct, kw_only=True):
