@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from advanced_alchemy.exceptions import RepositoryError
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, get
 from litestar._openapi.plugin import OpenAPIPlugin
@@ -21,7 +22,12 @@ from bookchat.bench.floor import bench_plugins
 from bookchat.chat.controller import ChatController, SessionsController
 from bookchat.chat.openapi import chat_components, document_request_rules
 from bookchat.db.config import make_alchemy_config
-from bookchat.errors import JsonBodyRequest, http_exception_handler, internal_error_handler
+from bookchat.errors import (
+    JsonBodyRequest,
+    http_exception_handler,
+    internal_error_handler,
+    repository_error_handler,
+)
 from bookchat.health import HealthController
 from bookchat.observability import configure_logging, request_id_middleware
 from bookchat.runtime import Runtime
@@ -124,6 +130,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         cors_config=_cors_config(settings),
         exception_handlers={
             HTTPException: http_exception_handler,
+            RepositoryError: repository_error_handler,
             Exception: internal_error_handler,
         },
         request_max_body_size=settings.max_body_bytes,

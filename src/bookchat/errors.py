@@ -5,8 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from advanced_alchemy.exceptions import (
+    DuplicateKeyError,
+    ForeignKeyError,
+    IntegrityError,
+    NotFoundError,
+    RepositoryError,
+)
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
 
 logger = logging.getLogger("bookchat.errors")
 
@@ -15,6 +24,7 @@ ERROR_CODES_BY_STATUS = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    409: "conflict",
     405: "method_not_allowed",
     406: "not_acceptable",
     413: "payload_too_large",
@@ -110,6 +120,31 @@ class JsonBodyRequest(Request[Any, Any, Any]):
             raise ValidationException("JSON is malformed: the body is not valid UTF-8") from None
         except RecursionError:
             raise ValidationException("JSON is malformed: nested too deeply") from None
+
+
+def repository_error_handler(
+    request: Request[Any, Any, Any], exc: RepositoryError
+) -> Response[Any]:
+    """advanced-alchemy's errors in the envelope; a database we cannot use is a 503.
+
+    Its own handler answers without the envelope, and it files driver failures (e.g.
+    SQLite's "unable to open database file") under IntegrityError, i.e. 409.
+    """
+    if isinstance(exc, NotFoundError):
+        return error_response(404, "not_found", "not found")
+    if isinstance(exc.__cause__, (DBAPIError, OSError, TimeoutError)) and not isinstance(
+        exc.__cause__, SAIntegrityError
+    ):
+        logger.warning(
+            "database unavailable on %s %s",
+            request.method,
+            request.url.path,
+            extra={"error": type(exc.__cause__).__name__},
+        )
+        return error_response(503, "service_unavailable", "the database is unavailable")
+    if isinstance(exc, (DuplicateKeyError, IntegrityError, ForeignKeyError)):
+        return error_response(409, "conflict", "the request conflicts with stored data")
+    return internal_error_handler(request, exc)
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -61,4 +61,6 @@ def make_alchemy_config(
         metadata=UUIDv7Base.metadata,
         before_send_handler="autocommit",
         create_all=False,
+        # bookchat.errors maps RepositoryError (envelope; 503 when the database is down).
+        set_default_exception_handler=False,
     )

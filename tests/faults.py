@@ -1,0 +1,102 @@
+"""A TCP proxy that can be cut: a database or Redis that goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Literal
+
+Mode = Literal["forward", "refuse", "blackhole"]
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:`port` to `target_host`:`target_port` from a background thread.
+
+    `cut()` resets every open connection and refuses new ones (the peer went away);
+    `blackhole()` accepts connections and never answers (the peer hangs); `restore()`
+    forwards again on the same port.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.mode: Mode = "forward"
+        self.connections = 0  # accepted since start
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> TcpProxy:
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._close_all(stop_listening=True))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def _call(self, coroutine: object) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)  # type: ignore[arg-type]
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close_all(self, *, stop_listening: bool) -> None:
+        if stop_listening and self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()  # RST, like a peer that vanished
+        self._writers.clear()
+
+    def cut(self) -> None:
+        """Reset open connections and refuse new ones."""
+        self.mode = "refuse"
+        self._call(self._close_all(stop_listening=True))
+
+    def blackhole(self) -> None:
+        """Reset open connections; accept new ones but never answer."""
+        self.mode = "blackhole"
+        self._call(self._close_all(stop_listening=False))
+
+    def restore(self) -> None:
+        self.mode = "forward"
+        if self._server is None:
+            self._call(self._listen())
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        if self.mode != "forward":
+            await reader.read()  # hold the connection open, answer nothing
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.add(upstream_writer)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    sink.transport.abort()
+
+        await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+        self._writers.discard(writer)
+        self._writers.discard(upstream_writer)
