@@ -1,0 +1,62 @@
+"""`bookchat bench` runs end to end on tiny sizes and reports every figure (no timings checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bookchat.bench.cli import INSTANT, BenchConfig, run_bench
+from bookchat.bench.load import LoadSpec, run_load
+
+
+@pytest.mark.server
+def test_bench_tiny_run_reports_every_figure(tmp_path: Path) -> None:
+    config = BenchConfig(
+        concurrencies=(2,),
+        profiles=(INSTANT,),
+        duration={"instant": 0.3},
+        warmup=0.0,
+        max_chats=5,
+        distinct_questions=10,
+        retrieval_sizes=(50,),
+        retrieval_queries=5,
+        local_queries=2,
+        ingest_pages=3,
+        ingest_bytes=20_000,
+        ingest_delay_pages=3,
+        ingest_delay_bytes=20_000,
+        ingest_delays=(0.0, 0.01),
+        out_dir=tmp_path,
+    )
+    report = run_bench(config, log=lambda line: None)
+
+    written = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert set(written) >= {"chat", "ratios", "retrieval", "ingestion", "environment"}
+    assert {row["target"] for row in written["chat"]} == {"floor", "bookchat"}
+    for row in written["chat"]:
+        assert row["errors"] == 0, row["error_kinds"]
+        assert row["chats"] >= 1
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "chats_per_s", "rss_per_stream_kb"):
+            assert row[key] is not None
+    bookchat = next(r for r in written["chat"] if r["target"] == "bookchat")
+    assert bookchat["grounded"] == bookchat["chats"]  # real answers, not abstentions
+    assert written["ratios"][0]["ttft_p50_ratio"] is not None
+    assert {row["engine"] for row in written["retrieval"]} == {"embedded", "local"}
+    assert [row["run"] for row in written["ingestion"]][:2] == [
+        "parse+chunk only",
+        "offline (BM25 only)",
+    ]
+    assert report["ttft_plot"] is None or Path(report["ttft_plot"]).is_file()
+
+
+async def test_load_generator_counts_connection_failures_as_errors() -> None:
+    # Nothing listens on port 9 (discard) here: every chat fails, none is counted as done.
+    spec = LoadSpec(
+        url="http://127.0.0.1:9/api/v1/chat", bodies=[b"{}"], concurrency=2, duration=0.0,
+        warmup=0.0, max_chats=2, timeout=2.0,
+    )  # fmt: skip
+    result = await run_load(spec)
+    assert result.chats == 0
+    assert sum(result.errors.values()) == 2
