@@ -9,6 +9,7 @@ database session (the request's session is already closed once the response star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -115,12 +116,34 @@ class ChatService:
         self.pipeline = pipeline
         self.session_maker = session_maker
         self.history_messages = history_messages
+        # SQLite has one writer; a waiting writer naps in SQLite's busy handler (up to
+        # 100 ms a nap) and misses the lock's release, so under load writes convoy and
+        # TTFT p99 reaches seconds. This process's writers queue on an asyncio lock
+        # instead and start the moment the previous commit ends. PostgreSQL: no lock.
+        bind = getattr(session_maker, "kw", {}).get("bind")
+        self._serialise_writes = bind is not None and bind.dialect.name == "sqlite"
+        self._write_lock: asyncio.Lock | None = None
+        self._write_lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def _writing(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Hold while a write transaction is open (SQLite only; see `__init__`)."""
+        if not self._serialise_writes:
+            return contextlib.nullcontext()
+        loop = asyncio.get_running_loop()
+        if self._write_lock is None or self._write_lock_loop is not loop:
+            # One lock per event loop: tests may drive one service from several loops.
+            self._write_lock, self._write_lock_loop = asyncio.Lock(), loop
+        return self._write_lock
 
     async def begin(self, data: ChatRequest, identity: Identity, db: AsyncSession) -> ChatTurn:
         """Check, retrieve and save the question; raises ApiError for 404/503."""
         started = time.perf_counter()
         try:
             chat, history = await self._load_session(data, identity, db)
+            if db.in_transaction():
+                # Give the connection back while retrieval waits on the network (query
+                # embedding, vector search): held there, 200 streams starved the pool.
+                await db.commit()
         except DB_ERRORS as exc:
             raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
         filters, top_k = _filters(data)
@@ -143,7 +166,8 @@ class ChatService:
             if not prepared.retrieval.relevant:
                 metrics.ZERO_HIT_RETRIEVALS.inc()
         try:
-            token, chat = await self._save_question(data, identity, chat, db, prepared)
+            async with self._writing():
+                token, chat = await self._save_question(data, identity, chat, db, prepared)
         except DB_ERRORS as exc:
             raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
         return ChatTurn(
@@ -319,7 +343,7 @@ class ChatService:
         )
         try:
             with anyio.fail_after(SAVE_TIMEOUT):
-                async with self.session_maker() as session:
+                async with self._writing(), self.session_maker() as session:
                     session.add(message)
                     await session.execute(
                         update(ChatSession)
