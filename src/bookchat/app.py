@@ -9,13 +9,14 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, get
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
-from litestar.datastructures import State
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
+from litestar.types import Message, Scope
 
 from bookchat import __version__
 from bookchat.bench.floor import bench_plugins
@@ -87,6 +88,29 @@ def _cors_config(settings: Settings) -> CORSConfig | None:
     )
 
 
+# Sent on every response unless the route set its own (the demo page sends a CSP).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """`SECURITY_HEADERS`, and `Cache-Control: no-store` on the API (tokens, history).
+
+    A `before_send` hook rather than middleware: it also sees the router's own 404/405.
+    """
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
+    if scope["path"].startswith("/api/") and "Cache-Control" not in headers:
+        headers["Cache-Control"] = "no-store"
+
+
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
     """Build the Litestar app; `runtime` lets tests inject their own clients."""
     settings = settings or get_settings()
@@ -126,6 +150,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         ],
         plugins=[SQLAlchemyPlugin(config=alchemy), *bench_plugins()],  # bench: opt-in by env
         middleware=[request_id_middleware, prometheus.middleware],
+        before_send=[add_security_headers],
         openapi_config=_openapi_config(),
         cors_config=_cors_config(settings),
         exception_handlers={

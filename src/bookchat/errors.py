@@ -16,6 +16,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 logger = logging.getLogger("bookchat.errors")
 
@@ -132,9 +133,8 @@ def repository_error_handler(
     """
     if isinstance(exc, NotFoundError):
         return error_response(404, "not_found", "not found")
-    if isinstance(exc.__cause__, (DBAPIError, OSError, TimeoutError)) and not isinstance(
-        exc.__cause__, SAIntegrityError
-    ):
+    unavailable = (DBAPIError, PoolTimeoutError, OSError, TimeoutError)  # incl. pool exhausted
+    if isinstance(exc.__cause__, unavailable) and not isinstance(exc.__cause__, SAIntegrityError):
         logger.warning(
             "database unavailable on %s %s",
             request.method,

@@ -47,7 +47,7 @@ from bookchat.rag.types import SearchFilters, VectorStoreUnavailableError
 logger = logging.getLogger("bookchat.chat")
 
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, ConnectionError)
-SAVE_TIMEOUT = 5.0
+SAVE_TIMEOUT = 30.0  # generous: under overload the save queues for a pooled connection
 PERSISTENCE_WARNING = "the answer could not be saved; it will be missing from the history"
 
 
