@@ -417,7 +417,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     soak.add_argument("--keep-database", action="store_true", help="do not drop the fresh database")
     soak.add_argument("--workers", type=int, default=1, help="granian workers")
-    soak.add_argument("--pool-size", type=int, default=10, help="DATABASE_POOL_SIZE for the server")
+    soak.add_argument(
+        "--pool-size", type=int, default=20, help="DATABASE_POOL_SIZE (+ as many overflow)"
+    )
     soak.add_argument(
         "--first-token-ms", type=float, default=50.0, help="fake Gemini's first-token delay"
     )
