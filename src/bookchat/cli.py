@@ -282,9 +282,16 @@ def _register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     register(sub)
 
 
-# Commands that live with their feature register themselves here.
+def _register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bookchat.bench.cli import register
+
+    register(sub)
+
+
+# Commands that live with their feature register themselves here (imported lazily).
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_eval,
+    _register_bench,
 ]
 
 
