@@ -72,6 +72,8 @@ class BenchConfig:
     warmup: float = 1.0
     max_chats: int | None = None
     answer_tokens: int = 50
+    # Gemini streams several tokens per chunk; 1 is the worst case for the client's parsing.
+    words_per_chunk: int = 1
     distinct_questions: int = 2000  # > the retriever's 1024-entry query-embedding LRU
     retrieval_sizes: tuple[int, ...] = (1000, 10000)
     retrieval_queries: int = 200
@@ -220,7 +222,9 @@ def bench_chat(config: BenchConfig, log: Any) -> list[dict[str, Any]]:
     bodies = _bodies(_questions(config.corpus), config.distinct_questions)
     rows: list[dict[str, Any]] = []
     with (
-        FakeGemini(answer=_answer(config.answer_tokens)) as fake,
+        FakeGemini(
+            answer=_answer(config.answer_tokens), words_per_chunk=config.words_per_chunk
+        ) as fake,
         tempfile.TemporaryDirectory(prefix="bookchat-bench-") as tmp,
     ):
         env = bench_env(Path(tmp), fake.base_url)
@@ -470,6 +474,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         config.concurrencies = tuple(int(c) for c in args.concurrency.split(","))
     if args.out:
         config.out_dir = Path(args.out)
+    if args.words_per_chunk:
+        config.words_per_chunk = args.words_per_chunk
     run_bench(config)
 
 
@@ -485,6 +491,11 @@ def register(subparsers: Any) -> None:
     bench.add_argument("--only", help="comma-separated sections: chat,retrieval,ingestion")
     bench.add_argument("--concurrency", help="comma-separated concurrencies (default 10,100,500)")
     bench.add_argument("--out", help="output directory (default ./var/bench)")
+    bench.add_argument(
+        "--words-per-chunk",
+        type=int,
+        help="words per streamed chunk from the fake Gemini (default 1, the worst case)",
+    )
     bench.set_defaults(func=cmd_bench)
 
 
