@@ -33,6 +33,7 @@ from bookchat.health import HealthController
 from bookchat.observability import configure_logging, request_id_middleware
 from bookchat.runtime import Runtime
 from bookchat.settings import Settings, get_settings
+from bookchat.web.routes import demo_page, widget_js
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 
@@ -144,6 +145,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             ChatController,
             MetricsController,
             docs_redirect,
+            demo_page,
+            widget_js,
             create_static_files_router(
                 path="/static", directories=[STATIC_DIR], include_in_schema=False
             ),

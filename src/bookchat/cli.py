@@ -288,10 +288,17 @@ def _register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     register(sub)
 
 
+def _register_soak(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from bookchat.soak import register
+
+    register(sub)
+
+
 # Commands that live with their feature register themselves here (imported lazily).
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _register_eval,
     _register_bench,
+    _register_soak,
 ]
 
 
