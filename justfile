@@ -28,9 +28,9 @@ migrate:
 ingest PATH=sample_book *ARGS:
     bookchat ingest {{PATH}} {{ARGS}}
 
-# Run the test suite (PostgreSQL/Redis tests need TEST_POSTGRES_URL / TEST_REDIS_URL)
+# Run the test suite on 2 processes (PostgreSQL/Redis tests need TEST_POSTGRES_URL / TEST_REDIS_URL)
 test *ARGS:
-    python -m pytest {{ARGS}}
+    python -m pytest -n 2 --dist loadfile {{ARGS}}
 
 # Lint and type-check
 lint:
