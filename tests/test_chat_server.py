@@ -135,9 +135,12 @@ async def test_client_disconnect_stops_generation_and_saves_interrupted(
 async def test_idle_stream_gets_comment_pings(server: str, fake: FakeGemini) -> None:
     fake.configure(first_token_delay=0.8)
     lines: list[str] = []
-    async with httpx.AsyncClient(base_url=server, timeout=30) as client, client.stream(
-        "POST", "/api/v1/chat", json={"message": "How does PID control work?"}
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=server, timeout=30) as client,
+        client.stream(
+            "POST", "/api/v1/chat", json={"message": "How does PID control work?"}
+        ) as response,
+    ):
         async for line in response.aiter_lines():
             lines.append(line)
     pings = [line for line in lines if line.startswith(":")]

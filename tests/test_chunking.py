@@ -36,12 +36,14 @@ def chunk_one(tmp_path: Path, text: str, rel: str = "page.md") -> PageChunks:
 
 
 def paragraph(n_sentences: int, word: str = "wheel") -> str:
-    return " ".join(f"The {word} sentence number {i} talks about robots."
-                    for i in range(n_sentences))
+    return " ".join(
+        f"The {word} sentence number {i} talks about robots." for i in range(n_sentences)
+    )
 
 
-def assert_atomic_blocks_whole_and_sizes_bounded(pages: list[DocPage],
-                                                 books: list[PageChunks]) -> None:
+def assert_atomic_blocks_whole_and_sizes_bounded(
+    pages: list[DocPage], books: list[PageChunks]
+) -> None:
     by_path = {book.doc_path: book for book in books}
     for page in pages:
         chunks = by_path[page.doc_path].chunks
@@ -90,7 +92,8 @@ def test_sample_book_payload_fields() -> None:
     lidar = books["01-sensors/01-lidar"].chunks
     assert [c.chunk_index for c in lidar] == list(range(len(lidar)))
     assert {(c.module, c.chapter, c.title) for c in lidar} == {
-        ("sensors", "lidar", "Lidar Range Sensing")}
+        ("sensors", "lidar", "Lidar Range Sensing")
+    }
     assert lidar[0].url == f"{SITE}/sensors/lidar"  # the page's H1 links to the page itself
     assert lidar[0].heading_breadcrumb == ["Lidar Range Sensing"]
     limits = next(c for c in lidar if c.section == "Limitations of lidar")
@@ -154,8 +157,10 @@ def test_h4_stays_inside_its_h3_section(tmp_path: Path) -> None:
 
 
 def test_small_sections_merge_inside_an_h2_but_not_across(tmp_path: Path) -> None:
-    text = ("# Page\n\n## Alpha\n\nShort alpha intro.\n\n### Alpha one\n\nTiny.\n\n"
-            "### Alpha two\n\nTiny too.\n\n## Beta\n\nShort beta.\n")
+    text = (
+        "# Page\n\n## Alpha\n\nShort alpha intro.\n\n### Alpha one\n\nTiny.\n\n"
+        "### Alpha two\n\nTiny too.\n\n## Beta\n\nShort beta.\n"
+    )
     chunks = chunk_one(tmp_path, text).chunks
     assert [c.url.rsplit("#", 1)[-1] for c in chunks] == ["alpha", "beta"]
     assert "### Alpha two" in chunks[0].text and "Beta" not in chunks[0].text
@@ -173,24 +178,31 @@ def test_sections_at_or_above_min_stay_separate(tmp_path: Path) -> None:
 
 
 def test_text_before_first_heading_has_no_anchor(tmp_path: Path) -> None:
-    book = chunk_one(tmp_path, "---\ntitle: Front\n---\n\nLead text.\n\n## Later\n\nMore.\n",
-                     rel="01-mod/02-doc.md")
+    book = chunk_one(
+        tmp_path,
+        "---\ntitle: Front\n---\n\nLead text.\n\n## Later\n\nMore.\n",
+        rel="01-mod/02-doc.md",
+    )
     first = book.chunks[0]
     assert first.url == f"{SITE}/mod/doc" and first.section == ""
     assert first.heading_breadcrumb == ["Front"]
     assert (first.module, first.chapter, book.doc_path) == ("mod", "doc", "01-mod/02-doc")
 
 
-@pytest.mark.parametrize(("rel", "front_matter", "expected"), [
-    ("01-unit/03-lab-motors.md", "", "lab"),
-    ("x.md", "tags: [Quiz]", "quiz"),
-    ("x.md", "sidebar_label: Final assessment", "assessment"),
-    ("x.md", "title: 'Lab 2: sensors'", "lab"),
-    ("assessments/x.md", "", "assessment"),
-    ("x.md", "title: Collaboration", "prose"),  # "lab" inside a word does not count
-])
-def test_page_kind_content_types(tmp_path: Path, rel: str, front_matter: str,
-                                 expected: str) -> None:
+@pytest.mark.parametrize(
+    ("rel", "front_matter", "expected"),
+    [
+        ("01-unit/03-lab-motors.md", "", "lab"),
+        ("x.md", "tags: [Quiz]", "quiz"),
+        ("x.md", "sidebar_label: Final assessment", "assessment"),
+        ("x.md", "title: 'Lab 2: sensors'", "lab"),
+        ("assessments/x.md", "", "assessment"),
+        ("x.md", "title: Collaboration", "prose"),  # "lab" inside a word does not count
+    ],
+)
+def test_page_kind_content_types(
+    tmp_path: Path, rel: str, front_matter: str, expected: str
+) -> None:
     book = chunk_one(tmp_path, f"---\n{front_matter}\n---\n\n## S\n\n{paragraph(3)}\n", rel=rel)
     assert {c.content_type for c in book.chunks} == {expected}
 
@@ -217,9 +229,11 @@ def test_content_hash_is_stable_and_tracks_edits(tmp_path: Path) -> None:
 
 
 def test_a_90_page_megabyte_book_chunks_in_under_five_seconds(tmp_path: Path) -> None:
-    sources = [p.read_text(encoding="utf-8").split("---\n", 2)[-1]
-               for p in sorted(SAMPLE_DOCS.rglob("*.md*"))
-               if not p.name.startswith("_") and "draft: true" not in p.read_text()]
+    sources = [
+        p.read_text(encoding="utf-8").split("---\n", 2)[-1]
+        for p in sorted(SAMPLE_DOCS.rglob("*.md*"))
+        if not p.name.startswith("_") and "draft: true" not in p.read_text()
+    ]
     size = 0
     for i in range(90):
         picked = (sources[(i + k) % len(sources)] for k in range(3))

@@ -29,7 +29,8 @@ async def test_offline_answers_cite_the_expected_chapter(tmp_path: Path) -> None
     for query in queries:
         prefix = f"{query['expected_chapter']:02d}-"
         prepared = await pipeline.prepare(query["query"])
-        done = [e async for e in prepared.stream() if isinstance(e, AnswerDone)][0]
+        events = [e async for e in prepared.stream()]
+        done = next(e for e in events if isinstance(e, AnswerDone))
         if any(c.doc_path.startswith(prefix) for c in done.citations):
             hits += 1
     await store.close()

@@ -27,7 +27,10 @@ def write(root: Path, rel: str, text: str) -> Path:
 
 
 def test_front_matter_fields_are_read(tmp_path: Path) -> None:
-    write(tmp_path, "01-a/02-page.md", """---
+    write(
+        tmp_path,
+        "01-a/02-page.md",
+        """---
 title: "Page: one"
 description: Short.
 tags: [alpha, {label: Beta, permalink: /beta}]
@@ -41,13 +44,19 @@ unlisted: true
 # Ignored H1
 
 Body.
-""")
+""",
+    )
     page = load_docs(tmp_path)[0]
     fm = page.front_matter
     assert (fm.title, fm.description, fm.sidebar_label) == ("Page: one", "Short.", "One")
     assert fm.tags == ("alpha", "Beta")
     assert (fm.sidebar_position, fm.slug, fm.id, fm.draft, fm.unlisted) == (
-        3.0, "custom", "page-one", False, True)
+        3.0,
+        "custom",
+        "page-one",
+        False,
+        True,
+    )
     assert page.title == "Page: one"
     assert (page.doc_path, page.doc_id, page.route) == ("01-a/02-page", "a/page-one", "/a/custom")
 
@@ -124,8 +133,9 @@ def test_clean_mdx_drops_esm_and_jsx_but_keeps_text_and_fences() -> None:
     assert "<TabItem" not in cleaned.split("```")[0] and "<Highlight" not in cleaned
     assert "Text inside a tab with highlighted words." in cleaned
     assert "import Keep from 'inside-fence';\n<Tabs><TabItem value=\"x\">kept verbatim" in cleaned
-    assert "Inline `<Tabs>` code stays, <https://example.org> autolinks stay, a < b stays." \
-        in cleaned
+    assert (
+        "Inline `<Tabs>` code stays, <https://example.org> autolinks stay, a < b stays." in cleaned
+    )
     assert "comment" not in cleaned and "<br/>" not in cleaned
     assert "Card text" in cleaned and "Multi-line" not in cleaned
 
@@ -165,8 +175,17 @@ Never short the pack.
 """
     blocks, headings = parse_blocks(body)
     kinds = [b.kind for b in blocks]
-    assert kinds == ["heading", "paragraph", "list", "table", "code", "admonition",
-                     "blockquote", "hr", "heading"]
+    assert kinds == [
+        "heading",
+        "paragraph",
+        "list",
+        "table",
+        "code",
+        "admonition",
+        "blockquote",
+        "hr",
+        "heading",
+    ]
     assert blocks[1].text == "Intro paragraph\non two lines."
     assert blocks[2].parts == ("- item one", "- item two")
     assert blocks[4].text.startswith("```python\n# not a heading\n---\n")

@@ -54,9 +54,7 @@ class GenerationFinished(msgspec.Struct, kw_only=True, frozen=True):
 
 GenerationEvent = TokenDelta | GenerationFinished
 
-ErrorCode = Literal[
-    "generation_failed", "generation_timeout", "generation_blocked", "rate_limited"
-]
+ErrorCode = Literal["generation_failed", "generation_timeout", "generation_blocked", "rate_limited"]
 
 
 class GenerationError(Exception):

@@ -134,8 +134,9 @@ def _sections(page: DocPage) -> list[_Section]:
             breadcrumb, anchor = [*parent.breadcrumb, block.heading], block.anchor
         index = len(sections)
         group = index if block.level <= 2 else parent.group
-        section = _Section(index, block, [], parent.ancestors | {parent.index}, group,
-                           breadcrumb, anchor)
+        section = _Section(
+            index, block, [], parent.ancestors | {parent.index}, group, breadcrumb, anchor
+        )
         sections.append(section)
         stack.append(section)
     return sections
@@ -198,7 +199,7 @@ def _overlap(text: str, kind: str) -> str:
         size += len(sentence) + 1
     if not chosen:
         tail = text.replace("\n", " ")[-limit:]
-        chosen = ["…" + tail[tail.find(" ") + 1:]] if " " in tail else []
+        chosen = ["…" + tail[tail.find(" ") + 1 :]] if " " in tail else []
     return " ".join(chosen)
 
 
@@ -221,23 +222,31 @@ def _section_pieces(section: _Section) -> list[_Piece]:
         current = pieces[-1]
         fits_target = current.tokens + size <= TARGET_TOKENS
         fits_max = current.tokens + size <= MAX_TOKENS
-        if current.has_content and not fits_target and (current.tokens >= MIN_TOKENS
-                                                        or not fits_max):
+        if (
+            current.has_content
+            and not fits_target
+            and (current.tokens >= MIN_TOKENS or not fits_max)
+        ):
             overlap = _overlap(current.parts[-1], current.kinds[-1])
             nxt = _Piece(section, starts_section=False)
             if head:
                 nxt.add(head, "heading")
             # An oversized atomic block gets its heading line and nothing else.
-            if overlap and nxt.tokens + _tokens_of_chars(len(overlap) + len(text) + 4) \
-                    <= MAX_TOKENS:
+            if (
+                overlap
+                and nxt.tokens + _tokens_of_chars(len(overlap) + len(text) + 4) <= MAX_TOKENS
+            ):
                 nxt.add(overlap, "overlap")
             pieces.append(nxt)
         pieces[-1].add(text, kind)
     # Fold a runt tail back into its predecessor when that stays within the maximum.
     if len(pieces) > 1 and pieces[-1].tokens < MIN_TOKENS:
         last, prev = pieces[-1], pieces[-2]
-        body = [(p, k) for p, k in zip(last.parts, last.kinds, strict=True)
-                if k not in ("heading", "overlap")]
+        body = [
+            (p, k)
+            for p, k in zip(last.parts, last.kinds, strict=True)
+            if k not in ("heading", "overlap")
+        ]
         if prev.tokens + _tokens_of_chars(sum(len(p) + 2 for p, _ in body)) <= MAX_TOKENS:
             for text, kind in body:
                 prev.add(text, kind)
@@ -250,16 +259,22 @@ def _merge_small(pieces: list[_Piece]) -> list[_Piece]:
     merged: list[_Piece] = []
     for piece in pieces:
         prev = merged[-1] if merged else None
-        if prev is not None and piece.starts_section and \
-                _tokens_of_chars(prev.chars + 2 + piece.chars) <= MAX_TOKENS:
+        if (
+            prev is not None
+            and piece.starts_section
+            and _tokens_of_chars(prev.chars + 2 + piece.chars) <= MAX_TOKENS
+        ):
             if not prev.has_content:
                 # A bare heading (e.g. the page's H1) becomes context for what follows.
                 piece.parts[:0], piece.kinds[:0] = prev.parts, prev.kinds
                 piece.tail_section = piece.section
                 merged[-1] = piece
                 continue
-            if prev.tokens < MIN_TOKENS and prev.tail_section is not None \
-                    and prev.tail_section.group == piece.section.group:
+            if (
+                prev.tokens < MIN_TOKENS
+                and prev.tail_section is not None
+                and prev.tail_section.group == piece.section.group
+            ):
                 for text, kind in zip(piece.parts, piece.kinds, strict=True):
                     prev.add(text, kind)
                 prev.tail_section = piece.section
@@ -272,8 +287,12 @@ def _merge_small(pieces: list[_Piece]) -> list[_Piece]:
 def page_content_kind(page: DocPage) -> ContentType | None:
     """`lab`, `quiz` or `assessment` when tags, sidebar label, title or path say so."""
     fm = page.front_matter
-    sources = [*fm.tags, fm.sidebar_label or "", page.title,
-               " ".join(strip_number_prefix(p) for p in page.doc_path.split("/"))]
+    sources = [
+        *fm.tags,
+        fm.sidebar_label or "",
+        page.title,
+        " ".join(strip_number_prefix(p) for p in page.doc_path.split("/")),
+    ]
     for source in sources:
         words = source.replace("-", " ").replace("_", " ")
         for kind, pattern in _PAGE_KIND_WORDS:
@@ -285,8 +304,9 @@ def page_content_kind(page: DocPage) -> ContentType | None:
 def _content_type(piece: _Piece, page_kind: ContentType | None) -> ContentType:
     total = max(piece.chars, 1)
     for block_kind, content_type in (("code", "code"), ("table", "table")):
-        share = sum(len(p) for p, k in zip(piece.parts, piece.kinds, strict=True)
-                    if k == block_kind)
+        share = sum(
+            len(p) for p, k in zip(piece.parts, piece.kinds, strict=True) if k == block_kind
+        )
         if share * 2 > total:
             return content_type  # type: ignore[return-value]
     return page_kind or "prose"
@@ -322,31 +342,48 @@ def chunk_page(page: DocPage, *, site_url: str) -> list[ChunkPayload]:
         content_type = _content_type(piece, page_kind)
         section_name = section.heading.heading if section.heading else ""
         breadcrumb = list(section.breadcrumb)
-        chunks.append(ChunkPayload(
-            doc_path=page.doc_path,
-            url=url,
-            title=page.title,
-            section=section_name,
-            heading_breadcrumb=breadcrumb,
-            module=module,
-            chapter=chapter,
-            content_type=content_type,
-            tags=tags,
-            chunk_index=index,
-            content_hash=_content_hash([page.doc_path, url, page.title, section_name,
-                                        breadcrumb, module, chapter, content_type, tags,
-                                        text]),
-            text=text,
-            word_count=len(_WORD.findall(text)),
-            ingested_at="",
-        ))
+        chunks.append(
+            ChunkPayload(
+                doc_path=page.doc_path,
+                url=url,
+                title=page.title,
+                section=section_name,
+                heading_breadcrumb=breadcrumb,
+                module=module,
+                chapter=chapter,
+                content_type=content_type,
+                tags=tags,
+                chunk_index=index,
+                content_hash=_content_hash(
+                    [
+                        page.doc_path,
+                        url,
+                        page.title,
+                        section_name,
+                        breadcrumb,
+                        module,
+                        chapter,
+                        content_type,
+                        tags,
+                        text,
+                    ]
+                ),
+                text=text,
+                word_count=len(_WORD.findall(text)),
+                ingested_at="",
+            )
+        )
     return chunks
 
 
 def chunk_book(docs_root: Path, *, site_url: str) -> list[PageChunks]:
     """Parse and chunk every published page of a Docusaurus docs tree (drafts/partials skipped)."""
     return [
-        PageChunks(doc_path=page.doc_path, source_path=page.source_path, title=page.title,
-                   chunks=chunk_page(page, site_url=site_url))
+        PageChunks(
+            doc_path=page.doc_path,
+            source_path=page.source_path,
+            title=page.title,
+            chunks=chunk_page(page, site_url=site_url),
+        )
         for page in load_docs(docs_root)
     ]

@@ -30,8 +30,12 @@ _STRIPPED_CATEGORIES = frozenset(
     | {"Zl", "Zp", "Zs"}
 )
 # Other_Alphabetic symbols (circled/squared letters) that github-slugger keeps.
-_ALPHABETIC_SYMBOL_RANGES = ((0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169),
-                             (0x1F170, 0x1F189))
+_ALPHABETIC_SYMBOL_RANGES = (
+    (0x24B6, 0x24E9),
+    (0x1F130, 0x1F149),
+    (0x1F150, 0x1F169),
+    (0x1F170, 0x1F189),
+)
 
 INDEX_NAMES = frozenset({"index", "readme"})
 
@@ -66,8 +70,9 @@ def is_category_index(rel_path: str) -> bool:
     return stem in INDEX_NAMES or (parent != "" and stem == parent.lower())
 
 
-def doc_route(rel_path: str, *, front_matter_id: str | None = None,
-              front_matter_slug: str | None = None) -> DocRoute:
+def doc_route(
+    rel_path: str, *, front_matter_id: str | None = None, front_matter_slug: str | None = None
+) -> DocRoute:
     """Compute a doc's id and route from its path relative to the docs root (posix, with ext)."""
     path = PurePosixPath(rel_path)
     source_dir = str(path.parent)  # "." at the docs root, like path.dirname in Node
@@ -110,7 +115,7 @@ def parse_heading_id(heading: str) -> tuple[str, str | None]:
     match = _HEADING_ID.search(heading)
     if match is None:
         return heading, None
-    return heading[: match.start()] + heading[match.end():], match.group(1)
+    return heading[: match.start()] + heading[match.end() :], match.group(1)
 
 
 @lru_cache(maxsize=4096)

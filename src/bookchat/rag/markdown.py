@@ -33,8 +33,10 @@ ADMONITION_KEYWORDS = frozenset(
 
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)(?:\r?\n)?^---[ \t]*$\r?\n?", re.DOTALL | re.M)
 _FENCE_OPEN = re.compile(r"^[ \t]*(`{3,}|~{3,})")
-_ESM_START = re.compile(r"^(?:import\s*[\w{*'\"]|export\s+(?:default|const|let|var|function|"
-                        r"async|class|\{|\*))")
+_ESM_START = re.compile(
+    r"^(?:import\s*[\w{*'\"]|export\s+(?:default|const|let|var|function|"
+    r"async|class|\{|\*))"
+)
 # Either an inline code span (kept verbatim) or an MDX/JSX/HTML construct to drop.
 _INLINE_MDX = re.compile(
     r"(?P<code>(?P<ticks>`+)[\s\S]*?(?P=ticks))"
@@ -130,7 +132,7 @@ def split_front_matter(source: str) -> tuple[dict[str, Any], str, int]:
     if not isinstance(data, dict):
         raise FrontMatterError("front matter must be a YAML mapping")
     header = match.group(0)
-    return data, source[len(header):], header.count("\n")
+    return data, source[len(header) :], header.count("\n")
 
 
 def _opt_str(value: Any) -> str | None:
@@ -283,11 +285,17 @@ def parse_blocks(body: str, *, line_offset: int = 0) -> tuple[list[Block], list[
                 # The explicit id is navigation metadata, not content: keep it out of chunks.
                 raw_line, _, rest = raw.partition("\n")
                 raw_line = heading_anchor_strip(raw_line)
-                blocks.append(Block(
-                    kind="heading", text=(raw_line + ("\n" + rest if rest else "")).strip(),
-                    start_line=start + line_offset, end_line=end + line_offset,
-                    level=level, heading=text.strip(), anchor=anchor,
-                ))
+                blocks.append(
+                    Block(
+                        kind="heading",
+                        text=(raw_line + ("\n" + rest if rest else "")).strip(),
+                        start_line=start + line_offset,
+                        end_line=end + line_offset,
+                        level=level,
+                        heading=text.strip(),
+                        anchor=anchor,
+                    )
+                )
             index += 3
             continue
         kind = _BLOCK_KINDS.get(token.type)
@@ -301,15 +309,21 @@ def parse_blocks(body: str, *, line_offset: int = 0) -> tuple[list[Block], list[
         parts: tuple[str, ...] = ()
         if kind == "list":
             parts = tuple(
-                source(*t.map) for t in tokens[index:close]
+                source(*t.map)
+                for t in tokens[index:close]
                 if t.type == "list_item_open" and t.level == 1 and t.map
             )
         text = source(start, end)
         if text.strip():
-            blocks.append(Block(
-                kind=kind, text=text, start_line=start + line_offset,
-                end_line=end + line_offset, parts=parts,
-            ))
+            blocks.append(
+                Block(
+                    kind=kind,
+                    text=text,
+                    start_line=start + line_offset,
+                    end_line=end + line_offset,
+                    parts=parts,
+                )
+            )
         # Headings nested in lists, quotes or admonitions still get anchors in Docusaurus.
         for inner in range(index + 1, close):
             if tokens[inner].type == "heading_open":
@@ -336,8 +350,9 @@ def load_page(path: Path, docs_root: Path) -> DocPage:
         raise FrontMatterError(f"{rel_path}: {exc}") from exc
     front_matter = parse_front_matter(data)
     blocks, headings = parse_blocks(clean_mdx(body), line_offset=fm_lines)
-    route = doc_route(rel_path, front_matter_id=front_matter.id,
-                      front_matter_slug=front_matter.slug)
+    route = doc_route(
+        rel_path, front_matter_id=front_matter.id, front_matter_slug=front_matter.slug
+    )
     first_h1 = next((b.heading for b in blocks if b.kind == "heading" and b.level == 1), None)
     base_id = front_matter.id or strip_number_prefix(path.stem)
     title = front_matter.title or first_h1 or base_id
