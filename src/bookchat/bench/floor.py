@@ -2,8 +2,8 @@
 
 With `BOOKCHAT_BENCH_FLOOR=1`, `bench_plugins()` returns a plugin that adds:
 
-- `POST /bench/floor`: streams the fake Gemini's tokens through the same google-genai
-  client setup as the chat path (`make_genai_client`) and re-emits each one as a
+- `POST /bench/floor`: streams the fake Gemini's tokens through the same generator and
+  google-genai client setup as the chat path (`GeminiGenerator`) and re-emits each one as a
   `token` SSE event with Litestar's `ServerSentEvent`, then a `done` event. No database,
   retrieval, prompt or citation work: what is left is the cost of the framework, the
   server and the SDK, i.e. the floor the chat endpoint is compared against.
@@ -21,7 +21,6 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 from litestar import Litestar, get, post
@@ -77,21 +76,28 @@ class LoopLagMonitor:
 @post("/bench/floor", include_in_schema=False, status_code=200)
 async def floor_stream(state: State) -> ServerSentEvent:
     """The fake model's tokens as SSE, with nothing of the chat path in between."""
-    client: Any = state.bench_genai_client
-    model: str = state.settings.chat_model
+    from bookchat.llm.base import GenerationRequest, TokenDelta, Turn
+    from bookchat.llm.gemini import GeminiGenerator
+
+    # The same generator (and so the same client and decoding) as the chat path.
+    generator = GeminiGenerator(
+        state.bench_genai_client,
+        state.settings.chat_model,
+        first_token_timeout=60.0,
+        total_timeout=120.0,
+    )
+    request = GenerationRequest(
+        system_instruction="", contents=[Turn(role="user", text="floor")], question="floor",
+        context=[],
+    )  # fmt: skip
 
     async def events() -> AsyncIterator[ServerSentEventMessage]:
-        chunks = await client.aio.models.generate_content_stream(model=model, contents="floor")
         count = 0
-        async for chunk in chunks:
-            candidate = chunk.candidates[0] if chunk.candidates else None
-            if candidate is None or candidate.content is None or not candidate.content.parts:
-                continue
-            text = "".join(p.text for p in candidate.content.parts if p.text)
-            if text:
+        async for event in generator.stream(request):
+            if isinstance(event, TokenDelta) and event.text:
                 count += 1
                 yield ServerSentEventMessage(
-                    event="token", id=count, data=msgspec.json.encode(_Token(text)).decode()
+                    event="token", id=count, data=msgspec.json.encode(_Token(event.text)).decode()
                 )
         yield ServerSentEventMessage(
             event="done", id=count + 1, data=msgspec.json.encode(_Done(count)).decode()
