@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -52,7 +51,6 @@ logger = logging.getLogger(__name__)
 _ANAPHORA = frozenset(
     "it its itself they them their theirs this these those he she him her his that".split()  # noqa: SIM905 (word lists read better as text)
 )
-_SPACES_RE = re.compile(r"\s+")
 # Words after which "that" is a pronoun rather than a relative pronoun.
 _FUNCTION_WORDS = frozenset(
     """
@@ -104,8 +102,7 @@ def is_follow_up(question: str, history: Sequence[str]) -> bool:
     return _anaphoric(question) or len(content_terms(question)) < 2
 
 
-def _normalise(text: str) -> str:
-    return _SPACES_RE.sub(" ", text).strip().lower()
+_PAIR_CACHE_SIZE = 100_000  # chunk-pair similarities kept (cleared when full)
 
 
 class Retriever:
@@ -150,6 +147,7 @@ class Retriever:
         self.follow_up_depth = follow_up_depth
         self._query_cache_size = query_cache_size
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._pair_cache: dict[tuple[str, str], float] = {}
 
     def build_query(self, question: str, history: Sequence[str] = ()) -> tuple[str, list[str]]:
         """The search text for `question` and the history words added to it (follow-up rule)."""
@@ -186,15 +184,34 @@ class Retriever:
                 self._query_cache.popitem(last=False)
         return vector
 
+    def _similarity(
+        self,
+        a: ChunkPayload,
+        a_terms: frozenset[str],
+        b: ChunkPayload,
+        b_terms: frozenset[str],
+        limit: float,
+    ) -> float:
+        """Token Jaccard of two chunks, memoised: the same candidates recur across queries."""
+        small, large = sorted((len(a_terms), len(b_terms)))
+        if large and small / large < limit:
+            return small / large  # an upper bound below the limit: not a duplicate
+        key = (a.content_hash, b.content_hash)
+        cached = self._pair_cache.get(key)
+        if cached is None:
+            if len(self._pair_cache) >= _PAIR_CACHE_SIZE:
+                self._pair_cache.clear()
+            cached = self._pair_cache[key] = jaccard(a_terms, b_terms)
+        return cached
+
     def _dedupe(self, hits: Sequence[SearchHit]) -> list[SearchHit]:
+        # Identical texts have identical term sets (Jaccard 1.0), so one check covers both.
         kept: list[SearchHit] = []
         kept_terms: list[frozenset[str]] = []
-        seen_text: set[str] = set()
         seen_hash: set[str] = set()
         for hit in hits:
             p = hit.payload
-            norm = _normalise(p.text)
-            if p.content_hash in seen_hash or norm in seen_text:
+            if p.content_hash in seen_hash:
                 continue
             terms = term_set(p.text)
             duplicate = False
@@ -204,7 +221,7 @@ class Retriever:
                     if other.payload.doc_path == p.doc_path
                     else self.cross_page_duplicate_jaccard
                 )
-                if jaccard(terms, other_terms) >= limit:
+                if self._similarity(p, terms, other.payload, other_terms, limit) >= limit:
                     duplicate = True
                     break
             if duplicate:
@@ -212,7 +229,6 @@ class Retriever:
             kept.append(hit)
             kept_terms.append(terms)
             seen_hash.add(p.content_hash)
-            seen_text.add(norm)
         return kept
 
     @staticmethod
