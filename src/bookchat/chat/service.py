@@ -37,7 +37,12 @@ from bookchat.chat.schemas import (
     Usage,
 )
 from bookchat.db.models import ChatSession, Message, User, utcnow
-from bookchat.db.services import ChatSessionService, MessageService, UserService, session_title
+from bookchat.db.services import (
+    ChatSessionService,
+    MessageService,
+    new_user_with_token,
+    session_title,
+)
 from bookchat.errors import ApiError
 from bookchat.llm.base import GenerationError, Turn
 from bookchat.rag.answer import AnswerDone, AnswerPipeline, AnswerToken, PreparedAnswer, Retrieved
@@ -201,18 +206,22 @@ class ChatService:
         db: AsyncSession,
         prepared: PreparedAnswer,
     ) -> tuple[str | None, ChatSession]:
+        # One transaction, no read-backs: ids and defaults are made here, so the new rows
+        # need no flush-and-refresh round trips (they are on every chat's critical path).
         token = None
         user: User | None = identity.user
+        rows: list[object] = []
         if user is None:
-            user, token = await UserService(session=db).create_with_token()
+            user, token = new_user_with_token()
+            rows.append(user)
         if chat is None:
-            chat = await ChatSessionService(session=db).create(
-                ChatSession(user_id=user.id, title=session_title(data.message))
-            )
+            chat = ChatSession(id=uuid7(), user_id=user.id, title=session_title(data.message))
+            rows.append(chat)
         else:
             chat.last_activity = utcnow()
-        db.add(
+        rows.append(
             Message(
+                id=uuid7(),
                 session_id=chat.id,
                 role="user",
                 content=data.message,
@@ -224,6 +233,7 @@ class ChatService:
                 status="complete",
             )
         )
+        db.add_all(rows)
         # Commit now: the stream runs after the request's session is closed.
         await db.commit()
         return token, chat

@@ -39,6 +39,9 @@ class ChatSession(UUIDv7Base):
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     last_activity: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
 
+    # Declared so one flush inserts a new user before its session (insert order follows
+    # relationships, not foreign keys); never loaded.
+    user: Mapped[User] = relationship(lazy="noload")
     messages: Mapped[list[Message]] = relationship(
         back_populates="session", lazy="noload", cascade="all, delete-orphan"
     )

@@ -14,6 +14,7 @@ from uuid import UUID
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import func, select, update
+from uuid_utils.compat import uuid7
 
 from bookchat.db.models import ChatSession, Message, User, utcnow
 
@@ -49,11 +50,11 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
     async def by_token(self, token: str) -> User | None:
         return await self.get_one_or_none(token_hash=hash_token(token))
 
-    async def create_with_token(self, tier: str = "token") -> tuple[User, str]:
-        """A new user and its token; the token is returned once and stored only as a hash."""
-        token = new_token()
-        user = await self.create(User(token_hash=hash_token(token), tier=tier))
-        return user, token
+
+def new_user_with_token(tier: str = "token") -> tuple[User, str]:
+    """A new (unsaved) user and its token; the token is shown once and stored only hashed."""
+    token = new_token()
+    return User(id=uuid7(), token_hash=hash_token(token), tier=tier), token
 
 
 class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
