@@ -8,6 +8,7 @@ import itertools
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,9 +79,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'bookchat.db'}"
         return
+    with fresh_pg_database() as url:
+        yield url
+
+
+@contextmanager
+def fresh_pg_database(prefix: str = "bookchat_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database (skips without TEST_POSTGRES_URL); dropped after."""
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
-    name = f"bookchat_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     asyncio.run(_create_pg_database(name))
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)

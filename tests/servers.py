@@ -8,23 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
+from bookchat.bench import server as bench_server
+from bookchat.bench.server import free_port
 from bookchat.settings import SAMPLE_BOOK, load_settings
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["free_port", "prepare_book_env", "running_server"]
 
 
 def prepare_book_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -53,35 +45,5 @@ def prepare_book_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
 @contextmanager
 def running_server(env: dict[str, str], *, workers: int = 1, timeout: float = 30) -> Iterator[str]:
     """`bookchat serve` on a free port; yields its base URL; SIGTERM on exit."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bookchat.cli", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server did not become healthy")
-            time.sleep(0.05)  # polling interval while waiting for startup, not synchronisation
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stderr:
-            process.stderr.close()
+    with bench_server.running_server(env, workers=workers, timeout=timeout) as server:
+        yield server.base_url

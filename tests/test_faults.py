@@ -28,13 +28,7 @@ from bookchat.fake_gemini import FakeGemini, Hang
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, app_client, ask
-from .conftest import (
-    NO_POSTGRES,
-    POSTGRES_URL,
-    _create_pg_database,
-    _drop_pg_database,
-    make_settings,
-)
+from .conftest import fresh_pg_database, make_settings
 from .faults import TcpProxy
 from .servers import prepare_book_env, running_server
 
@@ -52,14 +46,8 @@ def dead_port() -> int:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database (dropped afterwards)."""
-    if not POSTGRES_URL:
-        pytest.skip(NO_POSTGRES)
-    name = f"bookchat_faults_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_create_pg_database(name))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_drop_pg_database(name))
+    with fresh_pg_database("bookchat_faults") as url:
+        yield url
 
 
 @pytest.fixture

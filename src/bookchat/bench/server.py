@@ -118,12 +118,14 @@ class Server:
 
 
 @contextmanager
-def running_server(env: dict[str, str], *, timeout: float = 60) -> Iterator[Server]:
-    """`bookchat serve` with 1 granian worker on a free port; SIGTERM on exit."""
+def running_server(
+    env: dict[str, str], *, workers: int = 1, timeout: float = 60
+) -> Iterator[Server]:
+    """`bookchat serve` on a free port (the tests use it too); SIGTERM on exit."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bookchat.cli", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
+         "--port", str(port), "--workers", str(workers)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
