@@ -34,7 +34,7 @@ from bookchat.chat.schemas import (
     SessionSummary,
 )
 from bookchat.chat.service import DB_ERRORS, ChatService, ChatTurn
-from bookchat.db.models import Message
+from bookchat.db.models import ChatSession, Message, User
 from bookchat.db.services import ChatSessionService, MessageService
 from bookchat.errors import ApiError
 from bookchat.rag.grounding import Citation
@@ -46,6 +46,7 @@ ERRORS = {
     400: ResponseSpec(ErrorEnvelope, description="validation_error"),
     401: ResponseSpec(ErrorEnvelope, description="unauthorized"),
     404: ResponseSpec(ErrorEnvelope, description="session_not_found / message_not_found"),
+    503: ResponseSpec(ErrorEnvelope, description="service_unavailable (database down)"),
 }
 JSON_BODY_ERRORS = {
     413: ResponseSpec(ErrorEnvelope, description="payload_too_large (over MAX_BODY_BYTES)"),
@@ -65,11 +66,31 @@ def message_out(message: Message) -> MessageOut:
     )
 
 
-async def require_user(request: Request[Any, Any, Any], state: State, db: AsyncSession) -> Identity:
+async def require_user(request: Request[Any, Any, Any], state: State, db: AsyncSession) -> User:
+    """The token's user; 401 without a token (the history endpoints are per user)."""
     identity: Identity = await state.runtime.identities.resolve(request, db)
     if identity.user is None:
         raise ApiError(401, "unauthorized", "a bearer token is required for this endpoint")
-    return identity
+    return identity.user
+
+
+async def owned_session(
+    request: Request[Any, Any, Any], state: State, db: AsyncSession, session_id: UUID
+) -> ChatSession:
+    """The caller's active session; 404 for anyone else's, so ids cannot be probed."""
+    user = await require_user(request, state, db)
+    chat = await ChatSessionService(session=db).get_owned(session_id, user.id)
+    if chat is None:
+        raise ApiError(404, "session_not_found", "no such session")
+    return chat
+
+
+async def commit_or_503(db: AsyncSession) -> None:
+    """Commit before answering, so a failed write is a 503 rather than a lost change."""
+    try:
+        await db.commit()
+    except DB_ERRORS as exc:
+        raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
 
 
 class SessionsController(Controller):
@@ -85,10 +106,9 @@ class SessionsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> SessionList:
-        identity = await require_user(request, state, db_session)
-        assert identity.user is not None
+        user = await require_user(request, state, db_session)
         rows, total = await ChatSessionService(session=db_session).list_for_user(
-            identity.user.id, limit=limit, offset=offset
+            user.id, limit=limit, offset=offset
         )
         return SessionList(sessions=[SessionSummary(**row) for row in rows], total=total)
 
@@ -104,11 +124,7 @@ class SessionsController(Controller):
         db_session: NamedDependency[AsyncSession],
         session_id: FromPath[UUID],
     ) -> MessageList:
-        identity = await require_user(request, state, db_session)
-        assert identity.user is not None
-        chat = await ChatSessionService(session=db_session).get_owned(session_id, identity.user.id)
-        if chat is None:
-            raise ApiError(404, "session_not_found", "no such session")
+        chat = await owned_session(request, state, db_session, session_id)
         messages = await MessageService(session=db_session).list_for_session(chat.id)
         return MessageList(session_id=chat.id, messages=[message_out(m) for m in messages])
 
@@ -122,12 +138,9 @@ class SessionsController(Controller):
         db_session: NamedDependency[AsyncSession],
         session_id: FromPath[UUID],
     ) -> None:
-        identity = await require_user(request, state, db_session)
-        assert identity.user is not None
-        chat = await ChatSessionService(session=db_session).get_owned(session_id, identity.user.id)
-        if chat is None:
-            raise ApiError(404, "session_not_found", "no such session")
+        chat = await owned_session(request, state, db_session, session_id)
         chat.status = "archived"
+        await commit_or_503(db_session)
 
     @post(
         "/messages/{message_id:uuid}/feedback",
@@ -143,13 +156,13 @@ class SessionsController(Controller):
         message_id: FromPath[UUID],
         data: JSONBody[FeedbackRequest],
     ) -> FeedbackOut:
-        identity = await require_user(request, state, db_session)
-        assert identity.user is not None
-        message = await MessageService(session=db_session).get_owned(message_id, identity.user.id)
+        user = await require_user(request, state, db_session)
+        message = await MessageService(session=db_session).get_owned(message_id, user.id)
         if message is None or message.role != "assistant":
             raise ApiError(404, "message_not_found", "no such answer")
         message.feedback_rating = data.rating
         message.feedback_comment = data.comment
+        await commit_or_503(db_session)
         return FeedbackOut(message_id=message.id, rating=data.rating, comment=data.comment)
 
 
