@@ -406,3 +406,26 @@ async def test_logs_never_contain_message_text_or_tokens(client: httpx.AsyncClie
 
 def test_vector_store_unavailable_error_is_runtime_error() -> None:
     assert issubclass(VectorStoreUnavailableError, RuntimeError)
+
+
+async def test_history_endpoints_are_503_when_the_database_breaks(book_settings: Settings) -> None:
+    from sqlalchemy import text
+
+    async for client in app_client(book_settings):
+        first = await ask(client, "What is lidar?")
+        token = first.first("session")["token"]
+        session_id = first.first("session")["session_id"]
+        message_id = first.first("done")["message_id"]
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        async with runtime.engine.begin() as connection:
+            await connection.execute(text("DROP TABLE messages"))
+        headers = {"Authorization": f"Bearer {token}"}
+        for response in (
+            await client.get(f"/api/v1/sessions/{session_id}/messages", headers=headers),
+            await client.get("/api/v1/sessions", headers=headers),
+            await client.post(
+                f"/api/v1/messages/{message_id}/feedback", json={"rating": "up"}, headers=headers
+            ),
+        ):
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "service_unavailable"

@@ -17,6 +17,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.types import Message, Scope
+from sqlalchemy.exc import SQLAlchemyError
 
 from bookchat import __version__
 from bookchat.bench.floor import bench_plugins
@@ -25,6 +26,7 @@ from bookchat.chat.openapi import chat_components, document_request_rules
 from bookchat.db.config import make_alchemy_config
 from bookchat.errors import (
     JsonBodyRequest,
+    database_error_handler,
     http_exception_handler,
     internal_error_handler,
     repository_error_handler,
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         exception_handlers={
             HTTPException: http_exception_handler,
             RepositoryError: repository_error_handler,
+            SQLAlchemyError: database_error_handler,
             Exception: internal_error_handler,
         },
         request_max_body_size=settings.max_body_bytes,

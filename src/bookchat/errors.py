@@ -133,18 +133,31 @@ def repository_error_handler(
     """
     if isinstance(exc, NotFoundError):
         return error_response(404, "not_found", "not found")
-    unavailable = (DBAPIError, PoolTimeoutError, OSError, TimeoutError)  # incl. pool exhausted
-    if isinstance(exc.__cause__, unavailable) and not isinstance(exc.__cause__, SAIntegrityError):
-        logger.warning(
-            "database unavailable on %s %s",
-            request.method,
-            request.url.path,
-            extra={"error": type(exc.__cause__).__name__},
-        )
-        return error_response(503, "service_unavailable", "the database is unavailable")
+    if _database_unavailable(exc.__cause__):
+        return database_error_handler(request, exc.__cause__)  # type: ignore[arg-type]
     if isinstance(exc, (DuplicateKeyError, IntegrityError, ForeignKeyError)):
         return error_response(409, "conflict", "the request conflicts with stored data")
     return internal_error_handler(request, exc)
+
+
+_UNAVAILABLE = (DBAPIError, PoolTimeoutError, OSError, TimeoutError)  # incl. pool exhausted
+
+
+def _database_unavailable(exc: BaseException | None) -> bool:
+    return isinstance(exc, _UNAVAILABLE) and not isinstance(exc, SAIntegrityError)
+
+
+def database_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A database we cannot reach or use (raw SQLAlchemy errors from our own queries): 503."""
+    if not _database_unavailable(exc):
+        return internal_error_handler(request, exc)
+    logger.warning(
+        "database unavailable on %s %s",
+        request.method,
+        request.url.path,
+        extra={"error": type(exc).__name__},
+    )
+    return error_response(503, "service_unavailable", "the database is unavailable")
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
