@@ -91,6 +91,26 @@ async def test_unrelated_question_about_selection_says_so_without_any_call() -> 
     assert generator.requests == []
 
 
+async def test_selection_coverage_counts_the_page_and_section_it_came_from() -> None:
+    pipeline = _pipeline(store=RaisingStore(), embedder=RaisingEmbedder())
+    passage = "Glass lets the beam pass and mirrors reflect it away, so walls may vanish."
+    question = "What can a mirror make the lidar see?"
+    # The passage never says "lidar"; the page it was selected on does.
+    assert not pipeline.selection_covers(question, passage)
+    assert pipeline.selection_covers(question, passage, "Limitations  sensors lidar")
+    done = _done(
+        await _events(
+            pipeline,
+            question,
+            mode="selected_text_only",
+            selected_text=passage,
+            source_doc_path="01-sensors/01-lidar",
+            source_section="Limitations of lidar",
+        )  # fmt: skip
+    )
+    assert done.grounded and done.finish_reason != "abstained"
+
+
 async def test_selection_is_the_only_context_and_stays_untrusted() -> None:
     generator = ScriptedGenerator(["The ", "integral ", "term [1]."])
     pipeline = _pipeline(store=RaisingStore(), generator=generator)

@@ -61,6 +61,7 @@ Mode = Literal["normal", "selected_text_only"]
 ABSTAINED = "abstained"
 SELECTION_TITLE = "Selected text"
 _PIECE_RE = re.compile(r"\s*\S+")
+_PATH_WORDS = re.compile(r"(?:^|/)\d+[-_.]|[/_-]")  # "01-sensors/01-lidar" -> "sensors lidar"
 
 
 class Retrieved(msgspec.Struct, kw_only=True, frozen=True, tag="retrieved"):
@@ -194,16 +195,17 @@ class AnswerPipeline:
         self.min_selection_words = min_selection_words
         self.min_selection_coverage = min_selection_coverage
 
-    def selection_covers(self, question: str, selected_text: str) -> bool:
+    def selection_covers(self, question: str, selected_text: str, where: str = "") -> bool:
         """Whether the selection contains enough of the question's content terms.
 
-        A question without content terms ("what does this mean?") is about the
-        selection itself, so it is covered.
+        `where` names the selection's page and section: a passage from the lidar page
+        is about lidar even when it never says so. A question without content terms
+        ("what does this mean?") is about the selection itself, so it is covered.
         """
         q_terms = term_set(question)
         if not q_terms:
             return True
-        found = len(q_terms & term_set(selected_text))
+        found = len(q_terms & (term_set(selected_text) | term_set(where)))
         return found / len(q_terms) >= self.min_selection_coverage
 
     async def prepare(
@@ -254,7 +256,8 @@ class AnswerPipeline:
         if not selection:
             raise ValueError("selected_text_only mode needs a non-empty selected_text")
         mode: Mode = "selected_text_only"
-        if not self.selection_covers(question, selection):
+        where = f"{source_section or ''} {_PATH_WORDS.sub(' ', source_doc_path or '')}"
+        if not self.selection_covers(question, selection, where):
             return PreparedAnswer(
                 mode=mode, citations=[], retrieval=None, generator=None, request=None,
                 canned_text=SELECTION_NOT_COVERED,
