@@ -106,7 +106,7 @@ async def test_selection_coverage_counts_the_page_and_section_it_came_from() -> 
             selected_text=passage,
             source_doc_path="01-sensors/01-lidar",
             source_section="Limitations of lidar",
-        )  # fmt: skip
+        )
     )
     assert done.grounded and done.finish_reason != "abstained"
 
