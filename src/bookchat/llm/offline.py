@@ -48,7 +48,23 @@ _SIDE_SECTION_RE = re.compile(
     r"references|further reading|prerequisites|key takeaways|scenario)\b",
     re.I,
 )
+# Caveat sections answer "what are its limits?", not "what is it?" or "how does it work?".
+_CAVEAT_SECTION_RE = re.compile(
+    r"\b(limitations?|limits|drawbacks?|disadvantages?|pitfalls?|trade-?offs?|weakness(es)?|"
+    r"failure modes?|caveats?)\b",
+    re.I,
+)
+_CAVEAT_QUESTION_RE = re.compile(
+    r"\b(limit\w*|drawback\w*|disadvantage\w*|pitfall\w*|trade-?offs?|weak\w*|fail\w*|"
+    r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*)\b",
+    re.I,
+)
 _END_PUNCT = (".", "!", "?", ":", "…")
+# A sentence cut before the formula or code it introduces.
+_DANGLING_RE = re.compile(
+    r"\b(is|are|was|be|as|by|of|to|the|an?|follows|below|gives|becomes)\s*[.:]?$|=\s*[.:]?$",
+    re.I,
+)
 
 
 class _Candidate:
@@ -121,6 +137,11 @@ class OfflineGenerator:
             id(b): len(q_terms & term_set(f"{b.title} {b.section}")) / len(q_terms) for b in context
         }
         side_section = {id(b): _SIDE_SECTION_RE.search(b.section) is not None for b in context}
+        asks_caveats = _CAVEAT_QUESTION_RE.search(question) is not None
+        caveat_section = {
+            id(b): not asks_caveats and _CAVEAT_SECTION_RE.search(b.section) is not None
+            for b in context
+        }
         for cand in pool:
             terms = cand.terms
             if cand.bullets:
@@ -148,6 +169,10 @@ class OfflineGenerator:
                 kind *= 0.7  # a whole list is long; a precise sentence is better
             if text.endswith("?") or side_section[id(cand.block)]:
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
+            if caveat_section[id(cand.block)]:
+                kind *= 0.3
+            if _DANGLING_RE.search(text):
+                continue  # "the PID output is" introduced a formula we do not show
             cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
         return pool, q_terms
 
