@@ -94,3 +94,34 @@ def test_offline_compose_is_fast() -> None:
         generator.compose("What is a PID controller?", BLOCKS)
     per_answer_ms = (time.perf_counter() - started) * 1000 / 200
     assert per_answer_ms < 2.0
+
+
+def test_caveat_sections_answer_only_questions_about_caveats() -> None:
+    context = [
+        ContextBlock(
+            n=1, title="PID Control", section="Limitations of PID",
+            text="PID knows nothing about the plant it controls. Long dead times defeat it.",
+        ),
+        ContextBlock(
+            n=2, title="PID Control", section="The control law",
+            text="A PID controller measures the error between setpoint and measurement and "
+            "adds proportional, integral and derivative terms of that error. The output is:",
+        ),
+    ]  # fmt: skip
+    how = OfflineGenerator().compose("How does a PID controller work?", context)
+    assert "proportional, integral and derivative" in how
+    assert "knows nothing" not in how
+    limits = OfflineGenerator().compose("What are the limitations of a PID controller?", context)
+    assert "knows nothing" in limits
+
+
+def test_sentences_cut_before_a_formula_are_left_out() -> None:
+    context = [
+        ContextBlock(
+            n=1, title="PID Control", section="The control law",
+            text="The PID controller sums three terms of the error. With error e, the PID "
+            "output is\n\n```\nu = Kp e + Ki ∫e + Kd de/dt\n```\n\nTuning sets the gains.",
+        )
+    ]  # fmt: skip
+    answer = OfflineGenerator().compose("What is the PID output?", context)
+    assert "output is [1]" not in answer and "output is." not in answer

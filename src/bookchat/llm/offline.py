@@ -119,6 +119,8 @@ class OfflineGenerator:
             for idx, seg in enumerate(segs):
                 if seg.kind == "heading" or (seg.kind == "code" and not wants_code):
                     continue
+                if seg.kind == "prose" and _DANGLING_RE.search(seg.text):
+                    continue  # "the PID output is" introduced a formula we do not show
                 cand = _Candidate(block, rank, seg, term_set(seg.text))
                 if seg.kind == "prose" and seg.text.endswith(":"):
                     # An intro line reads well only with the list it introduces.
@@ -171,8 +173,6 @@ class OfflineGenerator:
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
             if caveat_section[id(cand.block)]:
                 kind *= 0.3
-            if _DANGLING_RE.search(text):
-                continue  # "the PID output is" introduced a formula we do not show
             cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
         return pool, q_terms
 
