@@ -283,7 +283,7 @@ def _register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bookchat.bench.cli import register
+    from bookchat.bench.args import register
 
     register(sub)
 

@@ -479,28 +479,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run_bench(config)
 
 
-def register(subparsers: Any) -> None:
-    """Add `bench` to bookchat's CLI."""
-    bench = subparsers.add_parser(
-        "bench", help="TTFT/throughput vs the SSE floor, retrieval and ingestion speed"
-    )
-    bench.add_argument("--quick", action="store_true", help="short runs (< 3 minutes on 2 cores)")
-    bench.add_argument(
-        "--corpus", help="a Docusaurus docs/ tree to serve and ingest instead of the sample book"
-    )
-    bench.add_argument("--only", help="comma-separated sections: chat,retrieval,ingestion")
-    bench.add_argument("--concurrency", help="comma-separated concurrencies (default 10,100,500)")
-    bench.add_argument("--out", help="output directory (default ./var/bench)")
-    bench.add_argument(
-        "--words-per-chunk",
-        type=int,
-        help="words per streamed chunk from the fake Gemini (default 1, the worst case)",
-    )
-    bench.set_defaults(func=cmd_bench)
-
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m bookchat.bench` without the rest of bookchat's CLI."""
+    from bookchat.bench.args import register
+
     parser = argparse.ArgumentParser(prog="bookchat")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
