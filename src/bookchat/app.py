@@ -64,7 +64,12 @@ def _openapi_config() -> OpenAPIConfig:
                 path="/scalar",
                 js_url="/static/scalar/standalone.js",
                 css_url="/static/scalar/bookchat.css",
-                options={"withDefaultFonts": False, "hideClientButton": True},
+                # No web fonts and no "Ask AI" (both need the internet).
+                options={
+                    "withDefaultFonts": False,
+                    "hideClientButton": True,
+                    "agent": {"disabled": True},
+                },
                 favicon="<link rel='icon' href='data:,'>",
             )
         ],
