@@ -16,7 +16,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import func, select, update
 from uuid_utils.compat import uuid7
 
-from bookchat.db.models import ChatSession, Message, User, utcnow
+from bookchat.db.models import ChatSession, Message, User
 
 TOKEN_PREFIX = "bc_"
 
@@ -46,9 +46,6 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         model_type = User
 
     repository_type = Repo
-
-    async def by_token(self, token: str) -> User | None:
-        return await self.get_one_or_none(token_hash=hash_token(token))
 
 
 def new_user_with_token(tier: str = "token") -> tuple[User, str]:
@@ -97,11 +94,6 @@ class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
             for chat, count in rows.all()
         ]
         return sessions, int(total or 0)
-
-    async def touch(self, session_id: UUID) -> None:
-        await self.repository.session.execute(
-            update(ChatSession).where(ChatSession.id == session_id).values(last_activity=utcnow())
-        )
 
     async def archive_idle(self, idle_days: int, *, now: datetime | None = None) -> int:
         """Soft-delete active sessions with no activity for `idle_days`; returns how many."""
