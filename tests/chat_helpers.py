@@ -66,7 +66,7 @@ def ingest_sample_book(settings: Settings) -> None:
 
 async def aingest_sample_book(settings: Settings) -> None:
     """Ingest the sample book (from async tests)."""
-    from bookchat.cli import run_ingest
+    from bookchat.ingest.pipeline import run_ingest
 
     await run_ingest(settings, SAMPLE_BOOK, site_url=settings.site_url)
 

@@ -99,7 +99,7 @@ def fresh_pg_database(prefix: str = "bookchat_test") -> Iterator[str]:
 @pytest.fixture
 def migrated_database_url(database_url: str) -> str:
     """The database with every migration applied."""
-    from bookchat.cli import run_migrations
+    from bookchat.db.migrate import run_migrations
 
     run_migrations(database_url)
     return database_url
@@ -137,7 +137,7 @@ def make_settings(tmp_path: Path, **overrides: str) -> Settings:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A migrated SQLite database (for tests that are not about the database)."""
-    from bookchat.cli import run_migrations
+    from bookchat.db.migrate import run_migrations
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"
     run_migrations(url)

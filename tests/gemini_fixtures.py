@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from google import genai
 
-from bookchat.fake_gemini import FakeGemini
+from bookchat.devtools.fake_gemini import FakeGemini
 from bookchat.llm.gemini import close_genai_client, make_genai_client
 
 

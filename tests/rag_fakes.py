@@ -14,8 +14,7 @@ from bookchat.llm.base import (
     GenerationRequest,
     TokenDelta,
 )
-from bookchat.rag.text import stem, tokenize
-from bookchat.rag.types import (
+from bookchat.search.types import (
     ChunkPayload,
     ChunkRecord,
     SearchFilters,
@@ -23,6 +22,7 @@ from bookchat.rag.types import (
     StoredPoint,
     VectorStoreUnavailableError,
 )
+from bookchat.text import stem, tokenize
 
 
 def chunk(

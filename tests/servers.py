@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bookchat.bench import server as bench_server
-from bookchat.bench.server import free_port
+from bookchat.devtools.bench import server as bench_server
+from bookchat.devtools.bench.server import free_port
 from bookchat.settings import SAMPLE_BOOK, load_settings
 
 __all__ = ["free_port", "prepare_book_env", "running_server"]
@@ -25,7 +25,8 @@ def prepare_book_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     With GEMINI_API_KEY and GEMINI_BASE_URL (a FakeGemini) in `overrides`, the book is
     ingested with dense embeddings too, so the server runs hybrid retrieval.
     """
-    from bookchat.cli import run_ingest, run_migrations
+    from bookchat.db.migrate import run_migrations
+    from bookchat.ingest.pipeline import run_ingest
 
     env = {
         **os.environ,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from bookchat.answer.grounding import SELECTION_NOT_COVERED, PromptBuilder
+from bookchat.answer.pipeline import AnswerDone, AnswerEvent, AnswerPipeline, AnswerToken, Retrieved
 from bookchat.llm.base import GenerationError, Turn
 from bookchat.llm.offline import OFFLINE_LABEL, OfflineGenerator
-from bookchat.rag.answer import AnswerDone, AnswerEvent, AnswerPipeline, AnswerToken, Retrieved
-from bookchat.rag.grounding import SELECTION_NOT_COVERED, PromptBuilder
-from bookchat.rag.retriever import Retriever
-from bookchat.rag.types import VectorStoreUnavailableError
+from bookchat.search.retriever import Retriever
+from bookchat.search.types import VectorStoreUnavailableError
 from tests.rag_fakes import (
     SAMPLE_CHUNKS,
     FakeBM25Store,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bookchat.bench.cli import INSTANT, BenchConfig, run_bench
-from bookchat.bench.load import LoadSpec, run_load
+from bookchat.devtools.bench.cli import INSTANT, BenchConfig, run_bench
+from bookchat.devtools.bench.load import LoadSpec, run_load
 
 
 @pytest.mark.server

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from bookchat.rag.types import VectorStoreUnavailableError
+from bookchat.search.types import VectorStoreUnavailableError
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, app_client, ask, ingest_sample_book

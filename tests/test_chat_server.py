@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from httpx_sse import aconnect_sse
 
-from bookchat.fake_gemini import FakeGemini
+from bookchat.devtools.fake_gemini import FakeGemini
 
 from .servers import prepare_book_env, running_server
 

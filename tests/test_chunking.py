@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 import bookchat
-from bookchat.rag.chunking import (
+from bookchat.ingest.chunking import (
     MAX_TOKENS,
     MIN_TOKENS,
     PageChunks,
-    approx_tokens,
     chunk_book,
 )
-from bookchat.rag.markdown import ATOMIC_KINDS, DocPage, load_docs, parse_blocks
+from bookchat.ingest.markdown import ATOMIC_KINDS, DocPage, load_docs, parse_blocks
+from bookchat.text import approx_tokens
 
 SAMPLE_DOCS = Path(bookchat.__file__).parent / "sample_book" / "docs"
 CORPUS = Path(__file__).parents[2] / "shared/corpus/physical-ai-textbook"

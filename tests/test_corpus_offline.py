@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from bookchat.answer.grounding import PromptBuilder
+from bookchat.answer.pipeline import AnswerDone, AnswerPipeline
+from bookchat.ingest.pipeline import ingest_book
 from bookchat.llm.offline import OfflineGenerator
-from bookchat.rag.answer import AnswerDone, AnswerPipeline
-from bookchat.rag.grounding import PromptBuilder
-from bookchat.rag.ingest import ingest_book
-from bookchat.rag.retriever import Retriever
-from bookchat.rag.vectorstore import EmbeddedVectorStore
+from bookchat.search.embedded import EmbeddedVectorStore
+from bookchat.search.retriever import Retriever
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 BOOK = CORPUS / "physical-ai-textbook"

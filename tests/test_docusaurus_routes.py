@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import bookchat
-from bookchat.rag.chunking import chunk_book
-from bookchat.rag.docusaurus import (
+from bookchat.ingest.chunking import chunk_book
+from bookchat.ingest.markdown import load_docs, parse_blocks
+from bookchat.ingest.routes import (
     GithubSlugger,
     doc_route,
     github_slug,
@@ -16,7 +17,6 @@ from bookchat.rag.docusaurus import (
     parse_heading_id,
     strip_number_prefix,
 )
-from bookchat.rag.markdown import load_docs, parse_blocks
 
 SAMPLE_DOCS = Path(bookchat.__file__).parent / "sample_book" / "docs"
 SITE = "https://book.example.org/docs"

@@ -7,8 +7,8 @@ import math
 import pytest
 from google import genai
 
-from bookchat.fake_gemini import FakeGemini, RateLimited, ServerError
-from bookchat.rag.embeddings import EmbeddingError, GeminiEmbedder
+from bookchat.devtools.fake_gemini import FakeGemini, RateLimited, ServerError
+from bookchat.llm.embeddings import EmbeddingError, GeminiEmbedder
 
 # Fixtures `fake_gemini` and `genai_client`.
 pytest_plugins = ["tests.gemini_fixtures"]

@@ -9,9 +9,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bookchat import evaluation
-from bookchat.eval_report import EvalReport
-from bookchat.evaluation import (
+from bookchat.answer import grounding
+from bookchat.answer.pipeline import AnswerPipeline
+from bookchat.devtools import evaluation
+from bookchat.devtools.eval_report import EvalReport
+from bookchat.devtools.evaluation import (
     SAMPLE_DOCS,
     SAMPLE_QUESTIONS,
     EvalError,
@@ -20,8 +22,8 @@ from bookchat.evaluation import (
     main,
     matches,
 )
-from bookchat.rag import chunking, grounding, ingest
-from bookchat.rag.answer import AnswerPipeline
+from bookchat.ingest import chunking
+from bookchat.ingest import pipeline as ingest
 
 SUMMARY_KEYS = {
     "questions", "in_book", "follow_up", "out_of_book", "selected_text", "recall_at_1",

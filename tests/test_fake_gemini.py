@@ -8,7 +8,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from bookchat.fake_gemini import (
+from bookchat.devtools.fake_gemini import (
     DEFAULT_ANSWER,
     Cut,
     FakeGemini,

@@ -24,7 +24,7 @@ import pytest
 from httpx_sse import aconnect_sse
 from sqlalchemy.engine import make_url
 
-from bookchat.fake_gemini import FakeGemini, Hang
+from bookchat.devtools.fake_gemini import FakeGemini, Hang
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, app_client, ask
@@ -53,7 +53,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture
 def pg_proxy(pg_url: str) -> Iterator[tuple[TcpProxy, str]]:
     """A proxy in front of PostgreSQL and the database URL that goes through it."""
-    from bookchat.cli import run_migrations
+    from bookchat.db.migrate import run_migrations
 
     run_migrations(pg_url)
     url = make_url(pg_url)
@@ -107,7 +107,7 @@ async def test_qdrant_server_down_is_503_retrieval_failed(settings: Settings) ->
 async def test_vector_store_down_on_a_real_server_is_503_before_any_sse_byte(
     tmp_path: Path,
 ) -> None:
-    from bookchat.cli import run_migrations
+    from bookchat.db.migrate import run_migrations
 
     env = {
         **os.environ,

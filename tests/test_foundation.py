@@ -213,7 +213,7 @@ def test_migrations_up_down_up_and_no_drift(database_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from bookchat.cli import find_alembic_ini
+    from bookchat.db.migrate import find_alembic_ini
 
     config = Config(str(find_alembic_ini()))
     config.set_main_option("sqlalchemy.url", database_url)

@@ -8,7 +8,7 @@ import time
 import pytest
 from google import genai
 
-from bookchat.fake_gemini import (
+from bookchat.devtools.fake_gemini import (
     DEFAULT_ANSWER,
     Blocked,
     Cut,

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bookchat.fake_gemini import FakeGemini, Reply
+from bookchat.devtools.fake_gemini import FakeGemini, Reply
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, app_client, ask
@@ -85,7 +85,7 @@ async def test_citation_outside_the_retrieved_set_is_dropped(gemini_client) -> N
 
 
 async def test_generation_timeout_is_an_error_event_after_the_headers(gemini_client) -> None:
-    from bookchat.fake_gemini import Hang
+    from bookchat.devtools.fake_gemini import Hang
 
     client, fake = gemini_client
     fake.set_model_rule("gemini-2.5-flash", Hang())

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bookchat.llm.base import ContextBlock, Turn
-from bookchat.rag.grounding import (
+from bookchat.answer.grounding import (
     Citation,
     CitationMapper,
     PromptBuilder,
@@ -13,7 +12,8 @@ from bookchat.rag.grounding import (
     short_selection_note,
     strip_invalid_citations,
 )
-from bookchat.rag.retriever import RetrievedHit
+from bookchat.llm.base import ContextBlock, Turn
+from bookchat.search.retriever import RetrievedHit
 from tests.rag_fakes import SAMPLE_CHUNKS, chunk
 
 

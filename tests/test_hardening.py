@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bookchat.answer.grounding import PromptBuilder
 from bookchat.llm.base import ContextBlock
-from bookchat.rag.grounding import PromptBuilder
-from bookchat.rag.types import SearchHit
+from bookchat.search.types import SearchHit
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, app_client, ask

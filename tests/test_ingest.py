@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bookchat.fake_gemini import FakeGemini, RateLimited, ServerError
+from bookchat.devtools.fake_gemini import FakeGemini, RateLimited, ServerError
+from bookchat.ingest.pipeline import IngestError, IngestSummary, chunk_id, ingest_book
+from bookchat.llm.embeddings import GeminiEmbedder
 from bookchat.llm.gemini import make_genai_client
-from bookchat.rag.embeddings import GeminiEmbedder
-from bookchat.rag.ingest import IngestError, IngestSummary, chunk_id, ingest_book
-from bookchat.rag.types import CollectionMismatchError
-from bookchat.rag.vectorstore import EmbeddedVectorStore
+from bookchat.search.embedded import EmbeddedVectorStore
+from bookchat.search.types import CollectionMismatchError
 from bookchat.settings import SAMPLE_BOOK
 
 SITE = "https://book.example.org"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import bookchat
-from bookchat.rag.markdown import (
+from bookchat.ingest.markdown import (
     FrontMatterError,
     clean_mdx,
     iter_doc_files,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import time
 
+from bookchat.answer.grounding import PromptBuilder
 from bookchat.llm.base import ContextBlock, GenerationFinished, TokenDelta
 from bookchat.llm.offline import OFFLINE_LABEL, OfflineGenerator
-from bookchat.rag.grounding import PromptBuilder
 
 BLOCKS = [
     ContextBlock(

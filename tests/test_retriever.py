@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bookchat.rag.retriever import Retriever, is_follow_up
-from bookchat.rag.types import SearchFilters, VectorStoreUnavailableError
+from bookchat.search.retriever import Retriever, is_follow_up
+from bookchat.search.types import SearchFilters, VectorStoreUnavailableError
 from tests.rag_fakes import (
     SAMPLE_CHUNKS,
     CountingEmbedder,

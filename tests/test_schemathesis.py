@@ -47,7 +47,7 @@ def errors_use_the_envelope(
 @pytest.fixture(scope="module")
 def fuzzed_settings(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]:
     """A migrated SQLite DB with the sample book, plus one user's token."""
-    from bookchat.cli import run_migrations
+    from bookchat.db.migrate import run_migrations
 
     tmp_path: Path = tmp_path_factory.mktemp("schemathesis")
     settings = make_settings(

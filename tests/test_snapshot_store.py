@@ -13,18 +13,15 @@ from typing import IO, Any
 
 import pytest
 
-from bookchat.rag.snapshot import (
+from bookchat.search.embedded import EmbeddedVectorStore, generation_signature
+from bookchat.search.factory import make_serving_store
+from bookchat.search.qdrant_server import QdrantServerStore
+from bookchat.search.snapshot import (
     ReadOnlyVectorStoreError,
     SnapshotVectorStore,
     remove_stale_copies,
 )
-from bookchat.rag.types import ChunkPayload, ChunkRecord, VectorStoreUnavailableError
-from bookchat.rag.vectorstore import (
-    EmbeddedVectorStore,
-    QdrantServerStore,
-    generation_signature,
-    make_serving_store,
-)
+from bookchat.search.types import ChunkPayload, ChunkRecord, VectorStoreUnavailableError
 
 COLLECTION = "book"
 DIM = 4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bookchat.rag.text import (
+from bookchat.text import (
     content_terms,
     content_words,
     segments,

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from bookchat.rag.sparse import encode_document, encode_query
-from bookchat.rag.types import (
+from bookchat.search.embedded import EmbeddedVectorStore
+from bookchat.search.factory import make_vector_store
+from bookchat.search.qdrant_server import QdrantServerStore
+from bookchat.search.sparse import encode_document, encode_query
+from bookchat.search.types import (
     ChunkPayload,
     ChunkRecord,
     CollectionMismatchError,
@@ -18,7 +21,6 @@ from bookchat.rag.types import (
     VectorStore,
     VectorStoreUnavailableError,
 )
-from bookchat.rag.vectorstore import EmbeddedVectorStore, QdrantServerStore, make_vector_store
 
 DIM = 4
 MODEL = "test-embedding"

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from bookchat.fake_gemini import Blocked, FakeGemini
-from bookchat.rag.chunking import chunk_book
+from bookchat.devtools.fake_gemini import Blocked, FakeGemini
+from bookchat.ingest.chunking import chunk_book
 from bookchat.settings import SAMPLE_BOOK
 
 from .servers import prepare_book_env, running_server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from advanced_alchemy.exceptions import RepositoryError
@@ -13,6 +14,7 @@ from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.plugins import PluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
@@ -20,7 +22,6 @@ from litestar.types import Message, Scope
 from sqlalchemy.exc import SQLAlchemyError
 
 from bookchat import __version__
-from bookchat.bench.floor import bench_plugins
 from bookchat.chat.controller import ChatController, SessionsController
 from bookchat.chat.openapi import chat_components, document_request_rules
 from bookchat.db.config import make_alchemy_config
@@ -119,8 +120,14 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
         headers["Cache-Control"] = "no-store"
 
 
-def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Litestar:
-    """Build the Litestar app; `runtime` lets tests inject their own clients."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    plugins: Sequence[PluginProtocol] = (),
+) -> Litestar:
+    """Build the Litestar app; `runtime` lets tests inject their own clients, `plugins`
+    lets a wrapper (e.g. the bench's floor routes) add routes and hooks."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     runtime = runtime or Runtime.build(settings)
@@ -158,7 +165,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
                 path="/static", directories=[STATIC_DIR], include_in_schema=False
             ),
         ],
-        plugins=[SQLAlchemyPlugin(config=alchemy), *bench_plugins()],  # bench: opt-in by env
+        plugins=[SQLAlchemyPlugin(config=alchemy), *plugins],
         middleware=[request_id_middleware, prometheus.middleware],
         before_send=[add_security_headers],
         openapi_config=_openapi_config(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import shutil
 import sys
@@ -13,12 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bookchat.db.migrate import run_migrations
 from bookchat.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from bookchat.rag.ingest import IngestSummary
+
+DEFAULT_APP = "bookchat.app:create_app"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -32,32 +35,6 @@ def _settings() -> Settings:
     except SettingsError as exc:
         _fail(f"configuration error: {exc}")
         raise  # unreachable; keeps type checkers calm
-
-
-def find_alembic_ini() -> Path:
-    """alembic.ini in the working directory, else the one beside the source tree."""
-    for candidate in (
-        Path.cwd() / "alembic.ini",
-        Path(__file__).resolve().parents[2] / "alembic.ini",
-    ):
-        if candidate.is_file():
-            return candidate
-    _fail("alembic.ini not found: run from the project directory (or the container's /app)")
-    raise AssertionError
-
-
-def run_migrations(database_url: str, revision: str = "head") -> None:
-    """`alembic upgrade <revision>` against `database_url`."""
-    from alembic import command
-    from alembic.config import Config
-
-    from bookchat.db.config import ensure_sqlite_directory
-
-    ensure_sqlite_directory(database_url)
-    config = Config(str(find_alembic_ini()))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, revision)
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -82,18 +59,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         metrics_dir = tempfile.mkdtemp(prefix="bookchat-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _run_granian(settings)
+        _run_granian(settings, getattr(args, "app", None) or DEFAULT_APP)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run_granian(settings: Settings) -> None:
+def _run_granian(settings: Settings, target: str) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
     Granian(
-        "bookchat.app:create_app",
+        target,
         factory=True,
         address=settings.host,
         port=settings.port,
@@ -151,40 +128,11 @@ def _progress_printer(use_bar: bool) -> tuple[Progress | None, Callable[[int, in
     return None, plain
 
 
-async def run_ingest(
-    settings: Settings,
-    docs_root: Path,
-    *,
-    site_url: str,
-    recreate: bool = False,
-    dry_run: bool = False,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> IngestSummary:
-    """Ingest `docs_root` with the configured store and embedder; returns the summary."""
-    from bookchat.rag.ingest import ingest_book
-    from bookchat.runtime import make_embedder, make_store
-
-    store = make_store(settings)
-    embedder = make_embedder(settings)
-    try:
-        return await ingest_book(
-            docs_root,
-            store=store,
-            embedder=embedder,
-            site_url=site_url,
-            recreate=recreate,
-            dry_run=dry_run,
-            progress=progress,
-        )
-    finally:
-        await store.close()
-
-
 def cmd_ingest(args: argparse.Namespace) -> None:
     import msgspec
 
-    from bookchat.rag.ingest import IngestError
-    from bookchat.rag.types import CollectionMismatchError, VectorStoreUnavailableError
+    from bookchat.ingest.pipeline import IngestError, run_ingest
+    from bookchat.search.types import CollectionMismatchError, VectorStoreUnavailableError
 
     settings = _settings()
     docs_root = Path(args.path)
@@ -230,6 +178,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     print("bookchat: applying migrations", file=sys.stderr)
     cmd_migrate(argparse.Namespace(revision="head"))
     docs_root = Path(settings.docs_path)
+    from bookchat.ingest.pipeline import run_ingest
+
     summary = asyncio.run(run_ingest(settings, docs_root, site_url=settings.site_url))
     print(f"bookchat: ingested {docs_root}: {summary}", file=sys.stderr)
     print(
@@ -248,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
+    serve.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        help="ASGI app factory as module:function (default: %(default)s)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (alembic upgrade)")
@@ -271,35 +226,22 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="migrate, ingest the sample book and serve (quick start)")
     up.set_defaults(func=cmd_up)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    _register_devtools(sub)
     return parser
 
 
-def _register_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bookchat.evaluation import register
-
-    register(sub)
-
-
-def _register_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bookchat.bench.args import register
-
-    register(sub)
+# Development tools (bench, soak, eval) live in `bookchat.devtools`, which the product never
+# imports: their commands are found by module name and loaded only to build the parser.
+_DEVTOOL_COMMANDS = (
+    "bookchat.devtools.evaluation",
+    "bookchat.devtools.bench.args",
+    "bookchat.devtools.soak",
+)
 
 
-def _register_soak(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from bookchat.soak import register
-
-    register(sub)
-
-
-# Commands that live with their feature register themselves here (imported lazily).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _register_eval,
-    _register_bench,
-    _register_soak,
-]
+def _register_devtools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for module in _DEVTOOL_COMMANDS:
+        importlib.import_module(module).register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat import metrics
+from bookchat.answer.grounding import Citation
 from bookchat.chat.identity import Identity
 from bookchat.chat.openapi import ChatOperation
 from bookchat.chat.ratelimit import Window
@@ -37,7 +38,6 @@ from bookchat.chat.service import DB_ERRORS, ChatService, ChatTurn
 from bookchat.db.models import ChatSession, Message, User
 from bookchat.db.services import ChatSessionService, MessageService
 from bookchat.errors import ApiError
-from bookchat.rag.grounding import Citation
 from bookchat.settings import Settings
 
 logger = logging.getLogger("bookchat.chat")

@@ -9,7 +9,7 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
-from bookchat.rag.grounding import Citation
+from bookchat.answer.grounding import Citation
 
 RetrievalMode = Literal["normal", "selected_text_only"]
 ContentTypeName = Literal["prose", "code", "table", "lab", "quiz", "assessment"]

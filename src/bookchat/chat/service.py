@@ -25,6 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
 from bookchat import metrics
+from bookchat.answer.grounding import Citation
+from bookchat.answer.pipeline import (
+    AnswerDone,
+    AnswerPipeline,
+    AnswerToken,
+    PreparedAnswer,
+    Retrieved,
+)
 from bookchat.chat.identity import Identity
 from bookchat.chat.schemas import (
     ChatRequest,
@@ -45,9 +53,7 @@ from bookchat.db.services import (
 )
 from bookchat.errors import ApiError
 from bookchat.llm.base import GenerationError, Turn
-from bookchat.rag.answer import AnswerDone, AnswerPipeline, AnswerToken, PreparedAnswer, Retrieved
-from bookchat.rag.grounding import Citation
-from bookchat.rag.types import SearchFilters, VectorStoreUnavailableError
+from bookchat.search.types import SearchFilters, VectorStoreUnavailableError
 
 logger = logging.getLogger("bookchat.chat")
 

@@ -24,7 +24,7 @@ from bookchat.llm.base import (
     GenerationRequest,
     TokenDelta,
 )
-from bookchat.rag.text import Segment, approx_tokens, jaccard, segments, term_set, tokenize
+from bookchat.text import Segment, approx_tokens, jaccard, segments, term_set, tokenize
 
 __all__ = ["OFFLINE_LABEL", "OfflineGenerator"]
 

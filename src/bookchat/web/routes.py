@@ -17,8 +17,8 @@ from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 from mdit_py_plugins.container import container_plugin
 
-from bookchat.rag.docusaurus import GithubSlugger, heading_anchor, parse_heading_id
-from bookchat.rag.markdown import ADMONITION_KEYWORDS, clean_mdx, split_front_matter
+from bookchat.ingest.markdown import ADMONITION_KEYWORDS, clean_mdx, split_front_matter
+from bookchat.ingest.routes import GithubSlugger, heading_anchor, parse_heading_id
 from bookchat.settings import SAMPLE_BOOK, Settings
 
 WIDGET_JS = Path(__file__).parent / "static" / "widget.js"

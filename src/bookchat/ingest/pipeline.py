@@ -16,12 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from bookchat.ingest.chunking import PageChunks, chunk_book
 from bookchat.llm.base import Embedder
-from bookchat.rag.chunking import PageChunks, chunk_book
-from bookchat.rag.types import ChunkPayload, ChunkRecord, StoredPoint, VectorStore
+from bookchat.search.types import ChunkPayload, ChunkRecord, StoredPoint, VectorStore
+
+if TYPE_CHECKING:
+    from bookchat.settings import Settings
 
 _ID_NAMESPACE = uuid.UUID("5b0c4b1e-8f2a-4d7e-9a51-2f1d3c6e7a90")
 WAVE_CHUNKS = 400  # chunks embedded per wave: 4 batches of 100 in flight
@@ -218,3 +222,32 @@ async def _embed(wave: list[PagePlan], embedder: Embedder | None) -> dict[str, l
         return {}
     vectors = await embedder.embed_documents(texts, titles)
     return dict(zip(ids, vectors, strict=True))
+
+
+async def run_ingest(
+    settings: Settings,
+    docs_root: Path,
+    *,
+    site_url: str,
+    recreate: bool = False,
+    dry_run: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> IngestSummary:
+    """Ingest `docs_root` with the configured store and embedder; returns the summary."""
+    from bookchat.llm.factory import make_embedder
+    from bookchat.search.factory import store_from_settings
+
+    store = store_from_settings(settings)
+    embedder = make_embedder(settings)
+    try:
+        return await ingest_book(
+            docs_root,
+            store=store,
+            embedder=embedder,
+            site_url=site_url,
+            recreate=recreate,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    finally:
+        await store.close()

@@ -18,7 +18,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from mdit_py_plugins.container import container_plugin
 
-from bookchat.rag.docusaurus import GithubSlugger, doc_route, heading_anchor, strip_number_prefix
+from bookchat.ingest.routes import GithubSlugger, doc_route, heading_anchor, strip_number_prefix
 
 BlockKind = Literal[
     "heading", "paragraph", "list", "code", "table", "admonition", "blockquote", "html", "hr"

@@ -1,6 +1,6 @@
 """The load generator: N closed-loop conversations of async httpx clients, one process.
 
-It runs as a subprocess of the bench (`python -m bookchat.bench.load`, a `LoadSpec` as
+It runs as a subprocess of the bench (`python -m bookchat.devtools.bench.load`, a `LoadSpec` as
 JSON on stdin, a `LoadResult` as JSON on stdout) so that its CPU use is scheduled apart
 from the server and the fake, and its GIL is its own.
 

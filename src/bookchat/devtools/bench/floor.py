@@ -1,6 +1,6 @@
 """Opt-in benchmark routes served by the real app: the SSE floor and a loop-lag probe.
 
-With `BOOKCHAT_BENCH_FLOOR=1`, `bench_plugins()` returns a plugin that adds:
+`create_bench_app()` is the real app (`bookchat.app.create_app`) plus a plugin that adds:
 
 - `POST /bench/floor`: streams the fake Gemini's tokens through the same generator and
   google-genai client setup as the chat path (`GeminiGenerator`) and re-emits each one as a
@@ -18,7 +18,6 @@ comparison isolates the chat path itself.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -29,7 +28,8 @@ from litestar.datastructures import State
 from litestar.plugins import InitPluginProtocol
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-ENV_FLAG = "BOOKCHAT_BENCH_FLOOR"
+# The granian target of the bench server (`bookchat serve --app ...`).
+BENCH_APP = "bookchat.devtools.bench.floor:create_bench_app"
 # Short enough to see a 10 ms stall, long enough to cost well under 1% of a core.
 TICK_S = 0.002
 
@@ -141,6 +141,8 @@ class BenchPlugin(InitPluginProtocol):
         await close_genai_client(app.state.bench_genai_client)
 
 
-def bench_plugins() -> list[InitPluginProtocol]:
-    """`[BenchPlugin()]` when BOOKCHAT_BENCH_FLOOR=1, else nothing (production never sees it)."""
-    return [BenchPlugin()] if os.environ.get(ENV_FLAG) == "1" else []
+def create_bench_app() -> Litestar:
+    """The product app with the floor route and loop-lag probe added (granian factory)."""
+    from bookchat.app import create_app
+
+    return create_app(plugins=[BenchPlugin()])

@@ -22,8 +22,8 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from bookchat.llm.base import ContextBlock, GenerationRequest, Turn
-from bookchat.rag.text import approx_tokens
-from bookchat.rag.types import ChunkPayload
+from bookchat.search.types import ChunkPayload
+from bookchat.text import approx_tokens
 
 __all__ = [
     "SELECTION_NOT_COVERED",

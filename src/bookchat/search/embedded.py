@@ -1,21 +1,15 @@
-"""The two `VectorStore` implementations: embedded (qdrant-edge) and Qdrant server.
-
-Both hold one collection with named vectors `dense` (cosine, only when a dense model
-is configured) and `sparse` (BM25 from `rag.sparse`, IDF modifier), keyword payload
-indexes on `FILTER_FIELDS`, and hybrid search fused by the engine with RRF (k=2, the
-Qdrant default, so both engines rank alike). The collection's embedding model, dense
-dimension and sparse encoding are stored with it and checked by `ensure_collection`.
+"""The embedded store: Qdrant's engine (qdrant-edge) in this process.
 
 Embedded engine and several processes: qdrant-edge takes an exclusive, non-blocking
 lock on the shard's WAL, so a second opener fails at once; there is no read-only mode.
 Never disable the WAL: without it there is no lock and a second opener breaks the first
 one's files. So `EmbeddedVectorStore` is the one writer (`bookchat ingest`), and the
-server reads private copies (`rag.snapshot.SnapshotVectorStore`, built by
-`make_serving_store`). The writer holds an advisory `flock` on `<collection>.lock`
-exclusively while it changes the shard's files and bumps `<collection>.generation`
-after each flushed change; a snapshot copies the shard under the same lock, shared,
-and re-copies when the generation changes. A second writer still fails with
-`VectorStoreUnavailableError` naming the fix.
+server reads private copies (`search.snapshot.SnapshotVectorStore`, built by
+`search.factory.make_serving_store`). The writer holds an advisory `flock` on
+`<collection>.lock` exclusively while it changes the shard's files and bumps
+`<collection>.generation` after each flushed change; a snapshot copies the shard under
+the same lock, shared, and re-copies when the generation changes. A second writer still
+fails with `VectorStoreUnavailableError` naming the fix.
 """
 
 from __future__ import annotations
@@ -34,116 +28,39 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-import httpx
 import msgspec
 import qdrant_edge as edge
-from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from bookchat.rag.sparse import (
-    SPARSE_MODEL,
-    SparseVector,
-    document_text,
-    encode_document,
-    encode_query,
+from bookchat.search.collection import (
+    DENSE,
+    RRF_K,
+    SCROLL_PAGE,
+    SPARSE,
+    SYNC_FIELDS,
+    CollectionMeta,
+    check_compatible,
+    filter_terms,
+    payload_dict,
+    prefetch_limit,
+    stored_point,
 )
-from bookchat.rag.types import (
+from bookchat.search.sparse import document_text, encode_document, encode_query
+from bookchat.search.types import (
     FILTER_FIELDS,
     ChunkPayload,
     ChunkRecord,
-    CollectionMismatchError,
     SearchFilters,
     SearchHit,
     StoredPoint,
-    VectorStore,
     VectorStoreUnavailableError,
 )
 
-__all__ = [
-    "CollectionMeta",
-    "EmbeddedVectorStore",
-    "QdrantServerStore",
-    "collection_lock",
-    "generation_signature",
-    "make_serving_store",
-    "make_vector_store",
-]
+__all__ = ["EmbeddedVectorStore", "collection_lock", "generation_signature"]
 
-DENSE = "dense"
-SPARSE = "sparse"
-RRF_K = 2
-# Each branch of a hybrid query fetches this many candidates per requested hit.
-PREFETCH_FACTOR = 4
-PREFETCH_MIN = 20
-_SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index"]
-_SCROLL_PAGE = 1000
-_UPSERT_BATCH = 256
 # Queries measured cheaper than this run inline: a thread hop would cost more than it saves.
 INLINE_QUERY_BUDGET_S = 0.0005
 
 T = TypeVar("T")
-
-
-class CollectionMeta(msgspec.Struct, kw_only=True, frozen=True):
-    """What a collection was built with; a difference means it must be rebuilt."""
-
-    embedding_model: str | None
-    dense_dim: int | None
-    sparse_model: str = SPARSE_MODEL
-    format: int = 1
-
-
-def _check_compatible(
-    collection: str, found: CollectionMeta | None, wanted: CollectionMeta
-) -> None:
-    if found == wanted:
-        return
-    if found is None:
-        built = "without bookchat metadata"
-    else:
-        built = (
-            f"with embedding model {found.embedding_model or 'none (BM25 only)'}, "
-            f"dense dim {found.dense_dim}, sparse {found.sparse_model}"
-        )
-    raise CollectionMismatchError(
-        f"vector collection {collection!r} was built {built}, but the settings ask for "
-        f"embedding model {wanted.embedding_model or 'none (BM25 only)'}, dense dim "
-        f"{wanted.dense_dim}, sparse {wanted.sparse_model}. Rebuild it with "
-        "`bookchat ingest --recreate` (or restore the previous settings)."
-    )
-
-
-def _filter_terms(filters: SearchFilters | None) -> list[tuple[str, list[str]]]:
-    """(payload field, allowed values) for every non-empty filter list."""
-    if filters is None or filters.is_empty():
-        return []
-    pairs = zip(
-        FILTER_FIELDS,
-        (filters.modules, filters.chapters, filters.content_types, filters.tags, filters.doc_paths),
-        strict=True,
-    )
-    return [(field, list(values)) for field, values in pairs if values]
-
-
-def _prefetch_limit(limit: int) -> int:
-    return max(limit * PREFETCH_FACTOR, PREFETCH_MIN)
-
-
-def _payload_dict(payload: ChunkPayload) -> dict[str, Any]:
-    return msgspec.to_builtins(payload)
-
-
-def _stored_point(point_id: object, payload: dict[str, Any] | None) -> StoredPoint:
-    payload = payload or {}
-    return StoredPoint(
-        id=str(point_id),
-        doc_path=str(payload.get("doc_path", "")),
-        content_hash=str(payload.get("content_hash", "")),
-        chunk_index=int(payload.get("chunk_index", 0)),
-    )
-
-
-# --------------------------------------------------------------------------- embedded
 
 # What `os.stat` says about the generation marker; None when there is none yet.
 GenerationSignature = tuple[int, int, int] | None
@@ -309,7 +226,7 @@ class EmbeddedVectorStore:
                 shutil.rmtree(self._shard_dir, ignore_errors=True)
                 self._meta_file.unlink(missing_ok=True)
             if self._exists():
-                _check_compatible(self._collection, self._read_meta(), wanted)
+                check_compatible(self._collection, self._read_meta(), wanted)
                 self._load_locked()
                 return
             # Meta first: a crash before the shard exists leaves nothing that looks built.
@@ -358,7 +275,7 @@ class EmbeddedVectorStore:
                 vector: dict[str, Any] = {SPARSE: edge.SparseVector(sparse.indices, sparse.values)}
                 if record.dense is not None:
                     vector[DENSE] = record.dense
-                points.append(edge.Point(record.id, vector, _payload_dict(record.payload)))
+                points.append(edge.Point(record.id, vector, payload_dict(record.payload)))
             shard.update(edge.UpdateOperation.upsert_points(points))
 
         await self._write(upsert, publish=True)
@@ -372,7 +289,7 @@ class EmbeddedVectorStore:
             shard = self._require_shard()
             for point_id, payload in payloads:
                 shard.update(
-                    edge.UpdateOperation.overwrite_payload([point_id], _payload_dict(payload))
+                    edge.UpdateOperation.overwrite_payload([point_id], payload_dict(payload))
                 )
 
         await self._write(overwrite, publish=True)
@@ -395,13 +312,13 @@ class EmbeddedVectorStore:
                 return []
             found: list[StoredPoint] = []
             offset: Any = None
-            selector = edge.PayloadSelector.Include(_SYNC_FIELDS)
+            selector = edge.PayloadSelector.Include(SYNC_FIELDS)
             while True:
                 request = edge.ScrollRequest(
-                    offset=offset, limit=_SCROLL_PAGE, with_payload=selector
+                    offset=offset, limit=SCROLL_PAGE, with_payload=selector
                 )
                 records, offset = shard.scroll(request)
-                found.extend(_stored_point(r.id, r.payload) for r in records)
+                found.extend(stored_point(r.id, r.payload) for r in records)
                 if offset is None:
                     return found
 
@@ -410,7 +327,7 @@ class EmbeddedVectorStore:
     def _query_request(
         self, query_text: str, dense: list[float] | None, filters: SearchFilters | None, limit: int
     ) -> edge.QueryRequest | None:
-        terms = _filter_terms(filters)
+        terms = filter_terms(filters)
         payload_filter = (
             edge.Filter(
                 must=[
@@ -436,7 +353,7 @@ class EmbeddedVectorStore:
                 filter=payload_filter,
                 with_payload=True,
             )
-        branch = _prefetch_limit(limit)
+        branch = prefetch_limit(limit)
         prefetches = [
             edge.Prefetch(
                 limit=branch, query=edge.Query.Nearest(dense, using=DENSE), filter=payload_filter
@@ -525,244 +442,3 @@ class EmbeddedVectorStore:
 
 
 # --------------------------------------------------------------------------- server
-
-
-@contextlib.contextmanager
-def _server_errors(what: str) -> Iterator[None]:
-    """Map transport failures of qdrant-client to VectorStoreUnavailableError."""
-    try:
-        yield
-    except (ResponseHandlingException, httpx.HTTPError, OSError, TimeoutError) as exc:
-        raise VectorStoreUnavailableError(
-            f"Qdrant server unreachable during {what}: {exc}"
-        ) from exc
-    except UnexpectedResponse as exc:
-        if (
-            exc.status_code is not None
-            and exc.status_code < 500
-            and exc.status_code not in (401, 403)
-        ):
-            raise
-        raise VectorStoreUnavailableError(f"Qdrant server failed during {what}: {exc}") from exc
-
-
-def _is_missing_collection(exc: Exception) -> bool:
-    # Local mode raises ValueError("Collection ... not found"); a server answers 404.
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code == 404
-    return isinstance(exc, ValueError) and "not found" in str(exc)
-
-
-def _server_sparse(vector: SparseVector) -> models.SparseVector:
-    return models.SparseVector(indices=vector.indices, values=vector.values)
-
-
-class QdrantServerStore:
-    """The collection on a Qdrant server (or qdrant-client local mode) via AsyncQdrantClient."""
-
-    def __init__(self, client: AsyncQdrantClient, collection: str) -> None:
-        self._client = client
-        self._collection = collection
-        self._has_dense: bool | None = None  # learnt from the collection's metadata
-
-    async def ensure_collection(
-        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
-    ) -> None:
-        """Create the collection if missing; raise CollectionMismatchError if incompatible."""
-        wanted = CollectionMeta(embedding_model=embedding_model, dense_dim=dense_dim)
-        client, name = self._client, self._collection
-        with _server_errors("ensure_collection"):
-            if recreate:
-                await client.delete_collection(name)
-            if await client.collection_exists(name):
-                info = await client.get_collection(name)
-                raw = info.config.metadata
-                found = msgspec.convert(raw, CollectionMeta) if raw else None
-                _check_compatible(name, found, wanted)
-                self._has_dense = dense_dim is not None
-                return
-            vectors = (
-                {DENSE: models.VectorParams(size=dense_dim, distance=models.Distance.COSINE)}
-                if dense_dim
-                else {}
-            )
-            await client.create_collection(
-                name,
-                vectors_config=vectors,
-                sparse_vectors_config={
-                    SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)
-                },
-                metadata=msgspec.to_builtins(wanted),
-            )
-            for field in FILTER_FIELDS:
-                await client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
-            self._has_dense = dense_dim is not None
-
-    async def upsert(self, records: Sequence[ChunkRecord]) -> None:
-        """Insert or replace points: BM25 vector always, dense vector when given."""
-        for start in range(0, len(records), _UPSERT_BATCH):
-            points = []
-            for record in records[start : start + _UPSERT_BATCH]:
-                vector: dict[str, Any] = {
-                    SPARSE: _server_sparse(encode_document(document_text(record.payload)))
-                }
-                if record.dense is not None:
-                    vector[DENSE] = record.dense
-                points.append(
-                    models.PointStruct(
-                        id=record.id, vector=vector, payload=_payload_dict(record.payload)
-                    )
-                )
-            with _server_errors("upsert"):
-                await self._client.upsert(self._collection, points=points, wait=True)
-
-    async def set_payloads(self, payloads: Sequence[tuple[str, ChunkPayload]]) -> None:
-        """Replace the payload of existing points without touching their vectors."""
-        if not payloads:
-            return
-        operations: list[models.UpdateOperation] = [
-            models.OverwritePayloadOperation(
-                overwrite_payload=models.SetPayload(
-                    payload=_payload_dict(payload), points=[point_id]
-                )
-            )
-            for point_id, payload in payloads
-        ]
-        with _server_errors("set_payloads"):
-            await self._client.batch_update_points(self._collection, operations, wait=True)
-
-    async def delete(self, ids: Sequence[str]) -> None:
-        """Delete points by id; unknown ids are ignored."""
-        if not ids:
-            return
-        selector = models.PointIdsList(points=list(ids))
-        with _server_errors("delete"):
-            await self._client.delete(self._collection, points_selector=selector, wait=True)
-
-    async def stored_points(self) -> list[StoredPoint]:
-        """Every point's id, doc_path, content_hash and chunk_index."""
-        found: list[StoredPoint] = []
-        offset: Any = None
-        with _server_errors("stored_points"):
-            if not await self._client.collection_exists(self._collection):
-                return []
-            while True:
-                records, offset = await self._client.scroll(
-                    self._collection, limit=_SCROLL_PAGE, offset=offset, with_payload=_SYNC_FIELDS
-                )
-                found.extend(_stored_point(r.id, r.payload) for r in records)
-                if offset is None:
-                    return found
-
-    async def search(
-        self,
-        *,
-        query_text: str,
-        dense: list[float] | None,
-        filters: SearchFilters | None,
-        limit: int,
-    ) -> list[SearchHit]:
-        """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
-        terms = _filter_terms(filters)
-        payload_filter = (
-            models.Filter(
-                must=[models.FieldCondition(key=f, match=models.MatchAny(any=v)) for f, v in terms]
-            )
-            if terms
-            else None
-        )
-        sparse = encode_query(query_text)
-        use_dense = dense is not None and self._has_dense is not False
-        kwargs: dict[str, Any]
-        if use_dense:
-            branch = _prefetch_limit(limit)
-            prefetch = [
-                models.Prefetch(query=dense, using=DENSE, limit=branch, filter=payload_filter)
-            ]
-            if not sparse.is_empty():
-                prefetch.append(
-                    models.Prefetch(
-                        query=_server_sparse(sparse),
-                        using=SPARSE,
-                        limit=branch,
-                        filter=payload_filter,
-                    )
-                )
-            kwargs = {"prefetch": prefetch, "query": models.FusionQuery(fusion=models.Fusion.RRF)}
-        elif sparse.is_empty():
-            return []
-        else:
-            kwargs = {
-                "query": _server_sparse(sparse),
-                "using": SPARSE,
-                "query_filter": payload_filter,
-            }
-        try:
-            with _server_errors("search"):
-                response = await self._client.query_points(
-                    self._collection, limit=limit, with_payload=True, **kwargs
-                )
-        except (UnexpectedResponse, ValueError) as exc:
-            if _is_missing_collection(exc):
-                return []
-            raise
-        return [
-            SearchHit(
-                id=str(p.id), score=float(p.score), payload=msgspec.convert(p.payload, ChunkPayload)
-            )
-            for p in response.points
-        ]
-
-    async def count(self) -> int:
-        """Number of points in the collection (0 when it does not exist)."""
-        try:
-            with _server_errors("count"):
-                return (await self._client.count(self._collection, exact=True)).count
-        except (UnexpectedResponse, ValueError) as exc:
-            if _is_missing_collection(exc):
-                return 0
-            raise
-
-    async def ping(self) -> None:
-        """Raise VectorStoreUnavailableError if the server cannot answer."""
-        with _server_errors("ping"):
-            await self._client.get_collections()
-
-    async def close(self) -> None:
-        """Close the client's connections."""
-        await self._client.close()
-
-
-def make_vector_store(
-    *, qdrant_url: str | None, qdrant_api_key: str | None, collection: str, embedded_path: Path
-) -> VectorStore:
-    """A Qdrant server store when `qdrant_url` is set, else the embedded store."""
-    if qdrant_url:
-        # No version check at construction: it is a blocking request in __init__.
-        client = AsyncQdrantClient(
-            url=qdrant_url, api_key=qdrant_api_key, timeout=10, check_compatibility=False
-        )
-        return QdrantServerStore(client, collection)
-    return EmbeddedVectorStore(embedded_path, collection)
-
-
-def make_serving_store(
-    *, qdrant_url: str | None, qdrant_api_key: str | None, collection: str, embedded_path: Path
-) -> VectorStore:
-    """The store the API reads from: a Qdrant server store, or per-process snapshots.
-
-    Every server process (granian worker) gets its own `SnapshotVectorStore` copy of
-    the embedded collection, so any number of workers and a running `bookchat ingest`
-    coexist; the copies follow new ingests within a few seconds.
-    """
-    if qdrant_url:
-        return make_vector_store(
-            qdrant_url=qdrant_url,
-            qdrant_api_key=qdrant_api_key,
-            collection=collection,
-            embedded_path=embedded_path,
-        )
-    # Imported here: rag.snapshot builds on this module's EmbeddedVectorStore.
-    from bookchat.rag.snapshot import SnapshotVectorStore
-
-    return SnapshotVectorStore(embedded_path, collection)

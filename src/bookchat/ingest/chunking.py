@@ -31,28 +31,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bookchat.rag.docusaurus import page_url, strip_number_prefix
-from bookchat.rag.markdown import ATOMIC_KINDS, Block, DocPage, load_docs
-from bookchat.rag.types import ChunkPayload, ContentType
+from bookchat.ingest.markdown import ATOMIC_KINDS, Block, DocPage, load_docs
+from bookchat.ingest.routes import page_url, strip_number_prefix
+from bookchat.search.types import ChunkPayload, ContentType
+from bookchat.text import CHARS_PER_TOKEN, prose_sentences
 
 TARGET_TOKENS = 500
 MIN_TOKENS = 200
 MAX_TOKENS = 800
 OVERLAP_TOKENS = 50
-CHARS_PER_TOKEN = 4
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
 _PAGE_KIND_WORDS: tuple[tuple[ContentType, re.Pattern[str]], ...] = (
     ("assessment", re.compile(r"\bassessments?\b", re.I)),
     ("quiz", re.compile(r"\bquiz(?:zes)?\b", re.I)),
     ("lab", re.compile(r"\blabs?\b", re.I)),
 )
 _WORD = re.compile(r"\w+")
-
-
-def approx_tokens(text: str) -> int:
-    """Approximate token count: one token per 4 characters (no tokenizer download)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def _tokens_of_chars(chars: int) -> int:
@@ -142,15 +136,11 @@ def _sections(page: DocPage) -> list[_Section]:
     return sections
 
 
-def _split_sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(text) if s.strip()]
-
-
 def _split_long(text: str, limit_chars: int) -> list[str]:
     """Split prose at sentence ends, then at spaces, into pieces of at most limit_chars."""
     pieces: list[str] = []
     current = ""
-    for sentence in _split_sentences(text):
+    for sentence in prose_sentences(text):
         while len(sentence) > limit_chars:
             cut = sentence.rfind(" ", 0, limit_chars)
             cut = cut if cut > 0 else limit_chars
@@ -192,7 +182,7 @@ def _overlap(text: str, kind: str) -> str:
     limit = OVERLAP_TOKENS * CHARS_PER_TOKEN
     chosen: list[str] = []
     size = 0
-    for sentence in reversed(_split_sentences(text.replace("\n", " "))):
+    for sentence in reversed(prose_sentences(text.replace("\n", " "))):
         if size + len(sentence) > limit:
             break
         chosen.insert(0, sentence)

@@ -40,8 +40,8 @@ from collections.abc import Sequence
 import msgspec
 
 from bookchat.llm.base import Embedder
-from bookchat.rag.text import content_terms, content_words, jaccard, term_set, tokenize
-from bookchat.rag.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
+from bookchat.search.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
+from bookchat.text import content_terms, content_words, jaccard, term_set, tokenize
 
 __all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from bookchat.bench.retrieval import _DOMAIN_WORDS
-from bookchat.rag.chunking import chunk_book
-from bookchat.rag.ingest import ingest_book
-from bookchat.rag.vectorstore import EmbeddedVectorStore
+from bookchat.devtools.bench.retrieval import _DOMAIN_WORDS
+from bookchat.ingest.chunking import chunk_book
+from bookchat.ingest.pipeline import ingest_book
+from bookchat.search.embedded import EmbeddedVectorStore
 
 BATCH = 100  # texts per embedding call, as the Gemini embedder batches them
 

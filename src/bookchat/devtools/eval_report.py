@@ -1,6 +1,6 @@
 """Results of `bookchat eval`: per-question outcomes, overall metrics, the gate, the table.
 
-Metric definitions are in `bookchat.evaluation`'s module docs; this module only counts
+Metric definitions are in `bookchat.devtools.evaluation`'s module docs; this module only counts
 and renders, so it can be tested on hand-made results.
 """
 

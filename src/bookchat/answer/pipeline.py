@@ -26,6 +26,14 @@ from typing import Literal
 
 import msgspec
 
+from bookchat.answer.grounding import (
+    SELECTION_NOT_COVERED,
+    Citation,
+    CitationMapper,
+    PromptBuilder,
+    abstention_message,
+    short_selection_note,
+)
 from bookchat.llm.base import (
     AnswerGenerator,
     ContextBlock,
@@ -34,17 +42,9 @@ from bookchat.llm.base import (
     TokenDelta,
     Turn,
 )
-from bookchat.rag.grounding import (
-    SELECTION_NOT_COVERED,
-    Citation,
-    CitationMapper,
-    PromptBuilder,
-    abstention_message,
-    short_selection_note,
-)
-from bookchat.rag.retriever import RetrievalResult, Retriever
-from bookchat.rag.text import term_set, word_count
-from bookchat.rag.types import SearchFilters
+from bookchat.search.retriever import RetrievalResult, Retriever
+from bookchat.search.types import SearchFilters
+from bookchat.text import term_set, word_count
 
 __all__ = [
     "AnswerDone",

@@ -64,7 +64,20 @@ from typing import Any, Literal, cast
 
 import msgspec
 
-from bookchat.eval_report import (
+from bookchat.answer.grounding import (
+    SELECTION_NOT_COVERED,
+    Citation,
+    PromptBuilder,
+    short_selection_note,
+)
+from bookchat.answer.pipeline import (
+    ABSTAINED,
+    SELECTION_TITLE,
+    AnswerDone,
+    AnswerPipeline,
+    Retrieved,
+)
+from bookchat.devtools.eval_report import (
     EvalReport,
     Kind,
     QuestionResult,
@@ -74,20 +87,13 @@ from bookchat.eval_report import (
     summarise,
 )
 from bookchat.llm.base import AnswerGenerator, Embedder, Turn
-from bookchat.rag.answer import ABSTAINED, SELECTION_TITLE, AnswerDone, AnswerPipeline, Retrieved
-from bookchat.rag.grounding import (
-    SELECTION_NOT_COVERED,
-    Citation,
-    PromptBuilder,
-    short_selection_note,
-)
-from bookchat.rag.retriever import Retriever
-from bookchat.rag.text import word_count
-from bookchat.rag.types import VectorStore
+from bookchat.search.retriever import Retriever
+from bookchat.search.types import VectorStore
+from bookchat.text import word_count
 
 __all__ = ["EvalQuestion", "EvalReport", "evaluate", "load_questions", "main", "register"]
 
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = Path(__file__).parents[1]  # bookchat/
 SAMPLE_DOCS = PACKAGE_DIR / "sample_book" / "docs"
 SAMPLE_QUESTIONS = PACKAGE_DIR / "sample_book" / "questions.json"
 TOP_K = 5
@@ -303,9 +309,9 @@ async def evaluate(
     thresholds: Thresholds | None = None,
 ) -> EvalReport:
     """Ingest `docs_root` into a temporary embedded store and run every question."""
+    from bookchat.ingest.pipeline import ingest_book
     from bookchat.llm.offline import OfflineGenerator
-    from bookchat.rag.ingest import ingest_book
-    from bookchat.rag.vectorstore import EmbeddedVectorStore
+    from bookchat.search.embedded import EmbeddedVectorStore
 
     started = time.perf_counter()
     generator = generator or OfflineGenerator()
@@ -405,7 +411,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (`python -m bookchat.evaluation`); returns the exit code."""
+    """Standalone entry point (`python -m bookchat.devtools.evaluation`); returns the exit code."""
     parser = argparse.ArgumentParser(prog="bookchat eval", description=__doc__.split("\n")[0])
     _add_arguments(parser)
     return run(parser.parse_args(argv))

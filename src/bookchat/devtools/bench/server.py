@@ -1,6 +1,6 @@
 """The bench's server setup: a prepared data directory, granian in a subprocess, RSS probes.
 
-The server is `bookchat serve` (granian, 1 worker) with `BOOKCHAT_BENCH_FLOOR=1`, so the
+The server is `bookchat serve --app` the bench app (granian, 1 worker), so the
 chat route and the floor route share one process, one middleware stack and one loop.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bookchat.bench.floor import ENV_FLAG
+from bookchat.devtools.bench.floor import BENCH_APP
 
 # Anonymous chats from one IP would hit the per-IP limit within a second.
 UNLIMITED = "100000000"
@@ -46,13 +46,13 @@ def bench_env(data_dir: Path, fake_url: str) -> dict[str, str]:
         "RATE_LIMIT_IP": UNLIMITED,
         "RATE_LIMIT_TOKEN": UNLIMITED,
         "RATE_LIMIT_API_KEY": UNLIMITED,
-        ENV_FLAG: "1",
     }
 
 
 def prepare_data(env: dict[str, str], docs_root: Path) -> object:
     """Migrate the database and ingest `docs_root` (dense vectors from the fake)."""
-    from bookchat.cli import run_ingest, run_migrations
+    from bookchat.db.migrate import run_migrations
+    from bookchat.ingest.pipeline import run_ingest
     from bookchat.settings import load_settings
 
     settings = load_settings({k: v for k, v in env.items() if k.isupper()}, env_file=None)
@@ -119,13 +119,13 @@ class Server:
 
 @contextmanager
 def running_server(
-    env: dict[str, str], *, workers: int = 1, timeout: float = 60
+    env: dict[str, str], *, workers: int = 1, timeout: float = 60, app: str = BENCH_APP
 ) -> Iterator[Server]:
     """`bookchat serve` on a free port (the tests use it too); SIGTERM on exit."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bookchat.cli", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers)],
+         "--port", str(port), "--workers", str(workers), "--app", app],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from qdrant_client import AsyncQdrantClient
 
-from bookchat.rag.types import ChunkPayload, ChunkRecord, VectorStore
-from bookchat.rag.vectorstore import EmbeddedVectorStore, QdrantServerStore
+from bookchat.search.embedded import EmbeddedVectorStore
+from bookchat.search.qdrant_server import QdrantServerStore
+from bookchat.search.types import ChunkPayload, ChunkRecord, VectorStore
 
 ENGINES = ("embedded", "local")
 _TICK_S = 0.001

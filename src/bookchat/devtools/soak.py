@@ -246,7 +246,8 @@ def _drop_database(admin_url: str, database: str) -> None:
 
 def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     """Set up, load, check; returns the report (``ok`` says whether every check passed)."""
-    from bookchat.cli import run_ingest, run_migrations
+    from bookchat.db.migrate import run_migrations
+    from bookchat.ingest.pipeline import run_ingest
     from bookchat.settings import SAMPLE_BOOK, load_settings
 
     admin_url = args.database_url or os.environ.get("TEST_POSTGRES_URL") or DEFAULT_ADMIN_URL
@@ -258,7 +259,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     try:
         gemini_port = _free_port()
         fake = subprocess.Popen(
-            [sys.executable, "-m", "bookchat.fake_gemini", "--port", str(gemini_port),
+            [sys.executable, "-m", "bookchat.devtools.fake_gemini", "--port", str(gemini_port),
              "--first-token-ms", str(args.first_token_ms),
              "--tokens-per-second", str(args.tokens_per_second), "--answer-words", "40",
              "--words-per-chunk", str(args.words_per_chunk),

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from bookchat.bench.cli import cmd_bench
+    from bookchat.devtools.bench.cli import cmd_bench
 
     cmd_bench(args)
 

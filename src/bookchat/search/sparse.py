@@ -20,7 +20,7 @@ from functools import lru_cache
 import msgspec
 import qdrant_edge
 
-from bookchat.rag.types import ChunkPayload
+from bookchat.search.types import ChunkPayload
 
 # Mean chunk length in BM25 tokens (stop words removed) for ~500-token chunks.
 BM25_AVG_LEN = 256.0

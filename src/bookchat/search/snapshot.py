@@ -32,19 +32,19 @@ from typing import IO, NoReturn
 
 import anyio.to_thread
 
-from bookchat.rag.types import (
+from bookchat.search.embedded import (
+    EmbeddedVectorStore,
+    GenerationSignature,
+    collection_lock,
+    generation_signature,
+)
+from bookchat.search.types import (
     ChunkPayload,
     ChunkRecord,
     SearchFilters,
     SearchHit,
     StoredPoint,
     VectorStoreUnavailableError,
-)
-from bookchat.rag.vectorstore import (
-    EmbeddedVectorStore,
-    GenerationSignature,
-    collection_lock,
-    generation_signature,
 )
 
 __all__ = [
@@ -55,7 +55,7 @@ __all__ = [
     "remove_stale_copies",
 ]
 
-logger = logging.getLogger("bookchat.rag.snapshot")
+logger = logging.getLogger("bookchat.search.snapshot")
 
 DEFAULT_REFRESH_INTERVAL_S = 5.0
 SERVING_DIR = ".serving"

@@ -6,7 +6,7 @@ Processes (2 cores are shared, so each gets its own GIL and the OS schedules the
   temp dir, `BOOKCHAT_BENCH_FLOOR=1` for the floor route and the loop-lag probe;
 - the fake Gemini: a thread of this process, which is otherwise idle while load runs
   (it only samples the server's RSS every 50 ms);
-- the load generator: `python -m bookchat.bench.load`, one subprocess per scenario.
+- the load generator: `python -m bookchat.devtools.bench.load`, one subprocess per scenario.
 
 Figures are printed, never asserted: they depend on the machine.
 """
@@ -31,9 +31,15 @@ import httpx
 import msgspec
 import numpy as np
 
-from bookchat.bench.load import LoadResult, LoadSpec
-from bookchat.bench.server import RssSampler, Server, bench_env, prepare_data, running_server
-from bookchat.fake_gemini import DEFAULT_ANSWER, FakeGemini
+from bookchat.devtools.bench.load import LoadResult, LoadSpec
+from bookchat.devtools.bench.server import (
+    RssSampler,
+    Server,
+    bench_env,
+    prepare_data,
+    running_server,
+)
+from bookchat.devtools.fake_gemini import DEFAULT_ANSWER, FakeGemini
 
 SAMPLE_QUESTIONS = (
     "How does lidar measure distance?",
@@ -145,7 +151,7 @@ def _bodies(questions: list[str], distinct: int) -> list[bytes]:
 
 def _run_load(spec: LoadSpec) -> LoadResult:
     completed = subprocess.run(
-        [sys.executable, "-m", "bookchat.bench.load"],
+        [sys.executable, "-m", "bookchat.devtools.bench.load"],
         input=msgspec.json.encode(spec),
         capture_output=True,
         check=False,
@@ -367,7 +373,7 @@ def _env_info() -> dict[str, Any]:
 
 def run_bench(config: BenchConfig, *, log: Any = None) -> dict[str, Any]:
     """Run the selected sections; print tables; write JSON (+ PNG). Returns the JSON data."""
-    from bookchat.bench.retrieval import bench_retrieval
+    from bookchat.devtools.bench.retrieval import bench_retrieval
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     started = time.perf_counter()
@@ -413,7 +419,7 @@ def run_bench(config: BenchConfig, *, log: Any = None) -> dict[str, Any]:
 
 
 async def _ingestion(config: BenchConfig) -> list[dict[str, Any]]:
-    from bookchat.bench.ingestion import bench_ingestion
+    from bookchat.devtools.bench.ingestion import bench_ingestion
 
     if config.corpus is not None:
         return await bench_ingestion(config.corpus, delays=config.ingest_delays)
@@ -477,13 +483,3 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.words_per_chunk:
         config.words_per_chunk = args.words_per_chunk
     run_bench(config)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m bookchat.bench` without the rest of bookchat's CLI."""
-    from bookchat.bench.args import register
-
-    parser = argparse.ArgumentParser(prog="bookchat")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(argv if argv is not None else sys.argv[1:])])
-    args.func(args)

@@ -20,6 +20,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "CHARS_PER_TOKEN",
     "STOPWORDS",
     "Segment",
     "SegmentKind",
@@ -27,6 +28,7 @@ __all__ = [
     "content_terms",
     "content_words",
     "jaccard",
+    "prose_sentences",
     "segments",
     "split_sentences",
     "stem",
@@ -250,9 +252,13 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
+# One token per 4 characters: the one estimate used for chunk sizes and prompt budgets.
+CHARS_PER_TOKEN = 4
+
+
 def approx_tokens(text: str) -> int:
     """Approximate LLM tokens (≈ 4 characters each); no tokenizer download needed."""
-    return (len(text) + 3) // 4
+    return -(-len(text) // CHARS_PER_TOKEN)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,8 +316,12 @@ def strip_markdown(text: str) -> str:
     return _SPACES_RE.sub(" ", text).strip()
 
 
-def _sentence_spans(paragraph: str) -> list[str]:
-    """Split one paragraph of raw Markdown into sentences (before stripping)."""
+def prose_sentences(paragraph: str) -> list[str]:
+    """Split one paragraph of raw Markdown into sentences (before stripping).
+
+    Robust to abbreviations ("e.g.", "Fig."), initials, decimals and dots inside inline
+    code; the one sentence splitter of the package (chunking uses it too).
+    """
     code_spans = [m.span() for m in re.finditer(r"`[^`]*`", paragraph)]
     out: list[str] = []
     start = 0
@@ -378,7 +388,7 @@ def segments(text: str) -> tuple[Segment, ...]:
 
     def flush_para() -> None:
         if para:
-            for sent in _sentence_spans(" ".join(s.strip() for s in para)):
+            for sent in prose_sentences(" ".join(s.strip() for s in para)):
                 add("prose", strip_markdown(sent))
             para.clear()
 
@@ -435,7 +445,7 @@ def segments(text: str) -> tuple[Segment, ...]:
             ):
                 i += 1
                 item.append(lines[i].strip())
-            for sent in _sentence_spans(" ".join(item)):
+            for sent in prose_sentences(" ".join(item)):
                 add("bullet", strip_markdown(sent))
         else:
             para.append(stripped.lstrip("> ").strip() if stripped.startswith(">") else stripped)

@@ -23,7 +23,7 @@ Usage in tests::
         ...
         assert fake.wait_until(lambda f: f.stream_closed_early, timeout=1.0)
 
-From a shell: `python -m bookchat.fake_gemini --port 8765 --first-token-ms 300
+From a shell: `python -m bookchat.devtools.fake_gemini --port 8765 --first-token-ms 300
 --tokens-per-second 30`.
 """
 
@@ -1063,7 +1063,7 @@ class FakeGemini:
 def main(argv: list[str] | None = None) -> None:
     """Run the fake from a shell until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m bookchat.fake_gemini",
+        prog="python -m bookchat.devtools.fake_gemini",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--host", default="127.0.0.1")
