@@ -53,3 +53,12 @@ soak *ARGS:
 # Archive sessions idle for more than N days
 archive DAYS="30":
     bookchat archive --idle-days {{DAYS}}
+
+# Build the container image with podman (a local stand-in base image is built once under var/)
+container-build TAG="bookchat":
+    bash container/base-image.sh
+    . container/env.sh && podman build --format docker -t {{TAG}} -f Containerfile .
+
+# Build the image and check it: one-shot migrate, /healthz, healthcheck, non-root, PORT, SIGTERM
+container-test:
+    bash container/test.sh
