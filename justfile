@@ -10,7 +10,7 @@ default:
 
 # Install bookchat and its dev tools into the active Python environment
 setup:
-    pip install -e '.[dev]'
+    pip install -c constraints.txt -e '.[dev]'
 
 # Migrate, ingest the sample book and serve on http://127.0.0.1:8000 (the quick start)
 up:
@@ -31,6 +31,10 @@ ingest PATH=sample_book *ARGS:
 # Run the test suite on 2 processes (PostgreSQL/Redis tests need TEST_POSTGRES_URL / TEST_REDIS_URL)
 test *ARGS:
     python -m pytest -n 2 --dist loadfile {{ARGS}}
+
+# Regenerate constraints.txt, the exact versions CI and the container install (--upgrade to move them)
+lock *ARGS:
+    pip-compile -q --extra dev --extra bench --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --output-file constraints.txt {{ARGS}} pyproject.toml
 
 # Lint and type-check
 lint:

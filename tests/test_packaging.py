@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
+import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +36,98 @@ def test_container_test_is_in_ci_and_checks_what_the_issue_lists() -> None:
     script = (ROOT / "container" / "test.sh").read_text()
     for check in ("bookchat migrate", "/healthz", "podman healthcheck run", "PORT=", "podman stop"):
         assert check in script, check
+
+
+def _requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in ("dev", "bench"):
+        specs += project["optional-dependencies"][extra]
+    return [Requirement(spec) for spec in specs]
+
+
+def _locked() -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: not an exact pin: {line!r}"
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def test_constraints_file_pins_every_declared_dependency_within_its_range() -> None:
+    # CI and the Containerfile install with `-c constraints.txt`: a dependency added to
+    # pyproject.toml without `just lock`, or a range moved past the locked version, fails here.
+    pins = _locked()
+    for req in _requirements():
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is declared but not in constraints.txt (run `just lock`)"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt has {req.name}=={pins[name]}, outside {req}"
+        )
+
+
+def test_runtime_dependencies_have_compatible_ranges() -> None:
+    # Ranges in pyproject.toml (exact versions live in the lock): every runtime dependency has
+    # a lower bound, and the framework, ORM toolkit, LLM SDK and vector engines an upper one.
+    runtime = {
+        canonicalize_name(r.name): r
+        for r in (
+            Requirement(s)
+            for s in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        )
+    }
+    for req in runtime.values():
+        assert any(s.operator in (">=", "~=", "==") for s in req.specifier), str(req)
+    for name in ("litestar", "advanced-alchemy", "google-genai", "qdrant-client", "qdrant-edge-py"):
+        spec = runtime[name].specifier
+        assert not any(s.operator == "==" for s in spec), f"{name}: a range, not an exact pin"
+        assert any(s.operator in ("<", "~=") for s in spec), f"{name}: no upper bound"
+
+
+def test_directly_imported_packages_are_declared() -> None:
+    # Every third-party top-level import in src/bookchat is a declared dependency (runtime or
+    # the bench extra), not something that happens to arrive with another package. Imports
+    # guarded by `except ImportError` are optional and may stay undeclared.
+    import_names = {  # import name -> distribution name, where they differ
+        "yaml": "pyyaml",
+        "dotenv": "python-dotenv",
+        "qdrant_edge": "qdrant-edge-py",
+        "markdown_it": "markdown-it-py",
+        "mdit_py_plugins": "mdit-py-plugins",
+        "google": "google-genai",
+        "uuid_utils": "uuid-utils",
+        "prometheus_client": "prometheus-client",
+        "advanced_alchemy": "advanced-alchemy",
+        "qdrant_client": "qdrant-client",
+    }
+    declared = {canonicalize_name(r.name) for r in _requirements()}
+    stdlib = sys.stdlib_module_names
+    found: set[str] = set()
+    for path in (ROOT / "src" / "bookchat").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        optional = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Try)
+            and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers
+            )
+            for inner in ast.walk(ast.Module(body=node.body, type_ignores=[]))
+        }
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    third_party = {m for m in found if m not in stdlib and m not in ("bookchat", "__future__")}
+    assert {"numpy", "anyio", "prometheus_client", "qdrant_client"} <= third_party
+    missing = {m for m in third_party if canonicalize_name(import_names.get(m, m)) not in declared}
+    assert missing == set()
