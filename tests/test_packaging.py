@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -131,3 +134,37 @@ def test_directly_imported_packages_are_declared() -> None:
     assert {"numpy", "anyio", "prometheus_client", "qdrant_client"} <= third_party
     missing = {m for m in third_party if canonicalize_name(import_names.get(m, m)) not in declared}
     assert missing == set()
+
+
+def test_qdrant_client_is_not_imported_with_the_embedded_store(tmp_path: Path) -> None:
+    # qdrant-client drags in grpcio, protobuf and numpy: only a Qdrant server store needs it.
+    script = textwrap.dedent(
+        """
+        import sys
+        from litestar.testing import TestClient
+        from bookchat.app import create_app
+        import bookchat.cli  # the CLI's own imports too
+
+        with TestClient(create_app()) as client:
+            assert client.get("/healthz").status_code == 200
+            client.get("/api/v1/health")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("qdrant_client", "grpc")))
+        """
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("QDRANT", "GEMINI", "DATABASE"))
+    }
+    env |= {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'b.db'}",
+        "QDRANT_PATH": str(tmp_path / "qdrant"),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
