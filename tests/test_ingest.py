@@ -159,6 +159,37 @@ async def test_dry_run_writes_and_embeds_nothing(
     await store.close()
 
 
+async def test_a_collection_from_before_sections_gets_payload_updates_not_new_vectors(
+    book: Path, tmp_path: Path, fake: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bookchat.search.embedded as embedded
+    from bookchat.search.collection import payload_dict
+
+    def legacy_payload(payload: object) -> dict[str, object]:
+        raw = payload_dict(payload)  # type: ignore[arg-type]
+        del raw["sections"], raw["payload_hash"]  # what older versions stored
+        return raw
+
+    store = EmbeddedVectorStore(tmp_path / "qdrant", "book")
+    with monkeypatch.context() as patch:
+        patch.setattr(embedded, "payload_dict", legacy_payload)
+        first = await ingest(book, store, fake)
+    assert {p.payload_hash for p in await store.stored_points()} == {""}
+    hits = await store.search(query_text="integral windup", dense=None, filters=None, limit=20)
+    assert hits and all(hit.payload.sections == [] for hit in hits)  # old payloads decode
+    fake.reset()
+    second = await ingest(book, store, fake)
+    assert (second.chunks_added, second.chunks_deleted) == (0, 0)
+    assert second.chunks_updated == first.chunks_added and second.embedding_calls == 0
+    assert fake.embed_requests == 0 and await store.count() == first.chunks_added
+    hits = await store.search(query_text="integral windup", dense=None, filters=None, limit=20)
+    merged = next(h.payload for h in hits if h.payload.url.endswith("#integral-term"))
+    assert [s.anchor for s in merged.sections] == ["integral-term", "example-1", "integral-windup"]
+    third = await ingest(book, store, fake)
+    assert third.chunks_unchanged == first.chunks_added and third.chunks_updated == 0
+    await store.close()
+
+
 def test_chunk_ids_derive_from_content() -> None:
     assert chunk_id("a/b", "h1", 0) == chunk_id("a/b", "h1", 0)
     assert len({chunk_id("a/b", "h1", 0), chunk_id("a/b", "h1", 1), chunk_id("a/c", "h1", 0)}) == 3

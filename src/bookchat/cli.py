@@ -132,10 +132,12 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     import msgspec
 
     from bookchat.ingest.pipeline import IngestError, run_ingest
+    from bookchat.ingest.routes import link_style
     from bookchat.search.types import CollectionMismatchError, VectorStoreUnavailableError
 
     settings = _settings()
     docs_root = Path(args.path)
+    trailing_slash = args.trailing_slash or settings.trailing_slash
     bar, progress = _progress_printer(sys.stderr.isatty() and not args.json)
     if args.json:
         progress = _quiet  # stdout carries only the JSON; stderr stays quiet for scripts
@@ -149,6 +151,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
                     recreate=args.recreate,
                     dry_run=args.dry_run,
                     progress=progress,
+                    trailing_slash=trailing_slash,
                 )
             )
     except (IngestError, CollectionMismatchError, VectorStoreUnavailableError) as exc:
@@ -164,6 +167,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         else ("offline: BM25 only" if settings.offline else f"dense: {settings.embedding_model}")
     )
     print(f"ingested {docs_root} ({mode})")
+    print(f"  {'links':<17} {link_style(docs_root, trailing_slash).source}")
     for key, value in data.items():
         print(f"  {key:<17} {value}")
 
@@ -216,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="(re-)ingest a Docusaurus docs/ tree")
     ingest.add_argument("path", help="the docs/ folder")
     ingest.add_argument("--site-url", help="base URL of the published book (default SITE_URL)")
+    ingest.add_argument(
+        "--trailing-slash",
+        choices=("true", "false", "keep"),
+        help="Docusaurus trailingSlash for page URLs (default TRAILING_SLASH, else the value "
+        "in a docusaurus.config.* above the docs folder, else keep routes as written)",
+    )
     ingest.add_argument("--recreate", action="store_true", help="drop and rebuild the collection")
     ingest.add_argument(
         "--dry-run", action="store_true", help="report what would change, write nothing"

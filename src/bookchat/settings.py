@@ -6,7 +6,7 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from dotenv import dotenv_values
@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     total_timeout: float = 120.0
     book_title: str = "this book"
     site_url: str = "http://localhost:3000"
+    # Docusaurus trailingSlash for citation URLs; "auto" reads the book's docusaurus.config.
+    trailing_slash: Literal["auto", "true", "false", "keep"] = "auto"
     docs_path: str = str(SAMPLE_BOOK)
     cors_origins: tuple[str, ...] = ()
     redis_url: str | None = None

@@ -9,6 +9,9 @@
 - `CitationMapper` scans streamed answer text for `[n]`, `[1, 2]`, `[1][2]`, `[1-3]`,
   drops numbers that were not among the sources (also from the text it passes on), and
   reports the citations actually used.
+- `pin_citations()` points each used citation at the heading its cited sentences sit
+  under (`section_for()`): a chunk of merged small sections is cited by the anchor of
+  the part the answer used, not by the chunk's first heading.
 - `abstention_message()`, `SELECTION_NOT_COVERED`, `short_selection_note()`: what the
   reader sees when the book or the selection does not cover the question.
 """
@@ -16,14 +19,15 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from bookchat.llm.base import ContextBlock, GenerationRequest, Turn
-from bookchat.search.types import ChunkPayload
-from bookchat.text import approx_tokens
+from bookchat.search.types import ChunkPayload, section_for
+from bookchat.text import approx_tokens, prose_sentences
 
 __all__ = [
     "SELECTION_NOT_COVERED",
@@ -34,7 +38,9 @@ __all__ = [
     "PromptBuilder",
     "abstention_message",
     "citation_for",
+    "cited_passages",
     "neutralise",
+    "pin_citations",
     "related_sections",
     "short_selection_note",
     "strip_invalid_citations",
@@ -76,16 +82,21 @@ def _strength(source: Source) -> float:
     return float(relevance) if relevance is not None else float(source.score)
 
 
-def citation_for(n: int, source: Source) -> Citation:
-    """The citation object for source number `n`."""
+def citation_for(n: int, source: Source, used_text: str = "") -> Citation:
+    """The citation object for source number `n`.
+
+    With `used_text` (what the answer took from the source), section and URL are those
+    of the heading that text sits under (`section_for`); without it, the chunk's own.
+    """
     if isinstance(source, ContextBlock):
         return Citation(
             n=n, doc_path="", title=source.title, section=source.section, url="",
             module="", chapter="", score=round(source.score, 4),
         )  # fmt: skip
     p = source.payload
+    section, url = section_for(p, used_text) if used_text else (p.section, p.url)
     return Citation(
-        n=n, doc_path=p.doc_path, title=p.title, section=p.section, url=p.url,
+        n=n, doc_path=p.doc_path, title=p.title, section=section, url=url,
         module=p.module, chapter=p.chapter, score=round(_strength(source), 4),
     )  # fmt: skip
 
@@ -375,6 +386,55 @@ class CitationMapper:
         if not self._mentioned:
             return list(self._all)
         return [self._by_n[n] for n in self._mentioned]
+
+
+_MARKER_RE = re.compile(r"\[(" + _NUM_LIST + r")\]")
+
+
+def cited_passages(answer: str) -> dict[int, list[str]]:
+    """For each `[n]` of an answer, the sentence(s) it stands behind, in answer order.
+
+    A marker cites the sentence that ends at it; markers right after one another
+    (`[1][2]`, `[1, 2]`) cite the same sentence.
+    """
+    passages: dict[int, list[str]] = {}
+    start = 0
+    last = ""
+    for match in _MARKER_RE.finditer(answer):
+        lines = [line for line in answer[start : match.start()].splitlines() if line.strip()]
+        start = match.end()
+        if lines:
+            sentences = prose_sentences(lines[-1].strip())
+            passage = sentences[-1].lstrip(".,;:!?)*-–— ").strip() if sentences else ""
+            if passage:
+                last = passage
+        if not last:
+            continue
+        for n in _parse_numbers(match.group(1)):
+            passages.setdefault(n, []).append(last)
+    return passages
+
+
+def pin_citations(
+    citations: Sequence[Citation], answer: str, payloads: Mapping[int, ChunkPayload]
+) -> list[Citation]:
+    """Citations re-pointed at the sub-section their cited sentences sit under.
+
+    When one source is cited for sentences from several of its sections, the section
+    most of them sit under wins (the earliest cited on a tie).
+    """
+    passages = cited_passages(answer)
+    pinned: list[Citation] = []
+    for citation in citations:
+        payload = payloads.get(citation.n)
+        used = passages.get(citation.n, [])
+        if payload is None or len(payload.sections) < 2 or not used:
+            pinned.append(citation)
+            continue
+        votes = Counter(section_for(payload, text) for text in used)
+        (section, url), _ = votes.most_common(1)[0]  # ties keep insertion (answer) order
+        pinned.append(msgspec.structs.replace(citation, section=section, url=url))
+    return pinned
 
 
 def strip_invalid_citations(text: str, citations: Sequence[Citation]) -> str:

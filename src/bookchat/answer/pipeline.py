@@ -32,6 +32,7 @@ from bookchat.answer.grounding import (
     CitationMapper,
     PromptBuilder,
     abstention_message,
+    pin_citations,
     short_selection_note,
 )
 from bookchat.llm.base import (
@@ -43,7 +44,7 @@ from bookchat.llm.base import (
     Turn,
 )
 from bookchat.search.retriever import RetrievalResult, Retriever
-from bookchat.search.types import SearchFilters
+from bookchat.search.types import ChunkPayload, SearchFilters
 from bookchat.text import term_set, word_count
 
 __all__ = [
@@ -109,6 +110,7 @@ class PreparedAnswer:
         request: GenerationRequest | None,
         canned_text: str | None = None,
         note: str | None = None,
+        payloads: dict[int, ChunkPayload] | None = None,
     ) -> None:
         self.mode = mode
         self.citations = citations
@@ -116,6 +118,7 @@ class PreparedAnswer:
         self.request = request  # None when no generator call will be made
         self.canned_text = canned_text
         self.note = note
+        self.payloads = payloads or {}  # the chunk behind each citation number
         self._generator = generator
         self._parts: list[str] = []
 
@@ -162,12 +165,14 @@ class PreparedAnswer:
         tail = mapper.flush()
         if tail:
             yield self._emit(tail)
+        # Link each source at the heading of what the answer took from it.
+        cited = pin_citations(mapper.cited(), self.text, self.payloads)
         if self.note:
             for piece in _pieces(f"\n\n{self.note}"):
                 yield self._emit(piece)
         yield AnswerDone(
             text=self.text,
-            citations=mapper.cited(),
+            citations=cited,
             finish_reason=finished.finish_reason if finished else "stop",
             prompt_tokens=finished.prompt_tokens if finished else 0,
             completion_tokens=finished.completion_tokens if finished else 0,
@@ -242,6 +247,9 @@ class AnswerPipeline:
             retrieval=retrieval,
             generator=self.generator,
             request=built.request,
+            payloads={
+                n: retrieval.hits[i].payload for n, i in enumerate(built.source_indices, start=1)
+            },
         )
 
     def _prepare_selection(

@@ -13,10 +13,13 @@ Rules (BRIEF §3):
 - A section smaller than `MIN_TOKENS` merges forward into the next one while the result
   stays ≤ `MAX_TOKENS` and does not cross an H2 (or H1) boundary: an H2 intro may absorb
   its H3s and an H3 its following sibling H3s. The merged chunk keeps the first section's
-  anchor and breadcrumb, so its link lands where its text starts. A small section that
-  cannot merge stays a small chunk. A bare heading with no body (typically the page's
-  H1 right before the first H2) is prepended to the next chunk, which keeps its own
-  anchor; if even that would exceed the maximum, the bare heading is dropped.
+  anchor and breadcrumb, so its link lands where its text starts; every heading inside it
+  (merged sections and H4+ sub-headings) is recorded in `sections` with its offset and
+  URL, so a citation of a later part can link that part's heading (`section_for()`).
+  A small section that cannot merge stays a small chunk. A bare heading with no body
+  (typically the page's H1 right before the first H2) is prepended to the next chunk,
+  which keeps its own anchor; if even that would exceed the maximum, the bare heading
+  is dropped.
 - The page's title H1 (the first heading, with nothing before it) links to the page
   itself, without an anchor.
 """
@@ -31,9 +34,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from bookchat.ingest.markdown import ATOMIC_KINDS, Block, DocPage, load_docs
-from bookchat.ingest.routes import page_url, strip_number_prefix
-from bookchat.search.types import ChunkPayload, ContentType
+from bookchat.ingest.routes import (
+    LinkStyle,
+    TrailingSlashChoice,
+    link_style,
+    page_url,
+    strip_number_prefix,
+)
+from bookchat.search.types import ChunkPayload, ChunkSection, ContentType
 from bookchat.text import CHARS_PER_TOKEN, prose_sentences
 
 TARGET_TOKENS = 500
@@ -78,6 +89,10 @@ class _Section:
         return self.heading.text.split("\n", 1)[0] if self.heading else ""
 
 
+# Where a heading starts inside a piece: (index of its part, heading text, anchor).
+_Mark = tuple[int, str, str]
+
+
 @dataclass
 class _Piece:
     """A chunk under construction: text parts plus the section that names it."""
@@ -87,6 +102,12 @@ class _Piece:
     kinds: list[str] = field(default_factory=list)
     starts_section: bool = True
     tail_section: _Section | None = None  # last section merged into this piece
+    marks: list[_Mark] = field(default_factory=list)  # headings inside, in order
+
+    def __post_init__(self) -> None:
+        if not self.marks:
+            heading = self.section.heading.heading if self.section.heading else ""
+            self.marks.append((0, heading, self.section.anchor))
 
     @property
     def chars(self) -> int:
@@ -100,7 +121,9 @@ class _Piece:
     def has_content(self) -> bool:
         return any(kind != "heading" for kind in self.kinds)
 
-    def add(self, text: str, kind: str) -> None:
+    def add(self, text: str, kind: str, sub_heading: Block | None = None) -> None:
+        if sub_heading is not None and sub_heading.anchor:
+            self.marks.append((len(self.parts), sub_heading.heading, sub_heading.anchor))
         self.parts.append(text)
         self.kinds.append(kind)
 
@@ -159,19 +182,24 @@ def _split_long(text: str, limit_chars: int) -> list[str]:
     return pieces
 
 
-def _atoms(blocks: Sequence[Block], limit_chars: int) -> list[tuple[str, str]]:
-    """(text, kind) units small enough to pack; atomic blocks are never cut."""
-    atoms: list[tuple[str, str]] = []
+def _sub_heading(block: Block) -> Block | None:
+    """An H4+ heading inside a section: its anchor is recorded, it starts no chunk."""
+    return block if block.kind == "heading" else None
+
+
+def _atoms(blocks: Sequence[Block], limit_chars: int) -> list[tuple[str, str, Block | None]]:
+    """(text, kind, sub-heading) units small enough to pack; atomic blocks are never cut."""
+    atoms: list[tuple[str, str, Block | None]] = []
     for block in blocks:
         if len(block.text) <= limit_chars or block.kind in ATOMIC_KINDS:
-            atoms.append((block.text, block.kind))
+            atoms.append((block.text, block.kind, _sub_heading(block)))
         elif block.kind == "list" and len(block.parts) > 1:
             # Items may hold fences, so an oversized single item stays whole.
-            atoms.extend((item, "list") for item in block.parts)
+            atoms.extend((item, "list", None) for item in block.parts)
         elif block.kind in ("paragraph", "blockquote") and "```" not in block.text:
-            atoms.extend((part, block.kind) for part in _split_long(block.text, limit_chars))
+            atoms.extend((part, block.kind, None) for part in _split_long(block.text, limit_chars))
         else:
-            atoms.append((block.text, block.kind))
+            atoms.append((block.text, block.kind, _sub_heading(block)))
     return atoms
 
 
@@ -202,12 +230,12 @@ def _section_pieces(section: _Section) -> list[_Piece]:
     whole = piece.chars + sum(len(b.text) + 2 for b in section.blocks)
     if _tokens_of_chars(whole) <= MAX_TOKENS:
         for block in section.blocks:
-            piece.add(block.text, block.kind)
+            piece.add(block.text, block.kind, _sub_heading(block))
         return [piece]
 
     budget_chars = (MAX_TOKENS - OVERLAP_TOKENS) * CHARS_PER_TOKEN - len(head) - 4
     pieces = [piece]
-    for text, kind in _atoms(section.blocks, budget_chars):
+    for text, kind, sub_heading in _atoms(section.blocks, budget_chars):
         size = _tokens_of_chars(len(text) + 2)
         current = pieces[-1]
         fits_target = current.tokens + size <= TARGET_TOKENS
@@ -228,17 +256,22 @@ def _section_pieces(section: _Section) -> list[_Piece]:
             ):
                 nxt.add(overlap, "overlap")
             pieces.append(nxt)
-        pieces[-1].add(text, kind)
+        pieces[-1].add(text, kind, sub_heading)
     # Fold a runt tail back into its predecessor when that stays within the maximum.
     if len(pieces) > 1 and pieces[-1].tokens < MIN_TOKENS:
         last, prev = pieces[-1], pieces[-2]
         body = [
-            (p, k)
-            for p, k in zip(last.parts, last.kinds, strict=True)
+            (i, p, k)
+            for i, (p, k) in enumerate(zip(last.parts, last.kinds, strict=True))
             if k not in ("heading", "overlap")
         ]
-        if prev.tokens + _tokens_of_chars(sum(len(p) + 2 for p, _ in body)) <= MAX_TOKENS:
-            for text, kind in body:
+        if prev.tokens + _tokens_of_chars(sum(len(p) + 2 for _, p, _ in body)) <= MAX_TOKENS:
+            # A dropped H4+ heading line still starts its sub-section at the next part.
+            pending = [(i, h, a) for i, h, a in last.marks[1:]]
+            for i, text, kind in body:
+                while pending and pending[0][0] <= i:
+                    _, heading, anchor = pending.pop(0)
+                    prev.marks.append((len(prev.parts), heading, anchor))
                 prev.add(text, kind)
             pieces.pop()
     return pieces
@@ -255,7 +288,9 @@ def _merge_small(pieces: list[_Piece]) -> list[_Piece]:
             and _tokens_of_chars(prev.chars + 2 + piece.chars) <= MAX_TOKENS
         ):
             if not prev.has_content:
-                # A bare heading (e.g. the page's H1) becomes context for what follows.
+                # A bare heading (e.g. the page's H1) becomes context for what follows;
+                # the piece's own heading still names (and links) the chunk.
+                piece.marks = [(i + len(prev.parts), h, a) for i, h, a in piece.marks]
                 piece.parts[:0], piece.kinds[:0] = prev.parts, prev.kinds
                 piece.tail_section = piece.section
                 merged[-1] = piece
@@ -265,6 +300,7 @@ def _merge_small(pieces: list[_Piece]) -> list[_Piece]:
                 and prev.tail_section is not None
                 and prev.tail_section.group == piece.section.group
             ):
+                prev.marks.extend((i + len(prev.parts), h, a) for i, h, a in piece.marks)
                 for text, kind in zip(piece.parts, piece.kinds, strict=True):
                     prev.add(text, kind)
                 prev.tail_section = piece.section
@@ -315,7 +351,33 @@ def page_chapter(page: DocPage) -> str:
     return segments[-1]
 
 
-def chunk_page(page: DocPage, *, site_url: str) -> list[ChunkPayload]:
+def _chunk_sections(
+    piece: _Piece, site_url: str, route: str, style: LinkStyle | None
+) -> list[ChunkSection]:
+    """The piece's headings with their character offsets in the joined chunk text."""
+    starts = [0]
+    for part in piece.parts[:-1]:
+        starts.append(starts[-1] + len(part) + 2)  # parts are joined with "\n\n"
+    return [
+        ChunkSection(
+            offset=starts[index],
+            heading=heading,
+            anchor=anchor,
+            url=page_url(site_url, route, anchor, style),
+        )
+        for index, heading, anchor in piece.marks
+    ]
+
+
+def payload_hash(payload: ChunkPayload) -> str:
+    """sha256 of everything stored with a chunk except when it was ingested."""
+    bare = msgspec.structs.replace(payload, ingested_at="", payload_hash="")
+    return hashlib.sha256(msgspec.json.encode(bare)).hexdigest()
+
+
+def chunk_page(
+    page: DocPage, *, site_url: str, style: LinkStyle | None = None
+) -> list[ChunkPayload]:
     """Chunk one parsed page into payloads (ingested_at left empty for ingestion to set)."""
     pieces = [p for s in _sections(page) for p in _section_pieces(s) if p.parts]
     pieces = [p for p in _merge_small(pieces) if p.has_content]
@@ -328,52 +390,58 @@ def chunk_page(page: DocPage, *, site_url: str) -> list[ChunkPayload]:
     for index, piece in enumerate(pieces):
         section = piece.section
         text = "\n\n".join(piece.parts)
-        url = page_url(site_url, page.route, section.anchor)
+        url = page_url(site_url, page.route, section.anchor, style)
         content_type = _content_type(piece, page_kind)
         section_name = section.heading.heading if section.heading else ""
         breadcrumb = list(section.breadcrumb)
-        chunks.append(
-            ChunkPayload(
-                doc_path=page.doc_path,
-                url=url,
-                title=page.title,
-                section=section_name,
-                heading_breadcrumb=breadcrumb,
-                module=module,
-                chapter=chapter,
-                content_type=content_type,
-                tags=tags,
-                chunk_index=index,
-                content_hash=_content_hash(
-                    [
-                        page.doc_path,
-                        url,
-                        page.title,
-                        section_name,
-                        breadcrumb,
-                        module,
-                        chapter,
-                        content_type,
-                        tags,
-                        text,
-                    ]
-                ),
-                text=text,
-                word_count=len(_WORD.findall(text)),
-                ingested_at="",
-            )
+        payload = ChunkPayload(
+            doc_path=page.doc_path,
+            url=url,
+            title=page.title,
+            section=section_name,
+            heading_breadcrumb=breadcrumb,
+            module=module,
+            chapter=chapter,
+            content_type=content_type,
+            tags=tags,
+            chunk_index=index,
+            content_hash=_content_hash(
+                [
+                    page.doc_path,
+                    url,
+                    page.title,
+                    section_name,
+                    breadcrumb,
+                    module,
+                    chapter,
+                    content_type,
+                    tags,
+                    text,
+                ]
+            ),
+            text=text,
+            word_count=len(_WORD.findall(text)),
+            ingested_at="",
+            sections=_chunk_sections(piece, site_url, page.route, style),
         )
+        chunks.append(msgspec.structs.replace(payload, payload_hash=payload_hash(payload)))
     return chunks
 
 
-def chunk_book(docs_root: Path, *, site_url: str) -> list[PageChunks]:
-    """Parse and chunk every published page of a Docusaurus docs tree (drafts/partials skipped)."""
+def chunk_book(
+    docs_root: Path, *, site_url: str, trailing_slash: TrailingSlashChoice = "auto"
+) -> list[PageChunks]:
+    """Parse and chunk every published page of a Docusaurus docs tree (drafts/partials skipped).
+
+    `trailing_slash="auto"` follows the `docusaurus.config.*` above `docs_root`, if any.
+    """
+    style = link_style(docs_root, trailing_slash)
     return [
         PageChunks(
             doc_path=page.doc_path,
             source_path=page.source_path,
             title=page.title,
-            chunks=chunk_page(page, site_url=site_url),
+            chunks=chunk_page(page, site_url=site_url, style=style),
         )
         for page in load_docs(docs_root)
     ]

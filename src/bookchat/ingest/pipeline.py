@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from bookchat.ingest.chunking import PageChunks, chunk_book
+from bookchat.ingest.routes import TrailingSlashChoice
 from bookchat.llm.base import Embedder
 from bookchat.search.types import ChunkPayload, ChunkRecord, StoredPoint, VectorStore
 
@@ -87,7 +88,8 @@ def plan_page(page: PageChunks, stored: Sequence[StoredPoint], now: str) -> Page
         if old is None:
             plan.add.append(payload)
             plan.add_ids.append(point_id)
-        elif old.chunk_index != chunk.chunk_index:
+        # Moved, or stored with other non-embedded fields (e.g. no `sections` yet).
+        elif old.chunk_index != chunk.chunk_index or old.payload_hash != chunk.payload_hash:
             plan.update.append((point_id, payload))
         else:
             plan.unchanged += 1
@@ -107,12 +109,13 @@ async def ingest_book(
     recreate: bool = False,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
+    trailing_slash: TrailingSlashChoice = "auto",
 ) -> IngestSummary:
     """Sync the store with the book at `docs_root`; returns the summary."""
     started = time.perf_counter()
     if not docs_root.is_dir():  # noqa: ASYNC240 (one stat before CPU-bound parsing)
         raise IngestError(f"{docs_root} is not a directory (expected a Docusaurus docs/ tree)")
-    pages = chunk_book(docs_root, site_url=site_url.rstrip("/"))
+    pages = chunk_book(docs_root, site_url=site_url.rstrip("/"), trailing_slash=trailing_slash)
     calls_before = getattr(embedder, "embedding_calls", 0)
     if not dry_run:
         await store.ensure_collection(
@@ -232,8 +235,12 @@ async def run_ingest(
     recreate: bool = False,
     dry_run: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    trailing_slash: TrailingSlashChoice | None = None,
 ) -> IngestSummary:
-    """Ingest `docs_root` with the configured store and embedder; returns the summary."""
+    """Ingest `docs_root` with the configured store and embedder; returns the summary.
+
+    `trailing_slash=None` means the `TRAILING_SLASH` setting.
+    """
     from bookchat.llm.factory import make_embedder
     from bookchat.search.factory import store_from_settings
 
@@ -248,6 +255,7 @@ async def run_ingest(
             recreate=recreate,
             dry_run=dry_run,
             progress=progress,
+            trailing_slash=trailing_slash or settings.trailing_slash,
         )
     finally:
         await store.close()

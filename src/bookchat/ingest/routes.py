@@ -6,6 +6,10 @@ deep-link to exactly the places a built Docusaurus site serves.
 
 Routes are the doc *slug*, relative to the docs plugin's base URL: the caller's site URL
 must therefore include `baseUrl` + `routeBasePath` (e.g. `https://book.example.com/docs`).
+
+The site's `trailingSlash` option rewrites every published URL (`applyTrailingSlash` in
+@docusaurus/utils-common); `link_style()` reads it from a `docusaurus.config.*` above the
+docs folder unless `--trailing-slash` / `TRAILING_SLASH` says otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 # numberPrefix.ts: "7.0-foo" and "2021-11-foo" look like versions/dates, not prefixes.
 _IGNORED_PREFIX = re.compile(r"^\d+[-_.]\d+")
@@ -104,10 +110,173 @@ def resolve_pathname(to: str, base: str) -> str:
     return joined
 
 
-def page_url(site_url: str, route: str, anchor: str = "") -> str:
-    """Site URL (trailing slash ignored) + route + optional `#anchor`."""
+def page_url(site_url: str, route: str, anchor: str = "", style: LinkStyle | None = None) -> str:
+    """Site URL (trailing slash ignored) + route, `trailingSlash` applied, + `#anchor`."""
     url = site_url.rstrip("/") + route
+    if style is not None and style.trailing_slash is not None:
+        parts = urlsplit(url)
+        path = apply_trailing_slash(parts.path or "/", style.trailing_slash, style.base_url)
+        url = urlunsplit(parts._replace(path=path))
     return f"{url}#{anchor}" if anchor else url
+
+
+# ---------------------------------------------------------------------------------------
+# trailingSlash
+# ---------------------------------------------------------------------------------------
+
+TrailingSlashChoice = Literal["auto", "true", "false", "keep"]
+CONFIG_NAMES = tuple(f"docusaurus.config.{ext}" for ext in ("ts", "mts", "cts", "js", "mjs", "cjs"))
+CONFIG_SEARCH_DEPTH = 3  # the site folder is normally the docs folder's parent
+
+
+def apply_trailing_slash(pathname: str, trailing_slash: bool | None, base_url: str = "/") -> str:
+    """Docusaurus' `applyTrailingSlash`: add (True) or remove (False) the final `/`.
+
+    `None` (the option unset) keeps routes as written. The site root `/` and the
+    `baseUrl` itself always keep their slash (Docusaurus emits `/base/index.html`).
+    """
+    if trailing_slash is None or pathname in ("/", base_url):
+        return pathname
+    if trailing_slash:
+        return pathname if pathname.endswith("/") else pathname + "/"
+    return pathname[:-1] if pathname.endswith("/") else pathname
+
+
+@dataclass(frozen=True, slots=True)
+class DocusaurusConfig:
+    """The few site options bookchat reads from `docusaurus.config.*`."""
+
+    path: Path
+    trailing_slash: bool | None  # None: not set, Docusaurus keeps routes as written
+    base_url: str | None
+    unreadable: tuple[str, ...] = ()  # options present but not written as plain literals
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStyle:
+    """How page URLs are written: the `trailingSlash` rule and the site's `baseUrl`."""
+
+    trailing_slash: bool | None = None
+    base_url: str = "/"
+    source: str = "default (routes kept as written)"  # what decided, for the CLI to show
+
+
+_Token = tuple[Literal["str", "word", "punct"], str]
+
+
+def _js_tokens(source: str) -> list[_Token]:
+    """Strings, words and punctuation of JS/TS source; comments dropped.
+
+    A linear scan rather than regexes, so comments and strings (URLs contain `//`)
+    cannot confuse it and no pattern can backtrack on a hostile file.
+    """
+    tokens: list[_Token] = []
+    i, n = 0, len(source)
+    while i < n:
+        char = source[i]
+        if char.isspace():
+            i += 1
+        elif source.startswith("//", i):
+            end = source.find("\n", i)
+            i = n if end < 0 else end
+        elif source.startswith("/*", i):
+            end = source.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        elif char in "'\"`":
+            j, value = i + 1, []
+            while j < n and source[j] != char:
+                if source[j] == "\\" and j + 1 < n:
+                    j += 1
+                value.append(source[j])
+                j += 1
+            tokens.append(("str", "".join(value)))
+            i = j + 1
+        elif char.isalnum() or char in "_$":
+            j = i
+            while j < n and (source[j].isalnum() or source[j] in "_$"):
+                j += 1
+            tokens.append(("word", source[i:j]))
+            i = j
+        else:
+            tokens.append(("punct", char))
+            i += 1
+    return tokens
+
+
+def _literal_values(tokens: list[_Token], key: str) -> tuple[list[_Token], int]:
+    """Values written as `key: <one token>` followed by `,` or `}`; and other uses of key."""
+    values: list[_Token] = []
+    other = 0
+    for index, (kind, text) in enumerate(tokens):
+        if kind == "punct" or text != key:
+            continue
+        rest = tokens[index + 1 : index + 4]
+        if (
+            len(rest) >= 2
+            and rest[0] == ("punct", ":")
+            and rest[1][0] != "punct"
+            and (len(rest) == 2 or rest[2] in (("punct", ","), ("punct", "}")))
+        ):
+            values.append(rest[1])
+        else:
+            other += 1
+    return values, other
+
+
+def read_docusaurus_config(path: Path) -> DocusaurusConfig:
+    """Read `trailingSlash` and `baseUrl` from a Docusaurus config file.
+
+    The config is JavaScript/TypeScript, and evaluating it would need Node and would run
+    the site's code (plugins, imports) during ingestion; the two options are almost
+    always plain literals, so they are read from the source's tokens instead. Anything
+    else (`trailingSlash: process.env.X === "1"`) is reported as unreadable.
+    """
+    tokens = _js_tokens(path.read_text(encoding="utf-8", errors="replace"))
+    unreadable: list[str] = []
+    slash_values, slash_other = _literal_values(tokens, "trailingSlash")
+    written = {text if kind == "word" else "?" for kind, text in slash_values}
+    trailing_slash: bool | None = None
+    if slash_other or len(written) > 1 or not written <= {"true", "false", "undefined"}:
+        unreadable.append("trailingSlash")
+    elif written:
+        trailing_slash = {"true": True, "false": False, "undefined": None}[written.pop()]
+    base_values, base_other = _literal_values(tokens, "baseUrl")
+    bases = {text for kind, text in base_values if kind == "str"}
+    base_url = bases.pop() if len(bases) == 1 and len(base_values) == 1 else None
+    if base_url is None and (base_values or base_other):
+        unreadable.append("baseUrl")
+    return DocusaurusConfig(
+        path=path, trailing_slash=trailing_slash, base_url=base_url, unreadable=tuple(unreadable)
+    )
+
+
+def find_docusaurus_config(docs_root: Path) -> Path | None:
+    """The `docusaurus.config.*` of the nearest folder above `docs_root`, if any."""
+    for folder in list(docs_root.absolute().parents)[:CONFIG_SEARCH_DEPTH]:
+        for name in CONFIG_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def link_style(docs_root: Path, choice: TrailingSlashChoice = "auto") -> LinkStyle:
+    """The URL rule for a book: an explicit choice wins, else its Docusaurus config's."""
+    config_path = find_docusaurus_config(docs_root)
+    config = read_docusaurus_config(config_path) if config_path else None
+    base_url = config.base_url if config and config.base_url else "/"
+    if choice != "auto":
+        value = {"true": True, "false": False, "keep": None}[choice]
+        return LinkStyle(trailing_slash=value, base_url=base_url, source=f"trailing slash {choice}")
+    if config is None:
+        return LinkStyle()
+    if "trailingSlash" in config.unreadable:
+        source = f"{config.path}: trailingSlash is not a plain true/false, routes kept as written"
+    elif config.trailing_slash is None:
+        source = f"{config.path}: trailingSlash not set, routes kept as written"
+    else:
+        source = f"{config.path}: trailingSlash {str(config.trailing_slash).lower()}"
+    return LinkStyle(trailing_slash=config.trailing_slash, base_url=base_url, source=source)
 
 
 def parse_heading_id(heading: str) -> tuple[str, str | None]:

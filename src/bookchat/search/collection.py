@@ -28,7 +28,7 @@ RRF_K = 2
 # Each branch of a hybrid query fetches this many candidates per requested hit.
 PREFETCH_FACTOR = 4
 PREFETCH_MIN = 20
-SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index"]
+SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index", "payload_hash"]
 SCROLL_PAGE = 1000
 UPSERT_BATCH = 256
 
@@ -87,6 +87,7 @@ def stored_point(point_id: object, payload: dict[str, Any] | None) -> StoredPoin
         doc_path=str(payload.get("doc_path", "")),
         content_hash=str(payload.get("content_hash", "")),
         chunk_index=int(payload.get("chunk_index", 0)),
+        payload_hash=str(payload.get("payload_hash", "")),
     )
 
 

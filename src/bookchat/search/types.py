@@ -1,20 +1,33 @@
 """Data shared by ingestion, the vector stores and retrieval.
 
-These are the contracts between `rag.chunking` (produces `Chunk`), `rag.vectorstore`
-(stores `ChunkRecord`, answers `SearchHit`) and `rag.retriever` (consumes hits).
+These are the contracts between `ingest.chunking` (produces `ChunkPayload`), the stores
+(keep `ChunkRecord`, answer `SearchHit`) and `search.retriever` (consumes hits), plus
+`section_for()`: which heading of a merged chunk a quoted piece of its text sits under.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import msgspec
 
+from bookchat.text import strip_markdown, term_set
+
 ContentType = Literal["prose", "code", "table", "lab", "quiz", "assessment"]
 
 # Payload fields that get a keyword index / can be filtered on.
 FILTER_FIELDS: tuple[str, ...] = ("module", "chapter", "content_type", "tags", "doc_path")
+
+
+class ChunkSection(msgspec.Struct, kw_only=True, frozen=True):
+    """A heading inside a chunk: where its text starts and where it links to."""
+
+    offset: int  # character offset in `ChunkPayload.text` where this section starts
+    heading: str  # the heading's display text ("" for a page's title section)
+    anchor: str  # Docusaurus heading id ("" links to the page itself)
+    url: str  # SITE_URL + route + "#anchor"
 
 
 class ChunkPayload(msgspec.Struct, kw_only=True):
@@ -34,6 +47,13 @@ class ChunkPayload(msgspec.Struct, kw_only=True):
     text: str
     word_count: int
     ingested_at: str  # ISO-8601 UTC
+    # The headings inside the chunk in text order, the first one being the chunk's own
+    # (`section`/`url`); chunks of small merged sections hold several. Empty in
+    # collections ingested before sections were recorded: lookups fall back to `url`.
+    sections: list[ChunkSection] = msgspec.field(default_factory=list)
+    # sha256 of the whole payload but `ingested_at`: a change to anything that is not
+    # embedded (e.g. `sections`) updates the stored payload without re-embedding.
+    payload_hash: str = ""
 
 
 class ChunkRecord(msgspec.Struct, kw_only=True):
@@ -51,6 +71,46 @@ class StoredPoint(msgspec.Struct, kw_only=True, frozen=True):
     doc_path: str
     content_hash: str
     chunk_index: int
+    payload_hash: str = ""  # "" for points written before payload hashes existed
+
+
+def _normalised(text: str) -> str:
+    return " ".join(strip_markdown(text).split()).lower()
+
+
+def section_for(payload: ChunkPayload, text: str) -> tuple[str, str]:
+    """(section heading, URL) of the heading `text` sits under inside the chunk.
+
+    `text` is what an answer used: a quoted sentence (Markdown stripped or not), a
+    paraphrase, or the whole chunk. Found verbatim or with Markdown and spacing
+    normalised, the text belongs to the last heading that starts at or before it;
+    otherwise the section sharing most of its content terms wins, ties going to the
+    earlier one. Chunks without recorded sections, and text found nowhere, keep the
+    chunk's own `section` and `url`.
+    """
+    own = (payload.section, payload.url)
+    sections = payload.sections
+    if len(sections) < 2 or not text.strip():
+        return own
+    # The first section also owns a bare heading prepended before it (the page's H1).
+    bounds = [0, *(s.offset for s in sections[1:]), len(payload.text)]
+    spans = [payload.text[a:b] for a, b in itertools.pairwise(bounds)]
+    found = payload.text.find(text.strip())
+    if found >= 0:
+        index = max(i for i, start in enumerate(bounds[:-1]) if start <= found)
+        return sections[index].heading, sections[index].url
+    wanted = _normalised(text)
+    for index, span in enumerate(spans):
+        if wanted and wanted in _normalised(span):
+            return sections[index].heading, sections[index].url
+    terms = term_set(text)
+    if not terms:
+        return own
+    overlap = [len(terms & term_set(span)) for span in spans]
+    best = max(range(len(spans)), key=lambda i: (overlap[i], -i))
+    if overlap[best] == 0:
+        return own
+    return sections[best].heading, sections[best].url
 
 
 class SearchFilters(msgspec.Struct, kw_only=True, frozen=True):
