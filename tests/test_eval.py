@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -100,8 +101,8 @@ def test_shuffled_chunk_texts_drop_recall_below_the_gate(
     """A chunker that puts every text on the wrong page must fail the gate."""
     real_chunk_book = chunking.chunk_book
 
-    def shuffled(docs_root: Path, *, site_url: str) -> list[chunking.PageChunks]:
-        pages = real_chunk_book(docs_root, site_url=site_url)
+    def shuffled(docs_root: Path, **kwargs: Any) -> list[chunking.PageChunks]:
+        pages = real_chunk_book(docs_root, **kwargs)
         chunks = [c for page in pages for c in page.chunks]
         texts = [c.text for c in chunks]
         random.Random(7).shuffle(texts)
@@ -122,8 +123,8 @@ def test_index_without_chunk_text_fails_the_gate(
     """Chunks indexed with no text (only their headings) must fail the gate, not just dip."""
     real_chunk_book = chunking.chunk_book
 
-    def textless(docs_root: Path, *, site_url: str) -> list[chunking.PageChunks]:
-        pages = real_chunk_book(docs_root, site_url=site_url)
+    def textless(docs_root: Path, **kwargs: Any) -> list[chunking.PageChunks]:
+        pages = real_chunk_book(docs_root, **kwargs)
         for page in pages:
             page.chunks[:] = [msgspec.structs.replace(c, text="") for c in page.chunks]
         return pages

@@ -35,7 +35,7 @@ Metrics (the retrieval uses the pipeline's default top_k = 5):
 - contamination: a selected-text question that touched the store or the embedder (both
   are wrapped in counting proxies), or whose citations name anything but the selection;
 - citation validity: every URL cited by an answer must be the `url` of a chunk written
-  to the store during ingestion.
+  to the store during ingestion, or of a heading recorded in its `sections`.
 
 `--json` prints one object: `summary` (questions, in_book, follow_up, out_of_book,
 selected_text, recall_at_1, recall_at_3, recall_at_5, mrr, abstention_precision,
@@ -202,7 +202,10 @@ class _Counting:
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
             if name == "upsert":
-                self.urls.update(record.payload.url for record in args[0])
+                for record in args[0]:
+                    # A citation may link any heading inside the chunk (`sections`).
+                    self.urls.add(record.payload.url)
+                    self.urls.update(s.url for s in record.payload.sections)
             return await attr(*args, **kwargs)
 
         return counted
