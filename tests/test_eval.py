@@ -31,14 +31,16 @@ SUMMARY_KEYS = {
     "recall_at_3", "recall_at_5", "mrr", "abstention_precision", "abstention_recall",
     "false_abstentions", "contamination", "selection_behaviour_correct", "citations_checked",
     "invalid_citations", "chunks_ingested", "retrieval", "generator", "seconds",
+    "answered_at_5", "refusals", "near_out_of_book", "near_abstention", "far_abstention",
 }  # fmt: skip
 GATE_KEYS = {
-    "passed", "failures", "min_recall5", "min_abstention_recall", "min_abstention_precision",
+    "passed", "failures", "min_answered5", "min_recall5", "min_abstention_recall",
+    "min_abstention_precision",
 }  # fmt: skip
 QUESTION_KEYS = {
     "id", "kind", "question", "expected", "top_doc_paths", "rank", "abstained", "grounded",
     "finish_reason", "cited_urls", "cites_expected", "invalid_urls", "contaminated", "passed",
-    "problem",
+    "problem", "near", "answered",
 }  # fmt: skip
 
 
@@ -134,7 +136,7 @@ def test_index_without_chunk_text_fails_the_gate(
     assert code == 1
     assert data["summary"]["recall_at_5"] < 0.9
     assert data["summary"]["abstention_precision"] < 0.5
-    assert data["summary"]["false_abstentions"] > 30
+    assert data["summary"]["answered_at_5"] < 0.9
 
 
 def test_fabricated_citation_url_fails_citation_validity(
@@ -234,3 +236,20 @@ def test_question_file_errors_are_reported_with_exit_code_2(
     corpus.write_text(json.dumps({"test_queries": missing}))
     with pytest.raises(EvalError, match="no folder 09-"):
         load_questions(corpus, SAMPLE_DOCS)
+
+
+# The reader-phrased sets (calibration and held-out) gate CI at the level measured when the
+# relevance decision was redesigned — a regression floor, below the 0.90 target,
+# which they do not reach yet (see the README's measured results).
+READER_FLOOR = {"reader_questions.json": 0.8, "reader_questions_heldout.json": 0.75}
+
+
+@pytest.mark.parametrize("name", sorted(READER_FLOOR))
+async def test_reader_phrased_questions_are_answered_not_refused(name: str) -> None:
+    path = SAMPLE_DOCS.parent / name
+    report = await evaluate(load_questions(path, SAMPLE_DOCS), SAMPLE_DOCS)
+    summary = report.summary
+    assert summary.answered_at_5 is not None and summary.answered_at_5 >= READER_FLOOR[name]
+    assert summary.refusals <= 1
+    assert summary.far_abstention == 1.0  # every far out-of-book question refused
+    assert summary.invalid_citations == 0

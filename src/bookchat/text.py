@@ -13,8 +13,12 @@ again and again by every answer that retrieves them.
 
 from __future__ import annotations
 
+import gzip
+import json
+import math
 import re
 from functools import lru_cache
+from importlib import resources
 from typing import Literal
 
 import msgspec
@@ -28,8 +32,11 @@ __all__ = [
     "content_terms",
     "content_words",
     "jaccard",
+    "light_stem",
+    "light_term_set",
     "prose_sentences",
     "segments",
+    "specificity",
     "split_sentences",
     "stem",
     "strip_markdown",
@@ -461,3 +468,70 @@ def split_sentences(text: str) -> list[str]:
     Headings and code blocks are left out; use `segments()` to get them too.
     """
     return [s.text for s in segments(text) if s.kind in ("prose", "bullet", "table_row")]
+
+
+# ---------------------------------------------------------------------------------------
+# Specificity: how much a word says about a topic
+# ---------------------------------------------------------------------------------------
+
+ZIPF_CEILING = 5.5  # words at least this common ("even", "look", "world") weigh nothing
+MAX_SPECIFICITY = ZIPF_CEILING
+NUMBER_SPECIFICITY = 1.0  # "2018", "6": specific, but books mention numbers loosely
+
+
+@lru_cache(maxsize=1)
+def _frequencies() -> tuple[dict[str, int], float]:
+    """pyspellchecker's English word counts and their total (read once per process)."""
+    data = resources.files("spellchecker").joinpath("resources/en.json.gz").read_bytes()
+    counts: dict[str, int] = json.loads(gzip.decompress(data))
+    return counts, float(sum(counts.values()))
+
+
+def _zipf(word: str) -> float:
+    counts, total = _frequencies()
+    count = counts.get(word, 0)
+    return math.log10(count * 1e9 / total) if count else -math.inf
+
+
+@lru_cache(maxsize=16384)
+def specificity(word: str) -> float:
+    """How much a word says about a topic: 0 for everyday words, high for jargon and names."""
+    word = word.lower().strip("'’")
+    if word.isdigit():
+        return NUMBER_SPECIFICITY
+    return max(0.0, min(MAX_SPECIFICITY, ZIPF_CEILING - _zipf(word)))
+
+
+_VOWELS = frozenset("aeiou")
+
+
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def light_stem(word: str) -> str:
+    """Inflection-only stemming: plurals, -ing, -ed and a final -e ("tuning" = "tune").
+
+    Porter conflates derivations ("transformer" and "transforms", "predictive" and
+    "predict"), which is right for ranking but wrong for deciding whether the book talks
+    about the question's exact subject; the relevance decision uses both.
+    """
+    w = word
+    if len(w) > 4 and w.endswith("ies"):
+        w = w[:-3] + "y"
+    elif w.endswith("sses") or (len(w) > 4 and w.endswith(("ches", "shes", "xes", "zes"))):
+        w = w[:-2]
+    elif len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    if len(w) > 5 and w.endswith("ing"):
+        w = w[:-3]
+    elif len(w) > 4 and w.endswith("ed"):
+        w = w[:-2]
+    if len(w) > 3 and w[-1] == w[-2] and w[-1] not in _VOWELS and w[-1] not in "lsz":
+        w = w[:-1]
+    if len(w) > 3 and w.endswith("e"):
+        w = w[:-1]
+    return w
+
+
+@lru_cache(maxsize=8192)
+def light_term_set(text: str) -> frozenset[str]:
+    """Light stems (`light_stem`) of the content words of `text` (memoised per chunk)."""
+    return frozenset(light_stem(w) for w in content_words(text))

@@ -8,8 +8,13 @@ retrieval failures to a 503 status before it starts an SSE response. A `Generati
 propagates out of `stream()` after the partial tokens (`PreparedAnswer.text` holds them).
 
 Decisions made in `prepare()`:
-- `normal`: retrieve; when the result is not relevant the generator is not called and
-  the answer is the abstention message with related sections (`grounded=False`).
+- `normal`: retrieve and judge the evidence (`search/relevance.py`). A clear miss
+  (`refuse`) is answered without the generator: the abstention message with related
+  sections (`grounded=False`, `finish_reason="abstained"`). The grey zone reaches the
+  generator with `closest_only=True`: a model judges the sources under the grounding
+  rules, and a reply that opens with "the book does not cover this" becomes an
+  abstention (`grounded=False`, `finish_reason="not_covered"`, no citations); the
+  extractive answerer labels its excerpt as the book's closest passages.
 - `selected_text_only`: the store and embedder are never touched. The selection is the
   only source (`[1]`). When the question's content terms are not covered by the
   selection (fraction < `min_selection_coverage`), the answer says so and offers
@@ -32,6 +37,7 @@ from bookchat.answer.grounding import (
     CitationMapper,
     PromptBuilder,
     abstention_message,
+    declines,
     pin_citations,
     short_selection_note,
 )
@@ -60,6 +66,8 @@ __all__ = [
 Mode = Literal["normal", "selected_text_only"]
 # finish_reason of answers given without calling the generator.
 ABSTAINED = "abstained"
+# finish_reason when the model itself replied that the book does not cover the question.
+NOT_COVERED = "not_covered"
 SELECTION_TITLE = "Selected text"
 _PIECE_RE = re.compile(r"\s*\S+")
 _PATH_WORDS = re.compile(r"(?:^|/)\d+[-_.]|[/_-]")  # "01-sensors/01-lidar" -> "sensors lidar"
@@ -167,16 +175,20 @@ class PreparedAnswer:
             yield self._emit(tail)
         # Link each source at the heading of what the answer took from it.
         cited = pin_citations(mapper.cited(), self.text, self.payloads)
-        if self.note:
+        # The grey zone reaches the model; its own "the book does not cover this" is an
+        # abstention (not grounded, no citations), counted like the gate's refusals.
+        declined = self.mode == "normal" and declines(self.text)
+        if self.note and not declined:
             for piece in _pieces(f"\n\n{self.note}"):
                 yield self._emit(piece)
+        finish_reason = finished.finish_reason if finished else "stop"
         yield AnswerDone(
             text=self.text,
-            citations=cited,
-            finish_reason=finished.finish_reason if finished else "stop",
+            citations=[] if declined else cited,
+            finish_reason=NOT_COVERED if declined else finish_reason,
             prompt_tokens=finished.prompt_tokens if finished else 0,
             completion_tokens=finished.completion_tokens if finished else 0,
-            grounded=True,
+            grounded=not declined,
             model=finished.model if finished else self._generator.name,
         )
 
@@ -241,12 +253,20 @@ class AnswerPipeline:
                 canned_text=abstention_message(retrieval.hits),
             )  # fmt: skip
         built = self.prompt_builder.compose(question, retrieval.hits, history, selected_text)
+        request = built.request
+        if retrieval.evidence.verdict == "grey":
+            request = msgspec.structs.replace(request, closest_only=True)
+        if retrieval.expanded:
+            # A follow-up ("what are its drawbacks?") is about the earlier topic: the
+            # extractive answerer scores sentences against the expanded question too
+            # (a model reads the conversation in `contents`).
+            request = msgspec.structs.replace(request, question=retrieval.query_used)
         return PreparedAnswer(
             mode=mode,
             citations=built.citations,
             retrieval=retrieval,
             generator=self.generator,
-            request=built.request,
+            request=request,
             payloads={
                 n: retrieval.hits[i].payload for n, i in enumerate(built.source_indices, start=1)
             },

@@ -336,7 +336,7 @@ class ChatService:
     async def _save_answer(self, turn: ChatTurn, outcome: StreamOutcome) -> str | None:
         """Store the assistant message; returns a warning instead of raising if the DB fails."""
         label = outcome.status
-        if label == "complete" and outcome.finish_reason == "abstained":
+        if label == "complete" and not outcome.grounded:
             label = "abstained"
         metrics.CHAT_OUTCOMES.labels(label).inc()
         metrics.ANSWER_TOKENS.labels("prompt").inc(outcome.usage.prompt_tokens)

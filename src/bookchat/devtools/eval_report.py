@@ -33,6 +33,7 @@ class QuestionResult(msgspec.Struct, kw_only=True):
     id: str
     kind: Kind
     question: str
+    near: bool = False  # an out-of-book question near the book's topics
     expected: list[str]
     top_doc_paths: list[str]
     rank: int | None
@@ -41,6 +42,9 @@ class QuestionResult(msgspec.Struct, kw_only=True):
     finish_reason: str
     cited_urls: list[str]
     cites_expected: bool | None  # an answered in-book question cites an expected page
+    # What the reader got: answered (not refused) *and* an expected page among the sources
+    # the answer shows. None for out-of-book and selected-text questions.
+    answered: bool | None = None
     invalid_urls: list[str]
     contaminated: bool
     passed: bool
@@ -55,12 +59,17 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     follow_up: int
     out_of_book: int
     selected_text: int
+    answered_at_5: float | None  # the headline: answerable questions the reader got answered
+    refusals: int  # answerable (in-book, follow-up) questions refused
     recall_at_1: float | None
     recall_at_3: float | None
     recall_at_5: float | None
     mrr: float | None
     abstention_precision: float | None
     abstention_recall: float | None
+    near_out_of_book: int
+    near_abstention: float | None  # refused share of the out-of-book questions marked near
+    far_abstention: float | None
     false_abstentions: int
     contamination: int
     selection_behaviour_correct: int
@@ -73,8 +82,9 @@ class EvalSummary(msgspec.Struct, kw_only=True):
 
 
 class Thresholds(msgspec.Struct, kw_only=True, frozen=True):
-    """The gate's limits (CLI: --min-recall5, --min-abstention-recall/-precision)."""
+    """The gate's limits (CLI: --min-answered5, --min-recall5, --min-abstention-*)."""
 
+    min_answered5: float = 0.9
     min_recall5: float = 0.9
     min_abstention_recall: float = 1.0
     # Loose on purpose: it catches an index that lost its text (every answer abstains),
@@ -87,6 +97,7 @@ class Gate(msgspec.Struct, kw_only=True):
 
     passed: bool
     failures: list[str]
+    min_answered5: float
     min_recall5: float
     min_abstention_recall: float
     min_abstention_precision: float
@@ -125,7 +136,14 @@ def summarise(
         return _rate(sum(1 for r in ranked if r.rank is not None and r.rank <= k), len(ranked))
 
     mrr = round(sum(1 / r.rank for r in ranked if r.rank) / len(ranked), 4) if ranked else None
+    near = [r for r in oob if r.near]
+    far = [r for r in oob if not r.near]
     return EvalSummary(
+        answered_at_5=_rate(sum(1 for r in ranked if r.answered), len(ranked)),
+        refusals=false_abstentions,
+        near_out_of_book=len(near),
+        near_abstention=_rate(sum(1 for r in near if r.abstained), len(near)),
+        far_abstention=_rate(sum(1 for r in far if r.abstained), len(far)),
         questions=len(results), in_book=by_kind["in_book"], follow_up=by_kind["follow_up"],
         out_of_book=len(oob), selected_text=len(selected), recall_at_1=recall(1),
         recall_at_3=recall(3), recall_at_5=recall(5), mrr=mrr,
@@ -149,6 +167,7 @@ def check_gate(summary: EvalSummary, limits: Thresholds) -> Gate:
     failures: list[str] = []
     precision = summary.abstention_precision if summary.out_of_book else None
     for name, value, minimum in (
+        ("answered@5", summary.answered_at_5, limits.min_answered5),
         ("recall@5", summary.recall_at_5, limits.min_recall5),
         ("abstention recall", summary.abstention_recall, limits.min_abstention_recall),
         ("abstention precision", precision, limits.min_abstention_precision),
@@ -169,8 +188,8 @@ def _fmt(value: float | None) -> str:
 def render_table(report: EvalReport) -> str:
     """A Markdown table, one row per question, then the totals and the gate."""
     rows = [
-        "| id | kind | rank | R@1 | R@3 | R@5 | RR | outcome | ok | problem |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| id | kind | rank | R@1 | R@3 | R@5 | RR | outcome | answered | ok | problem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.questions:
         ranked = r.kind in ("in_book", "follow_up")
@@ -183,22 +202,28 @@ def render_table(report: EvalReport) -> str:
         else:
             outcome = "not covered" if r.kind == "selected_text" else r.finish_reason
         problem = r.problem.replace("|", "\\|")
+        answered = "" if r.answered is None else ("yes" if r.answered else "NO")
+        kind = f"{r.kind} (near)" if r.near else r.kind
         rows.append(
-            f"| {r.id} | {r.kind} | {r.rank or '-'} | {' | '.join(marks)} | {rr} | {outcome} "
-            f"| {'yes' if r.passed else 'NO'} | {problem} |"
+            f"| {r.id} | {kind} | {r.rank or '-'} | {' | '.join(marks)} | {rr} | {outcome} "
+            f"| {answered} | {'yes' if r.passed else 'NO'} | {problem} |"
         )
     s = report.summary
     passed = sum(r.passed for r in report.questions)
     rows.append(
         f"| **total** ({s.questions}) | | | {_fmt(s.recall_at_1)} | {_fmt(s.recall_at_3)} "
-        f"| {_fmt(s.recall_at_5)} | {_fmt(s.mrr)} | | {passed} ok | |"
+        f"| {_fmt(s.recall_at_5)} | {_fmt(s.mrr)} | | {_fmt(s.answered_at_5)} | {passed} ok | |"
     )
     lines = [
         "\n".join(rows),
         "",
         f"questions {s.questions}: in-book {s.in_book}, follow-up {s.follow_up}, "
         f"out-of-book {s.out_of_book}, selected-text {s.selected_text}",
-        f"recall@1 {_fmt(s.recall_at_1)}  recall@3 {_fmt(s.recall_at_3)}  "
+        f"answered@5 {_fmt(s.answered_at_5)} (what the reader got: answered and citing an "
+        f"expected page)  refusals of answerable questions {s.refusals}",
+        f"out-of-book refused {_fmt(s.abstention_recall)}: near the book's topics "
+        f"{_fmt(s.near_abstention)} ({s.near_out_of_book}), far {_fmt(s.far_abstention)}",
+        f"retrieval diagnostics: recall@1 {_fmt(s.recall_at_1)}  recall@3 {_fmt(s.recall_at_3)}  "
         f"recall@5 {_fmt(s.recall_at_5)}  MRR@5 {_fmt(s.mrr)}",
         f"abstention precision {_fmt(s.abstention_precision)}  recall "
         f"{_fmt(s.abstention_recall)}  false abstentions {s.false_abstentions}",

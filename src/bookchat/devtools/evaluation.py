@@ -27,8 +27,15 @@ answers become the conversation), else in-book. `expected` lists acceptable doc_
 the docs folder whose name starts with `0N-`.
 
 Metrics (the retrieval uses the pipeline's default top_k = 5):
-- recall@1/3/5 and MRR@5 over in-book and follow-up questions: a question counts when
-  any of its top-k hits matches (the expected pages are alternatives);
+- **answered@5**, the headline: the share of in-book and follow-up questions whose answer
+  was given (not a refusal) *and* cites an expected page among the sources shown to the
+  reader (`done.citations`). A refusal of an answerable question is a miss, listed per
+  question; so is an answer that cites only other pages. This is what a reader gets, which
+  retrieval recall cannot see (recall counts hits even when the answer refused);
+- out-of-book abstention, reported separately for questions marked `"near": true` (out of
+  the book but near its topics) and for the others;
+- recall@1/3/5 and MRR@5 (retrieval diagnostics) over in-book and follow-up questions: a
+  question counts when any of its top-k hits matches (the expected pages are alternatives);
 - abstention precision/recall: "abstained" means the answer is the pipeline's
   non-answer (`grounded=False`, `finish_reason="abstained"`) or retrieval judged the
   hits not relevant; precision is over every normal-mode question that abstained;
@@ -37,13 +44,15 @@ Metrics (the retrieval uses the pipeline's default top_k = 5):
 - citation validity: every URL cited by an answer must be the `url` of a chunk written
   to the store during ingestion, or of a heading recorded in its `sections`.
 
-`--json` prints one object: `summary` (questions, in_book, follow_up, out_of_book,
-selected_text, recall_at_1, recall_at_3, recall_at_5, mrr, abstention_precision,
+`--json` prints one object: `summary` (answered_at_5, refusals, questions, in_book,
+follow_up, out_of_book, near_out_of_book, near_abstention, far_abstention, selected_text,
+recall_at_1, recall_at_3, recall_at_5, mrr, abstention_precision,
 abstention_recall, false_abstentions, contamination, selection_behaviour_correct,
 citations_checked, invalid_citations, chunks_ingested, retrieval, generator, seconds),
-`gate` (passed, failures, min_recall5, min_abstention_recall, min_abstention_precision)
-and `questions` (one object per question, see `QuestionResult`). Gates: recall@5 ≥
---min-recall5 (0.9), abstention recall ≥ --min-abstention-recall (1.0), abstention
+`gate` (passed, failures, min_answered5, min_recall5, min_abstention_recall,
+min_abstention_precision) and `questions` (one object per question, see
+`QuestionResult`). Gates: answered@5 ≥ --min-answered5 (0.9), recall@5 ≥ --min-recall5
+(0.9), abstention recall ≥ --min-abstention-recall (1.0), abstention
 precision ≥ --min-abstention-precision (0.5: an index without text abstains on
 everything; only gated when the set has out-of-book questions), contamination = 0,
 invalid citations = 0; a gate whose metric has no questions is skipped.
@@ -112,6 +121,7 @@ class EvalQuestion(msgspec.Struct, kw_only=True, frozen=True):
     expected: list[str] = msgspec.field(default_factory=list)
     history: list[str] = msgspec.field(default_factory=list)
     out_of_book: bool = False
+    near: bool = False  # out of the book but near its topics (reported apart)
     selection: str | None = None
     source_doc_path: str | None = None
     source_section: str | None = None
@@ -263,10 +273,8 @@ async def _run_question(
     top = [h.payload.doc_path for h in hits]
     rank = next((i for i, d in enumerate(top, 1) if matches(d, q.expected)), None)
     # Only a normal-mode non-answer is an abstention; selected text has its own "not covered".
-    abstained = q.kind != "selected_text" and (
-        (not done.grounded and done.finish_reason == ABSTAINED)
-        or (retrieval is not None and not retrieval.relevant)
-    )
+    # The gate's refusal ("abstained") or the model's own ("not_covered"): what the reader got.
+    abstained = q.kind != "selected_text" and not done.grounded
     cited = [c.url for c in done.citations]
     invalid = [u for u in cited if u not in store.urls] if q.kind != "selected_text" else []
     contaminated = q.kind == "selected_text" and (
@@ -277,13 +285,18 @@ async def _run_question(
     cites_expected = (
         any(matches(c.doc_path, q.expected) for c in done.citations) if answered_in_book else None
     )
+    answerable = q.kind in ("in_book", "follow_up")
+    answered = bool(cites_expected) if answerable else None
 
     problem = ""
     if q.kind in ("in_book", "follow_up"):
         if rank is None:
             problem = f"expected page not in top {TOP_K} (got {', '.join(top) or 'no hits'})"
         elif abstained:
-            problem = f"abstained although the expected page ranked {rank}"
+            problem = f"refused although the expected page ranked {rank}"
+        elif not cites_expected:
+            cited_pages = ", ".join(sorted({c.doc_path for c in done.citations})) or "nothing"
+            problem = f"answered but cites {cited_pages}, not an expected page"
     elif q.kind == "out_of_book" and not abstained:
         problem = f"answered instead of abstaining (top hit {top[0] if top else '-'})"
     elif q.kind == "selected_text":
@@ -294,7 +307,8 @@ async def _run_question(
     if invalid and not problem:
         problem = f"cited URLs not in the ingested book: {invalid}"
     return QuestionResult(
-        id=q.id, kind=q.kind, question=q.question, expected=list(q.expected), top_doc_paths=top,
+        id=q.id, kind=q.kind, question=q.question, near=q.near, expected=list(q.expected),
+        top_doc_paths=top, answered=answered,
         rank=rank, abstained=abstained, grounded=done.grounded, finish_reason=done.finish_reason,
         cited_urls=cited, cites_expected=cites_expected, invalid_urls=invalid,
         contaminated=contaminated, passed=not problem, problem=problem,
@@ -353,6 +367,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site-url", help="base URL for citations (default SITE_URL)")
     defaults = Thresholds()
     for flag, default in (
+        ("--min-answered5", defaults.min_answered5),
         ("--min-recall5", defaults.min_recall5),
         ("--min-abstention-recall", defaults.min_abstention_recall),
         ("--min-abstention-precision", defaults.min_abstention_precision),
@@ -377,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     embedder: Embedder | None = None
     generator: AnswerGenerator | None = None
     if not (args.offline or settings.offline):
-        from bookchat.runtime import make_embedder, make_generator
+        from bookchat.llm.factory import make_embedder, make_generator
 
         embedder, generator = make_embedder(settings), make_generator(settings)
     report = asyncio.run(
@@ -389,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
             generator=generator,
             book_title=settings.book_title,
             thresholds=Thresholds(
+                min_answered5=args.min_answered5,
                 min_recall5=args.min_recall5,
                 min_abstention_recall=args.min_abstention_recall,
                 min_abstention_precision=args.min_abstention_precision,

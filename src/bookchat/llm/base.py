@@ -39,6 +39,9 @@ class GenerationRequest(msgspec.Struct, kw_only=True, frozen=True):
     contents: list[Turn]
     question: str
     context: list[ContextBlock]
+    # The search found the topic only partly (the relevance "grey zone"): a model judges
+    # the sources itself; the extractive answerer labels its excerpt as the closest passages.
+    closest_only: bool = False
 
 
 class TokenDelta(msgspec.Struct, kw_only=True, frozen=True):

@@ -17,6 +17,8 @@ import math
 import re
 from collections.abc import AsyncIterator, Sequence
 
+import msgspec
+
 from bookchat.llm.base import (
     ContextBlock,
     GenerationEvent,
@@ -24,11 +26,25 @@ from bookchat.llm.base import (
     GenerationRequest,
     TokenDelta,
 )
-from bookchat.text import Segment, approx_tokens, jaccard, segments, term_set, tokenize
+from bookchat.text import (
+    Segment,
+    approx_tokens,
+    content_words,
+    jaccard,
+    segments,
+    specificity,
+    stem,
+    term_set,
+    tokenize,
+)
 
-__all__ = ["OFFLINE_LABEL", "OfflineGenerator"]
+__all__ = ["CLOSEST_LABEL", "OFFLINE_LABEL", "OfflineGenerator"]
 
 OFFLINE_LABEL = "From the book (extractive excerpt, no AI model configured):"
+CLOSEST_LABEL = (
+    "The book may not answer this exactly; these are its closest passages "
+    "(extractive excerpt, no AI model configured):"
+)
 
 _CODE_WORDS = frozenset(
     """
@@ -39,6 +55,9 @@ _CODE_WORDS = frozenset(
 )
 _DEFINITION_Q_RE = re.compile(r"^\s*(what\s+(is|are|'s)|define|who\s+(is|are)|what\s+does)\b", re.I)
 _DEFINITION_S_RE = re.compile(r"\b(is|are|refers? to|means|describes?|stands for)\b", re.I)
+_MECHANISM_Q_RE = re.compile(r"^\s*how\s+(does|do|is|are|can)\b(?!\s+(i|we|you)\b)", re.I)
+# Sentences that give a mechanism: a cause, a means, or a formula.
+_MECHANISM_S_RE = re.compile(r"\b(because|by\s+\w+ing|so that|therefore|until)\b|\s=\s", re.I)
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
@@ -65,6 +84,52 @@ _DANGLING_RE = re.compile(
     r"\b(is|are|was|be|as|by|of|to|the|an?|follows|below|gives|becomes)\s*[.:]?$|=\s*[.:]?$",
     re.I,
 )
+
+
+_EVERYDAY_WEIGHT = 0.3
+# A sentence from another page than the best one joins only if it scores this well.
+_OTHER_PAGE_SHARE = 0.7
+
+
+def _subject_weights(question: str) -> dict[str, float]:
+    """Stem → weight: `_EVERYDAY_WEIGHT` plus the word's specificity (text.specificity)."""
+    weights: dict[str, float] = {}
+    for word in content_words(question):
+        term = stem(word)
+        weights[term] = max(weights.get(term, 0.0), _EVERYDAY_WEIGHT + specificity(word))
+    return weights
+
+
+# A sentence from another chunk than the best sentence's joins only this close to it.
+_OTHER_BLOCK_SHARE = 0.6
+# A sentence that opens by pointing back ("This", "These errors", "It") or announces
+# "prevents this:" needs the sentence before it to make sense.
+_BACK_REFERENCE_RE = re.compile(
+    r"^(?:this|these|that|those|it|they|such)\b|^[^.]{0,60}\b(?:this|these)\s*:", re.I
+)
+_FORMULA_MAX_CHARS = 80
+
+
+def _formula_after(segs: Sequence[Segment], idx: int) -> str | None:
+    """The short formula line right after segment `idx` ("d = c · t / 2"), if any.
+
+    An indented formula reads as its own prose segment; fenced code is never a formula.
+    """
+    if idx + 1 < len(segs) and segs[idx + 1].kind == "prose":
+        text = segs[idx + 1].text.strip()
+        if "=" in text and len(text) <= _FORMULA_MAX_CHARS:
+            return text
+    return None
+
+
+def _previous_prose(segs: Sequence[Segment], idx: int) -> Segment | None:
+    if (
+        idx > 0
+        and segs[idx - 1].kind == "prose"
+        and not _BACK_REFERENCE_RE.match(segs[idx - 1].text)
+    ):
+        return segs[idx - 1]
+    return None
 
 
 class _Candidate:
@@ -113,15 +178,33 @@ class OfflineGenerator:
     ) -> tuple[list[_Candidate], frozenset[str]]:
         q_terms = term_set(question)
         definitional = _DEFINITION_Q_RE.match(question) is not None
+        mechanism = _MECHANISM_Q_RE.match(question) is not None
         pool: list[_Candidate] = []
         for rank, block in enumerate(context):
             segs = segments(block.text)
             for idx, seg in enumerate(segs):
                 if seg.kind == "heading" or (seg.kind == "code" and not wants_code):
                     continue
-                if seg.kind == "prose" and _DANGLING_RE.search(seg.text):
-                    continue  # "the PID output is" introduced a formula we do not show
-                cand = _Candidate(block, rank, seg, term_set(seg.text))
+                introduces_list = (
+                    seg.kind == "prose"
+                    and seg.text.endswith(":")
+                    and idx + 1 < len(segs)
+                    and segs[idx + 1].kind == "bullet"
+                )
+                own_terms = term_set(seg.text)  # scored on its own words, shown with context
+                if seg.kind == "prose" and not introduces_list and _DANGLING_RE.search(seg.text):
+                    # "the distance is" introduces a formula: keep a short one with it.
+                    formula = _formula_after(segs, idx)
+                    if formula is None:
+                        continue
+                    seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula}")
+                if seg.kind == "prose" and _BACK_REFERENCE_RE.match(seg.text):
+                    # "Anti-windup prevents this:" / "This is why…": read with what precedes.
+                    before = _previous_prose(segs, idx)
+                    if before is None:
+                        continue
+                    seg = msgspec.structs.replace(seg, text=f"{before.text} {seg.text}")
+                cand = _Candidate(block, rank, seg, own_terms)
                 if seg.kind == "prose" and seg.text.endswith(":"):
                     # An intro line reads well only with the list it introduces.
                     cand.bullets = [s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4]
@@ -129,9 +212,10 @@ class OfflineGenerator:
         if not q_terms:
             return pool, q_terms
 
-        # Sentence frequency of each question term: frequent terms say less.
+        # Sentence frequency of each question term: frequent terms say less; and everyday
+        # words ("keeps", "figure") say less than the subject's words ("lidar", "windup").
         weights = {
-            t: 1.0 + math.log((len(pool) + 1) / (1 + sum(1 for c in pool if t in c.terms)))
+            t: (1.0 + math.log((len(pool) + 1) / (1 + sum(1 for c in pool if t in c.terms))))
             for t in q_terms
         }
         total = sum(weights.values())
@@ -159,6 +243,8 @@ class OfflineGenerator:
             score += 0.25 * header
             if definitional and _DEFINITION_S_RE.search(cand.segment.text):
                 score += 0.2
+            if mechanism and matched and _MECHANISM_S_RE.search(cand.segment.text):
+                score += 0.2  # "how does X work?" is answered by the how, not the what
             words = cand.words
             length = 0.3 if words < 4 else 0.7 if words < 8 else 1.0 if words <= 45 else 0.75
             kind = {"prose": 1.0, "bullet": 0.85, "table_row": 0.85, "code": 0.8}.get(
@@ -168,11 +254,18 @@ class OfflineGenerator:
             if text.endswith(":") and not cand.bullets:
                 continue  # "Example launch file:" announces something we do not show
             if cand.bullets:
-                kind *= 0.7  # a whole list is long; a precise sentence is better
+                # A whole list is long and a precise sentence usually better, except when the
+                # question asks for the limitations and the list is the section's answer.
+                caveat_list = asks_caveats and _CAVEAT_SECTION_RE.search(cand.block.section)
+                if caveat_list and header > 0:
+                    # "What are the limitations of X?" is answered by X's limitations list.
+                    score, length = 1.0 + 0.25 * header, 1.0
+                kind *= 1.0 if caveat_list else 0.7
             if text.endswith("?") or side_section[id(cand.block)]:
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
             if caveat_section[id(cand.block)]:
                 kind *= 0.3
+            # The search ranked the blocks; a later block needs a much better sentence.
             cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
         return pool, q_terms
 
@@ -195,12 +288,15 @@ class OfflineGenerator:
             ]  # fmt: skip
             return opening[: self.min_sentences] or [c for c in pool if c.rank == 0][:1]
         floor = scored[0].score * 0.4
+        other_floor = scored[0].score * _OTHER_BLOCK_SHARE
         chosen: list[_Candidate] = []
         used: set[tuple[int, int]] = set()  # (block n, segment position) already in the answer
         words = 0
         for cand in scored:
             if cand.score < floor or len(chosen) >= self.max_sentences:
                 break
+            if chosen and cand.block is not scored[0].block and cand.score < other_floor:
+                continue  # a weaker sentence from another chunk would be an off-topic tail
             parts = {(cand.block.n, s.position) for s in (cand.segment, *cand.bullets)}
             if parts & used or any(jaccard(cand.terms, c.terms) >= 0.6 for c in chosen):
                 continue
@@ -234,10 +330,13 @@ class OfflineGenerator:
 
     # -- rendering --------------------------------------------------------------------
 
-    def compose(self, question: str, context: Sequence[ContextBlock]) -> str:
+    def compose(
+        self, question: str, context: Sequence[ContextBlock], *, closest_only: bool = False
+    ) -> str:
         """The full answer text for `question` over `context` (no streaming)."""
+        label = CLOSEST_LABEL if closest_only else self.label
         if not context:
-            return f"{self.label}\n\nThe retrieved sources are empty."
+            return f"{label}\n\nThe retrieved sources are empty."
         chosen = self.select(question, context)
         paragraphs: list[str] = []
         current: list[str] = []
@@ -266,11 +365,11 @@ class OfflineGenerator:
             current.append(f"{_sentence(text)[:-1]} {cite}{_sentence(text)[-1]}")
         if current:
             paragraphs.append(" ".join(current))
-        return "\n\n".join([self.label, *paragraphs])
+        return "\n\n".join([label, *paragraphs])
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream the extractive answer word by word, then `GenerationFinished`."""
-        answer = self.compose(request.question, request.context)
+        answer = self.compose(request.question, request.context, closest_only=request.closest_only)
         pieces = _PIECE_RE.findall(answer)
         for piece in pieces:
             yield TokenDelta(text=piece)

@@ -406,6 +406,48 @@ class EmbeddedVectorStore:
 
         return await self._read(query)
 
+    async def search_dense(
+        self, *, dense: list[float], filters: SearchFilters | None, limit: int
+    ) -> list[SearchHit]:
+        """Dense-only nearest neighbours with their cosine similarity as `score`.
+
+        The fused hybrid score is rank-based; this is the relevance signal (one extra
+        in-process query, well under a millisecond). Empty for a BM25-only collection.
+        """
+
+        def query() -> list[SearchHit]:
+            shard = self._shard_for_read()
+            if shard is None or (self._meta is not None and self._meta.dense_dim is None):
+                return []
+            terms = filter_terms(filters)
+            payload_filter = (
+                edge.Filter(must=[edge.FieldCondition(f, match=edge.MatchAny(v)) for f, v in terms])
+                if terms
+                else None
+            )
+            request = edge.QueryRequest(
+                limit=limit,
+                query=edge.Query.Nearest(dense, using=DENSE),
+                filter=payload_filter,
+                with_payload=True,
+            )
+            try:
+                points = shard.query(request)
+            except Exception as exc:
+                raise VectorStoreUnavailableError(
+                    f"embedded vector store query failed: {exc}"
+                ) from exc
+            return [
+                SearchHit(
+                    id=str(p.id),
+                    score=float(p.score),
+                    payload=msgspec.convert(p.payload, ChunkPayload),
+                )
+                for p in points
+            ]
+
+        return await self._read(query)
+
     async def count(self) -> int:
         """Number of points in the collection (0 when it does not exist)."""
 

@@ -228,6 +228,43 @@ class QdrantServerStore:
             for p in response.points
         ]
 
+    async def search_dense(
+        self, *, dense: list[float], filters: SearchFilters | None, limit: int
+    ) -> list[SearchHit]:
+        """Dense-only search with cosine scores (the relevance signal); [] without dense."""
+        if self._has_dense is False:
+            return []
+        terms = filter_terms(filters)
+        payload_filter = (
+            models.Filter(
+                must=[models.FieldCondition(key=f, match=models.MatchAny(any=v)) for f, v in terms]
+            )
+            if terms
+            else None
+        )
+        try:
+            with _server_errors("search"):
+                response = await self._client.query_points(
+                    self._collection,
+                    query=dense,
+                    using=DENSE,
+                    query_filter=payload_filter,
+                    limit=limit,
+                    with_payload=True,
+                )
+        except (UnexpectedResponse, ValueError) as exc:
+            if _is_missing_collection(exc):
+                return []
+            raise
+        return [
+            SearchHit(
+                id=str(p.id),
+                score=float(p.score),
+                payload=msgspec.convert(p.payload or {}, ChunkPayload),
+            )
+            for p in response.points
+        ]
+
     async def count(self) -> int:
         """Number of points in the collection (0 when it does not exist)."""
         try:

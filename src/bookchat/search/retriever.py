@@ -40,8 +40,16 @@ from collections.abc import Sequence
 import msgspec
 
 from bookchat.llm.base import Embedder
+from bookchat.search.relevance import Evidence, judge
 from bookchat.search.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
-from bookchat.text import content_terms, content_words, jaccard, term_set, tokenize
+from bookchat.text import (
+    content_terms,
+    content_words,
+    jaccard,
+    light_term_set,
+    term_set,
+    tokenize,
+)
 
 __all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
 
@@ -73,7 +81,8 @@ class RetrievalResult(msgspec.Struct, kw_only=True):
     """What `Retriever.search()` found and whether it is good enough to answer from."""
 
     hits: list[RetrievedHit]  # best first, at most top_k, near-duplicates removed
-    relevant: bool
+    relevant: bool  # False only for a clear miss (evidence.verdict == "refuse")
+    evidence: Evidence  # the relevance signals and verdict (search/relevance.py)
     query_used: str  # the text sent to the store (expanded for follow-ups)
     elapsed_ms: float
     coverage: float  # weighted fraction of question terms found across `hits`
@@ -184,6 +193,18 @@ class Retriever:
                 self._query_cache.popitem(last=False)
         return vector
 
+    async def _dense_best(
+        self, dense: list[float], filters: SearchFilters | None, hits: Sequence[RetrievedHit]
+    ) -> float | None:
+        """The best dense cosine in the book for this query (None if the store has none)."""
+        search_dense = getattr(self.store, "search_dense", None)
+        if search_dense is None or not hits:
+            return None
+        nearest = await search_dense(
+            dense=dense, filters=filters if filters and not filters.is_empty() else None, limit=1
+        )
+        return nearest[0].score if nearest else None
+
     def _similarity(
         self,
         a: ChunkPayload,
@@ -230,6 +251,14 @@ class Retriever:
             kept_terms.append(terms)
             seen_hash.add(p.content_hash)
         return kept
+
+    @staticmethod
+    def _hit_light(payload: ChunkPayload) -> frozenset[str]:
+        return (
+            light_term_set(payload.text)
+            | light_term_set(payload.title)
+            | light_term_set(" ".join(payload.heading_breadcrumb))
+        )
 
     @staticmethod
     def _hit_terms(payload: ChunkPayload) -> frozenset[str]:
@@ -290,12 +319,23 @@ class Retriever:
         ]
         union: set[str] = set().union(*chosen_terms) if chosen_terms else set()
         coverage = round(fraction(union), 4)
-        best = max((h.relevance for h in hits), default=0.0)
-        threshold = self.min_coverage_hybrid if dense is not None else self.min_coverage
-        relevant = bool(hits) and coverage >= threshold and best >= self.min_hit_relevance
+        candidates: set[str] = set().union(*pool_terms) if pool_terms else set()
+        pool_light = [self._hit_light(h.payload) for h in pool]
+        chosen_light = pool_light[:top_k]
+        evidence = judge(
+            query,
+            extra_words,
+            candidate_terms=candidates,
+            candidate_light=set().union(*pool_light) if pool_light else set(),
+            hit_terms=union,
+            hit_light=set().union(*chosen_light) if chosen_light else set(),
+            each_hit=list(zip(chosen_terms, chosen_light, strict=True)),
+            dense_best=await self._dense_best(dense, filters, hits) if dense else None,
+        )
         return RetrievalResult(
             hits=hits,
-            relevant=relevant,
+            relevant=bool(hits) and evidence.verdict != "refuse",
+            evidence=evidence,
             query_used=query_used,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
             coverage=coverage,

@@ -371,6 +371,15 @@ class SnapshotVectorStore:
                 query_text=query_text, dense=dense, filters=filters, limit=limit
             )
 
+    async def search_dense(
+        self, *, dense: list[float], filters: SearchFilters | None, limit: int
+    ) -> list[SearchHit]:
+        """Dense-only search with cosine scores, on this process's copy."""
+        async with self._lease() as copy:
+            if copy.store is None:
+                return []
+            return await copy.store.search_dense(dense=dense, filters=filters, limit=limit)
+
     async def count(self) -> int:
         """Number of points in the served copy (0 before the first ingest)."""
         async with self._lease() as copy:

@@ -173,6 +173,9 @@ class VectorStore(Protocol):
     ) -> list[SearchHit]:
         """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
 
+    # Optional: `search_dense(*, dense, filters, limit) -> list[SearchHit]` with cosine
+    # scores, used as a relevance signal (search/relevance.py); every store here has it.
+
     async def count(self) -> int: ...
 
     async def ping(self) -> None:

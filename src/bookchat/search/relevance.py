@@ -1,0 +1,149 @@
+"""Did the search find what the question is about? Evidence of absence, not of overlap.
+
+The first gate asked "how many of the question's words are in the hits?" and refused most
+questions readers type: they say "shove", "tip over" and "wobbles" where the book says
+"push recovery", "support polygon" and "oscillation". A question is out of the book when
+it is about something the book does not contain, so this module looks for *that*: the
+question's **specific** words (rare in everyday English: "PX4", "quadcopter",
+"cycloidal", "Roomba") that the book never uses. Everyday words the book lacks are what
+paraphrases are made of and weigh almost nothing.
+
+- **Specificity** of a word: `max(0, ZIPF_CEILING - zipf(word))`, where `zipf` is the
+  word's frequency in general English (log10 per billion words) from the word-frequency
+  list that `pyspellchecker` ships (160k words from subtitles and books; read once per
+  process, no download). Words missing from that list — product names, part numbers,
+  jargon — weigh the most (`MAX_SPECIFICITY`); numbers weigh `NUMBER_SPECIFICITY`.
+  Words the book uses count by their stem (the same stems as the lexical signals).
+- **Missing share**: the specificity of question words found in none of the search's
+  candidate chunks (the 20 best BM25/hybrid candidates: a rare word the book uses ranks
+  its chunks high, so "not among the candidates" means "not in the book"), over the
+  specificity of all question words. Follow-up expansion words count half.
+- **Found**: the specificity of question words found in the returned hits.
+
+- **Best-hit share**: the largest specificity share of the question that one returned hit
+  holds. Low means the words found are scattered over unrelated passages.
+
+Verdicts: `refuse` when nothing specific was found or the missing share is at least
+`REFUSE_MISSING_SHARE`; in the band from `GREY_MISSING_SHARE` up, `refuse` when the best
+hit holds less than `SCATTERED_BEST_HIT_SHARE` of the question, else `grey`; below the
+band, `answer`.
+With dense vectors a `refuse` needs the dense side to agree too: the best hit's dense
+cosine below `DENSE_CLEAR_MISS` (the model decides the grey zone under the grounding
+rules, so the gate refuses only clear misses).
+
+Where the numbers come from: `REFUSE_MISSING_SHARE` and `GREY_MISSING_SHARE` were set on
+the calibration part of the sample book's reader questions
+(`sample_book/reader_questions.json`: paraphrases, symptoms, compound and short
+questions, near and far out-of-book ones) and then checked, unchanged, on its held-out
+part and on an unseen book. `DENSE_CLEAR_MISS` could not be calibrated here (no network,
+so no real Gemini embeddings): it is set low (0.5) so that dense evidence can only rescue
+a question from a lexical refusal, never cause one. The cosine of gemini-embedding-001
+between a question and an unrelated passage of the same language is typically well above
+0 — measure it on your book with `bookchat eval` and a key before raising it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from bookchat.text import content_words, light_stem, specificity, stem
+
+__all__ = [
+    "DENSE_CLEAR_MISS",
+    "GREY_MISSING_SHARE",
+    "REFUSE_MISSING_SHARE",
+    "Evidence",
+    "Verdict",
+    "judge",
+    "specificity",
+]
+
+Verdict = Literal["answer", "grey", "refuse"]
+
+REFUSE_MISSING_SHARE = 0.6
+GREY_MISSING_SHARE = 0.3
+SCATTERED_BEST_HIT_SHARE = 0.3
+DENSE_CLEAR_MISS = 0.5
+EXPANSION_WEIGHT = 0.5
+
+
+class Evidence(msgspec.Struct, kw_only=True, frozen=True):
+    """The relevance signals of one search and the verdict drawn from them."""
+
+    verdict: Verdict
+    missing_share: float  # specificity share of question words the book lacks, 0–1
+    found: float  # specificity of question words found in the returned hits
+    best_hit_share: float  # the largest specificity share one hit holds (co-location)
+    missing_words: list[str]  # the specific question words found in no candidate
+    dense_best: float | None  # best dense cosine among the hits (None: BM25 only)
+
+
+PORTER_ONLY_CREDIT = 0.5  # found only through Porter conflation ("predictive" ~ "predict")
+
+
+def _credit(
+    word: str, light: frozenset[str] | set[str], porter: frozenset[str] | set[str]
+) -> float:
+    if light_stem(word) in light:
+        return 1.0
+    return PORTER_ONLY_CREDIT if stem(word) in porter else 0.0
+
+
+def judge(
+    question: str,
+    expansion: Iterable[str],
+    *,
+    candidate_terms: frozenset[str] | set[str],
+    candidate_light: frozenset[str] | set[str],
+    hit_terms: frozenset[str] | set[str],
+    hit_light: frozenset[str] | set[str],
+    each_hit: Sequence[tuple[frozenset[str], frozenset[str]]] = (),
+    dense_best: float | None = None,
+) -> Evidence:
+    """The verdict for `question` given the candidates' and the hits' stems.
+
+    `*_terms` are Porter stems, `*_light` inflection-only stems (`text.light_stem`): a
+    word found only through Porter conflation earns `PORTER_ONLY_CREDIT`. `each_hit` is
+    (Porter, light) per returned hit; `expansion` holds follow-up words (weigh half).
+    """
+    weighted: dict[str, float] = {}
+    for word in content_words(question):
+        weighted[word] = specificity(word)
+    for word in expansion:
+        for w in content_words(word):
+            weighted.setdefault(w, specificity(w) * EXPANSION_WEIGHT)
+    total = sum(weighted.values())
+    in_book = {w: _credit(w, candidate_light, candidate_terms) for w in weighted}
+    missing = [w for w, c in in_book.items() if c < 1.0]
+    missing_mass = sum(weighted[w] * (1.0 - in_book[w]) for w in missing)
+    found = sum(v * _credit(w, hit_light, hit_terms) for w, v in weighted.items())
+    share = missing_mass / total if total else 1.0
+    best_hit = max(
+        (
+            sum(v * _credit(w, light, porter) for w, v in weighted.items())
+            for porter, light in each_hit
+        ),
+        default=0.0,
+    )
+    verdict: Verdict
+    if found <= 0 or share >= REFUSE_MISSING_SHARE:
+        verdict = "refuse"
+    elif share >= GREY_MISSING_SHARE:
+        # Partly missing and what was found is scattered: no single passage holds the
+        # question's subject, so the book does not discuss it (it only uses its words).
+        verdict = "refuse" if best_hit < SCATTERED_BEST_HIT_SHARE * total else "grey"
+    else:
+        verdict = "answer"
+    if verdict == "refuse" and dense_best is not None and dense_best >= DENSE_CLEAR_MISS:
+        verdict = "grey"  # the dense side saw something: let the model decide
+    return Evidence(
+        verdict=verdict,
+        missing_share=round(share, 4),
+        best_hit_share=round(best_hit / total, 4) if total else 0.0,
+        found=round(found, 3),
+        missing_words=sorted((w for w in missing if weighted[w] > 0), key=lambda w: -weighted[w]),
+        dense_best=None if dense_best is None else round(dense_best, 4),
+    )

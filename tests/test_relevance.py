@@ -1,0 +1,192 @@
+"""The relevance decision (search/relevance.py) and what the answer does with each verdict."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from bookchat.answer.grounding import NOT_COVERED_REPLY, PromptBuilder, declines
+from bookchat.answer.pipeline import NOT_COVERED, AnswerDone, AnswerPipeline
+from bookchat.ingest.pipeline import ingest_book
+from bookchat.llm.base import Turn
+from bookchat.llm.offline import CLOSEST_LABEL, OfflineGenerator
+from bookchat.search.embedded import EmbeddedVectorStore
+from bookchat.search.relevance import judge
+from bookchat.search.retriever import Retriever
+from bookchat.settings import SAMPLE_BOOK
+from bookchat.text import light_stem, light_term_set, specificity, term_set
+from tests.rag_fakes import SAMPLE_CHUNKS, FakeBM25Store, RaisingGenerator, ScriptedGenerator
+
+
+def test_everyday_words_weigh_less_than_jargon_and_names() -> None:
+    assert specificity("look") == 0.0
+    assert specificity("shove") < specificity("gearbox") < specificity("quadcopter")
+    assert specificity("unitree") == specificity("px4")  # unknown to English: the maximum
+    assert specificity("2018") == 1.0
+
+
+def test_light_stem_keeps_derivations_apart() -> None:
+    assert light_stem("tuning") == light_stem("tune") == light_stem("tuned")
+    assert light_stem("encoders") == light_stem("encoder")
+    assert light_stem("transformer") != light_stem("transforms")
+
+
+def _judge(question: str, book: str, hits: str | None = None):
+    hit_text = book if hits is None else hits
+    return judge(
+        question,
+        [],
+        candidate_terms=term_set(book),
+        candidate_light=light_term_set(book),
+        hit_terms=term_set(hit_text),
+        hit_light=light_term_set(hit_text),
+        each_hit=[(term_set(hit_text), light_term_set(hit_text))],
+    )
+
+
+BOOK = (
+    "A biped keeps its balance with push recovery: when pushed, the controller moves the "
+    "zero moment point inside the support polygon and takes a recovery step."
+)
+
+
+def test_a_paraphrase_in_everyday_words_is_answered() -> None:
+    # "shove", "feet", "side" are not in the book, but they are everyday words.
+    evidence = _judge("If you shove a biped from the side, how does it stay on its feet?", BOOK)
+    assert evidence.verdict != "refuse"  # answered (perhaps as the closest passages)
+    assert evidence.missing_share < 0.6
+
+
+def test_a_question_about_a_named_thing_the_book_lacks_is_refused() -> None:
+    evidence = _judge("Which PX4 parameters tune a quadcopter's balance controller?", BOOK)
+    assert evidence.verdict == "refuse"
+    assert {"px4", "quadcopter"} <= set(evidence.missing_words)
+
+
+def test_nothing_specific_found_is_refused() -> None:
+    assert _judge("What is the capital of France?", BOOK).verdict == "refuse"
+
+
+def test_dense_evidence_turns_a_lexical_refusal_into_the_grey_zone() -> None:
+    args = dict(
+        candidate_terms=term_set(BOOK), candidate_light=light_term_set(BOOK),
+        hit_terms=term_set(BOOK), hit_light=light_term_set(BOOK),
+    )  # fmt: skip
+    question = "Which PX4 parameters tune a quadcopter's balance controller?"
+    assert judge(question, [], dense_best=0.2, **args).verdict == "refuse"
+    assert judge(question, [], dense_best=0.8, **args).verdict == "grey"
+
+
+def test_declines_recognises_the_models_not_covered_reply() -> None:
+    assert declines(f"{NOT_COVERED_REPLY} The sources cover PID tuning [1].")
+    assert declines("I'm sorry, but the provided sources do not mention hand-eye calibration.")
+    assert not declines("PID has three terms [1]. The book does not cover MPC in depth, but...")
+    assert not declines("Lidar measures distance by timing light [1].")
+
+
+def _pipeline(generator) -> AnswerPipeline:  # type: ignore[no-untyped-def]
+    return AnswerPipeline(
+        Retriever(FakeBM25Store(SAMPLE_CHUNKS), None), generator, PromptBuilder("R")
+    )
+
+
+async def _done(pipeline: AnswerPipeline, question: str, **kwargs) -> AnswerDone:  # type: ignore[no-untyped-def]
+    events = [e async for e in pipeline.run(question, **kwargs)]
+    done = events[-1]
+    assert isinstance(done, AnswerDone)
+    return done
+
+
+# Partly in the fake book (PID, controller), partly not ("gearbox", "backlash"): grey.
+GREY = "Does gearbox backlash upset a PID controller?"
+
+
+async def test_the_grey_zone_reaches_the_model_marked_closest_only() -> None:
+    generator = ScriptedGenerator(["PID reacts to the error [1]."])
+    prepared = await _pipeline(generator).prepare(GREY)
+    assert prepared.retrieval is not None and prepared.retrieval.evidence.verdict == "grey"
+    done = await _done(_pipeline(generator), GREY)
+    assert generator.requests and generator.requests[-1].closest_only
+    assert done.grounded and done.citations
+
+
+async def test_the_models_own_refusal_is_an_ungrounded_abstention() -> None:
+    generator = ScriptedGenerator([NOT_COVERED_REPLY, " The sources cover PID [1]."])
+    done = await _done(_pipeline(generator), GREY)
+    assert generator.requests  # the model was asked
+    assert not done.grounded and done.finish_reason == NOT_COVERED and done.citations == []
+
+
+async def test_a_clear_miss_never_calls_the_model() -> None:
+    done = await _done(
+        _pipeline(RaisingGenerator()), "How long should a steak rest after grilling?"
+    )
+    assert not done.grounded and done.finish_reason == "abstained"
+
+
+async def test_offline_grey_zone_answers_with_the_closest_passages() -> None:
+    done = await _done(_pipeline(OfflineGenerator()), GREY)
+    assert done.grounded and done.text.startswith(CLOSEST_LABEL)
+
+
+# -- the sample book: follow-ups and the offline answerer's rules ----------------------
+
+
+@pytest.fixture(scope="module")
+def sample_pipeline():  # type: ignore[no-untyped-def]
+    import asyncio
+
+    tmp = tempfile.TemporaryDirectory()
+    store = EmbeddedVectorStore(Path(tmp.name), "book")
+    asyncio.run(ingest_book(SAMPLE_BOOK, store=store, embedder=None, site_url="https://b.org"))
+    yield AnswerPipeline(Retriever(store, None), OfflineGenerator(), PromptBuilder("Robots"))
+    asyncio.run(store.close())
+    tmp.cleanup()
+
+
+async def _ask(pipeline: AnswerPipeline, question: str, *history: str) -> AnswerDone:
+    turns = [t for q in history for t in (Turn(role="user", text=q), Turn(role="model", text="."))]
+    return await _done(pipeline, question, history=turns)
+
+
+async def test_follow_up_on_a_techniques_drawbacks_stays_on_its_page(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    done = await _ask(sample_pipeline, "What are its main drawbacks?", "How does a lidar work?")
+    assert done.grounded
+    assert {c.doc_path for c in done.citations} == {"01-sensors/01-lidar"}
+
+
+async def test_follow_up_comparing_directions_stays_on_the_method(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    done = await _ask(
+        sample_pipeline,
+        "Why is that harder than the other direction, and what usually goes wrong?",
+        "How does forward kinematics of a differential drive work?",
+    )
+    assert done.grounded
+    assert "02-motion/01-differential-drive" in {c.doc_path for c in done.citations}
+
+
+async def test_a_limitations_question_gets_the_sections_list(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    done = await _ask(sample_pipeline, "What are the limitations of lidar?")
+    assert "Glass and mirrors" in done.text and "Sunlight" in done.text
+
+
+def test_a_formula_stays_with_the_sentence_that_introduces_it() -> None:
+    from bookchat.ingest.chunking import chunk_book
+    from bookchat.llm.base import ContextBlock
+
+    pages = chunk_book(SAMPLE_BOOK, site_url="https://b.org")
+    tof = next(c for p in pages for c in p.chunks if c.section == "Time-of-flight principle")
+    block = ContextBlock(n=1, title=tof.title, section=tof.section, text=tof.text)
+    text = OfflineGenerator().compose(
+        "How does the light's travel time give the distance?", [block]
+    )
+    assert "the distance is d = c · t / 2" in text
+
+
+async def test_no_sentence_opens_with_a_dangling_this(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    done = await _ask(sample_pipeline, "How is integral windup prevented?")
+    assert "windup" in done.text.lower()
+    for paragraph in done.text.split("\n\n")[1:]:
+        assert not paragraph.startswith(("Anti-windup prevents this", "This ", "These "))
