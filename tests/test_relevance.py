@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bookchat.answer.grounding import NOT_COVERED_REPLY, PromptBuilder, declines
+from bookchat.answer.grounding import (
+    NOT_COVERED_REPLY,
+    SELECTION_NOT_COVERED,
+    PromptBuilder,
+    declines,
+)
 from bookchat.answer.pipeline import NOT_COVERED, AnswerDone, AnswerPipeline
 from bookchat.ingest.pipeline import ingest_book
 from bookchat.llm.base import Turn
@@ -17,7 +22,14 @@ from bookchat.search.relevance import judge
 from bookchat.search.retriever import Retriever
 from bookchat.settings import SAMPLE_BOOK
 from bookchat.text import light_stem, light_term_set, specificity, term_set
-from tests.rag_fakes import SAMPLE_CHUNKS, FakeBM25Store, RaisingGenerator, ScriptedGenerator
+from tests.rag_fakes import (
+    SAMPLE_CHUNKS,
+    CountingEmbedder,
+    FakeBM25Store,
+    RaisingGenerator,
+    RaisingStore,
+    ScriptedGenerator,
+)
 
 
 def test_everyday_words_weigh_less_than_jargon_and_names() -> None:
@@ -190,3 +202,56 @@ async def test_no_sentence_opens_with_a_dangling_this(sample_pipeline) -> None: 
     assert "windup" in done.text.lower()
     for paragraph in done.text.split("\n\n")[1:]:
         assert not paragraph.startswith(("Anti-windup prevents this", "This ", "These "))
+
+
+# -- selected text: answered in the reader's words, declined only when about something else --
+
+TOF_SELECTION = (
+    "The sensor emits a short infrared pulse and measures the time t until the reflection "
+    "returns. Because the light travels to the target and back, the distance is\n\n"
+    "    d = c · t / 2\n\n"
+    "where c ≈ 3 × 10⁸ m/s is the speed of light. Light covers about 30 cm per nanosecond, "
+    "so a target 15 m away returns its echo after only 100 ns."
+)
+
+
+async def _ask_selection(question: str) -> tuple[AnswerDone, CountingEmbedder]:
+    embedder = CountingEmbedder()
+    pipeline = AnswerPipeline(
+        Retriever(RaisingStore(), embedder), OfflineGenerator(), PromptBuilder("Robots")
+    )  # RaisingStore fails the test on any use of the store
+    done = await _done(
+        pipeline,
+        question,
+        mode="selected_text_only",
+        selected_text=TOF_SELECTION,
+        source_doc_path="01-sensors/01-lidar",
+        source_section="Time-of-flight principle",
+    )
+    assert embedder.queries == []
+    return done, embedder
+
+
+async def test_why_about_the_selection_gets_the_sentence_with_the_reason() -> None:
+    done, _ = await _ask_selection("Why is the time divided by two?")
+    assert done.grounded
+    assert "travels to the target and back" in done.text
+    assert "d = c · t / 2" in done.text
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["What does this mean in plain words?", "Explain this passage", "how fast is light?"],
+)
+async def test_questions_about_the_selection_in_other_words_are_answered(question: str) -> None:
+    done, _ = await _ask_selection(question)
+    assert done.grounded and done.citations and done.citations[0].url == ""
+
+
+@pytest.mark.parametrize(
+    "question",
+    ["How does A* decide which node to expand next?", "What is the capital of France?"],
+)
+async def test_questions_about_something_else_are_declined(question: str) -> None:
+    done, _ = await _ask_selection(question)
+    assert not done.grounded and done.text == SELECTION_NOT_COVERED

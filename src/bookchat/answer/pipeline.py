@@ -16,9 +16,9 @@ Decisions made in `prepare()`:
   abstention (`grounded=False`, `finish_reason="not_covered"`, no citations); the
   extractive answerer labels its excerpt as the book's closest passages.
 - `selected_text_only`: the store and embedder are never touched. The selection is the
-  only source (`[1]`). When the question's content terms are not covered by the
-  selection (fraction < `min_selection_coverage`), the answer says so and offers
-  full-book mode (`grounded=False`, no generator call). A selection under
+  only source (`[1]`). When the question is clearly about something else (the relevance
+  test of `search/relevance.py` with the selection as the book), the answer says so and
+  offers full-book mode (`grounded=False`, no generator call). A selection under
   `min_selection_words` words is answered, followed by a note that more text would help.
 """
 
@@ -49,9 +49,10 @@ from bookchat.llm.base import (
     TokenDelta,
     Turn,
 )
+from bookchat.search.relevance import judge
 from bookchat.search.retriever import RetrievalResult, Retriever
 from bookchat.search.types import ChunkPayload, SearchFilters
-from bookchat.text import term_set, word_count
+from bookchat.text import light_term_set, term_set, word_count
 
 __all__ = [
     "AnswerDone",
@@ -203,27 +204,32 @@ class AnswerPipeline:
         prompt_builder: PromptBuilder,
         *,
         min_selection_words: int = 10,
-        min_selection_coverage: float = 0.5,
+        min_selection_topic: float = 2.0,
     ) -> None:
-        """`min_selection_coverage`: share of question terms the selection must contain."""
+        """`min_selection_topic`: below this total specificity (search/relevance.py) a
+        question asks about the selection itself ("explain this") and is always covered."""
         self.retriever = retriever
         self.generator = generator
         self.prompt_builder = prompt_builder
         self.min_selection_words = min_selection_words
-        self.min_selection_coverage = min_selection_coverage
+        self.min_selection_topic = min_selection_topic
 
     def selection_covers(self, question: str, selected_text: str, where: str = "") -> bool:
-        """Whether the selection contains enough of the question's content terms.
+        """Whether the question is about the selection (the same test as for the book).
 
-        `where` names the selection's page and section: a passage from the lidar page
-        is about lidar even when it never says so. A question without content terms
-        ("what does this mean?") is about the selection itself, so it is covered.
+        The selection plays the book: the question is declined only when its specific
+        words are missing from the selection (and from `where`, the selection's page and
+        section: a passage from the lidar page is about lidar even when it never says so).
+        A question with nothing topical in it ("what does this mean?", "why is it divided
+        by two?") is about the selection itself, so it is covered.
         """
-        q_terms = term_set(question)
-        if not q_terms:
-            return True
-        found = len(q_terms & (term_set(selected_text) | term_set(where)))
-        return found / len(q_terms) >= self.min_selection_coverage
+        text = f"{selected_text}\n{where}"
+        porter, light = term_set(text), light_term_set(text)
+        evidence = judge(
+            question, [], candidate_terms=porter, candidate_light=light, hit_terms=porter,
+            hit_light=light, each_hit=[(porter, light)],
+        )  # fmt: skip
+        return evidence.weight < self.min_selection_topic or evidence.verdict != "refuse"
 
     async def prepare(
         self,

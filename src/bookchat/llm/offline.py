@@ -29,11 +29,8 @@ from bookchat.llm.base import (
 from bookchat.text import (
     Segment,
     approx_tokens,
-    content_words,
     jaccard,
     segments,
-    specificity,
-    stem,
     term_set,
     tokenize,
 )
@@ -58,6 +55,8 @@ _DEFINITION_S_RE = re.compile(r"\b(is|are|refers? to|means|describes?|stands for
 _MECHANISM_Q_RE = re.compile(r"^\s*how\s+(does|do|is|are|can)\b(?!\s+(i|we|you)\b)", re.I)
 # Sentences that give a mechanism: a cause, a means, or a formula.
 _MECHANISM_S_RE = re.compile(r"\b(because|by\s+\w+ing|so that|therefore|until)\b|\s=\s", re.I)
+_WHY_Q_RE = re.compile(r"^\s*(why|how\s+come)\b", re.I)
+_REASON_S_RE = re.compile(r"\b(because|since|so that|therefore|which is why|due to)\b", re.I)
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
@@ -84,20 +83,6 @@ _DANGLING_RE = re.compile(
     r"\b(is|are|was|be|as|by|of|to|the|an?|follows|below|gives|becomes)\s*[.:]?$|=\s*[.:]?$",
     re.I,
 )
-
-
-_EVERYDAY_WEIGHT = 0.3
-# A sentence from another page than the best one joins only if it scores this well.
-_OTHER_PAGE_SHARE = 0.7
-
-
-def _subject_weights(question: str) -> dict[str, float]:
-    """Stem → weight: `_EVERYDAY_WEIGHT` plus the word's specificity (text.specificity)."""
-    weights: dict[str, float] = {}
-    for word in content_words(question):
-        term = stem(word)
-        weights[term] = max(weights.get(term, 0.0), _EVERYDAY_WEIGHT + specificity(word))
-    return weights
 
 
 # A sentence from another chunk than the best sentence's joins only this close to it.
@@ -179,6 +164,7 @@ class OfflineGenerator:
         q_terms = term_set(question)
         definitional = _DEFINITION_Q_RE.match(question) is not None
         mechanism = _MECHANISM_Q_RE.match(question) is not None
+        why = _WHY_Q_RE.match(question) is not None
         pool: list[_Candidate] = []
         for rank, block in enumerate(context):
             segs = segments(block.text)
@@ -212,8 +198,7 @@ class OfflineGenerator:
         if not q_terms:
             return pool, q_terms
 
-        # Sentence frequency of each question term: frequent terms say less; and everyday
-        # words ("keeps", "figure") say less than the subject's words ("lidar", "windup").
+        # Sentence frequency of each question term: frequent terms say less.
         weights = {
             t: (1.0 + math.log((len(pool) + 1) / (1 + sum(1 for c in pool if t in c.terms))))
             for t in q_terms
@@ -234,7 +219,8 @@ class OfflineGenerator:
                 terms = terms.union(*(term_set(b.text) for b in cand.bullets))
             matched = q_terms & terms
             header = header_match[id(cand.block)]
-            if not matched and (header == 0 or cand.segment.kind == "code"):
+            gives_reason = why and _REASON_S_RE.search(cand.segment.text) is not None
+            if not matched and not gives_reason and (header == 0 or cand.segment.kind == "code"):
                 continue
             # Squared-ish coverage: one sentence with all the terms beats three with one each.
             score = (sum(weights[t] for t in matched) / total) ** 1.5
@@ -243,6 +229,8 @@ class OfflineGenerator:
             score += 0.25 * header
             if definitional and _DEFINITION_S_RE.search(cand.segment.text):
                 score += 0.2
+            if gives_reason:
+                score += 0.3  # "why …?" is answered by the sentence that gives the reason
             if mechanism and matched and _MECHANISM_S_RE.search(cand.segment.text):
                 score += 0.2  # "how does X work?" is answered by the how, not the what
             words = cand.words

@@ -75,6 +75,7 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
 
     verdict: Verdict
     missing_share: float  # specificity share of question words the book lacks, 0–1
+    weight: float  # total specificity of the question's words (0: nothing topical asked)
     found: float  # specificity of question words found in the returned hits
     best_hit_share: float  # the largest specificity share one hit holds (co-location)
     missing_words: list[str]  # the specific question words found in no candidate
@@ -143,6 +144,7 @@ def judge(
         verdict=verdict,
         missing_share=round(share, 4),
         best_hit_share=round(best_hit / total, 4) if total else 0.0,
+        weight=round(total, 3),
         found=round(found, 3),
         missing_words=sorted((w for w in missing if weighted[w] > 0), key=lambda w: -weighted[w]),
         dense_best=None if dense_best is None else round(dense_best, 4),
