@@ -95,3 +95,37 @@ async def test_generation_timeout_is_an_error_event_after_the_headers(gemini_cli
     assert answer.names()[-1] == "error"
     error = answer.events[-1][1]
     assert error["code"] == "generation_timeout" and error["retryable"] is True
+
+
+# A reader's paraphrase that shares only part of the book's words ("jittery" is not in the
+# book): the relevance decision's grey zone, which goes to the model.
+GREY_QUESTION = "Why does the D part of my controller make the motor output so jittery?"
+
+
+async def test_weak_but_relevant_retrieval_reaches_the_model(gemini_client) -> None:
+    client, fake = gemini_client
+    fake.script_generate(Reply(["The derivative amplifies measurement noise [1]."]))
+    answer = await ask(client, GREY_QUESTION)
+    done = answer.first("done")
+    assert fake.generate_requests == 1
+    assert done["grounded"] is True and done["citations"]
+
+
+async def test_the_models_not_covered_reply_is_an_ungrounded_abstention(gemini_client) -> None:
+    client, fake = gemini_client
+    before = await client.get("/metrics")
+    fake.script_generate(Reply(["The book does not cover this.", " It covers PID terms [1]."]))
+    answer = await ask(client, GREY_QUESTION)
+    done = answer.first("done")
+    assert fake.generate_requests == 1  # the model was asked, and declined
+    assert done["grounded"] is False and done["finish_reason"] == "not_covered"
+    assert done["citations"] == []
+    after = await client.get("/metrics")
+    assert _abstained(after.text) == _abstained(before.text) + 1
+
+
+def _abstained(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith('bookchat_chat_outcomes_total{outcome="abstained"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
