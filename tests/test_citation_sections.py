@@ -222,3 +222,21 @@ async def test_model_answer_citation_carries_the_later_sections_anchor(gemini_cl
     assert response.status_code == 200
     body = response.json()
     assert body["citations"] == done
+
+
+async def test_offline_answer_over_http_cites_the_later_sections_anchor(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    settings = make_settings(tmp_path, DATABASE_URL=sqlite_url, SITE_URL=SITE)
+    await aingest_sample_book(settings)
+    question = "How does anti-windup stop the integral from growing when the output saturates?"
+    async for client in app_client(settings):
+        streamed = await ask(client, question)
+        response = await client.post(
+            "/api/v1/chat", json={"message": question}, headers={"Accept": "application/json"}
+        )
+    done = streamed.first("done")
+    assert done["grounded"] is True
+    assert f"{PID}#integral-term" in {c["url"] for c in streamed.first("citations")["citations"]}
+    assert f"{PID}#integral-windup" in {c["url"] for c in done["citations"]}
+    assert response.json()["citations"] == done["citations"]
