@@ -88,8 +88,8 @@ def plan_page(page: PageChunks, stored: Sequence[StoredPoint], now: str) -> Page
         if old is None:
             plan.add.append(payload)
             plan.add_ids.append(point_id)
-        # Moved, or stored with other non-embedded fields (e.g. no `sections` yet).
         elif old.chunk_index != chunk.chunk_index or old.payload_hash != chunk.payload_hash:
+            # Moved, or stored with other non-embedded fields (e.g. before `sections`).
             plan.update.append((point_id, payload))
         else:
             plan.unchanged += 1
