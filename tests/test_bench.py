@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -29,20 +30,31 @@ def test_bench_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         ingest_delay_bytes=20_000,
         ingest_delays=(0.0, 0.01),
         out_dir=tmp_path,
+        postgres_url=os.environ.get("TEST_POSTGRES_URL"),  # PostgreSQL rows when CI has one
     )
     report = run_bench(config, log=lambda line: None)
 
     written = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert set(written) >= {"chat", "ratios", "retrieval", "ingestion", "environment"}
-    assert {row["target"] for row in written["chat"]} == {"floor", "bookchat"}
-    for row in written["chat"]:
+    targets = {"floor", "floor+genai", "bookchat-sqlite"}
+    if config.postgres_url:
+        targets.add("bookchat-postgres")
+    assert {row["target"] for row in written["chat"]} == targets
+    for row in written["chat"] + written["workers"]:
         assert row["errors"] == 0, row["error_kinds"]
         assert row["chats"] >= 1
         for key in ("ttft_p50_ms", "ttft_p99_ms", "chats_per_s", "rss_per_stream_kb"):
             assert row[key] is not None
-    bookchat = next(r for r in written["chat"] if r["target"] == "bookchat")
+        assert row["cpu_per_chat_ms"] is not None
+    # Read from the server's /proc in 10 ms ticks: a 5-chat floor row may round to 0.
+    assert sum(row["cpu_per_chat_ms"] for row in written["chat"]) > 0
+    # The floor streams as many events as a chat has.
+    assert len({row["events_per_chat"] for row in written["chat"]}) == 1
+    bookchat = next(r for r in written["chat"] if r["target"] == "bookchat-sqlite")
     assert bookchat["grounded"] == bookchat["chats"]  # real answers, not abstentions
-    assert written["ratios"][0]["ttft_p50_ratio"] is not None
+    headline = written["cpu_per_chat"]
+    assert set(headline["cpu_per_chat_ms"]) == targets
+    assert [row["workers"] for row in written["workers"]][:2] == ["1 worker", "2 workers"]
     assert {row["engine"] for row in written["retrieval"]} == {"embedded", "local"}
     assert [row["run"] for row in written["ingestion"]][:2] == [
         "parse+chunk only",
@@ -60,3 +72,4 @@ async def test_load_generator_counts_connection_failures_as_errors() -> None:
     result = await run_load(spec)
     assert result.chats == 0
     assert sum(result.errors.values()) == 2
+    assert set(result.errors) == {"ConnectionRefusedError"}

@@ -219,8 +219,9 @@ async def _busy_connections(admin_url: str, database: str, wait: float) -> dict[
         await connection.close()
 
 
-def _create_database(admin_url: str) -> str:
-    name = f"bookchat_soak_{uuid.uuid4().hex[:10]}"
+def create_database(admin_url: str, prefix: str = "bookchat_soak") -> str:
+    """A new, empty database next to `admin_url`'s; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
         connection = await _pg(admin_url)
@@ -233,7 +234,9 @@ def _create_database(admin_url: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def _drop_database(admin_url: str, database: str) -> None:
+def drop_database(admin_url: str, database: str) -> None:
+    """Drop `database`, disconnecting whoever is still on it."""
+
     async def drop() -> None:
         connection = await _pg(admin_url)
         try:
@@ -252,7 +255,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
 
     admin_url = args.database_url or os.environ.get("TEST_POSTGRES_URL") or DEFAULT_ADMIN_URL
     created = args.database_url is None
-    database_url = _create_database(admin_url) if created else admin_url
+    database_url = create_database(admin_url) if created else admin_url
     database = make_url(database_url).database or ""
     workdir = Path(tempfile.mkdtemp(prefix="bookchat-soak-"))
     processes: list[subprocess.Popen[bytes]] = []
@@ -329,7 +332,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 process.kill()
         if created and not args.keep_database:
-            _drop_database(admin_url, database)
+            drop_database(admin_url, database)
 
     # The warm-up's chats are in the database too: check rows against both runs.
     expected_ids = warmup.assistant_ids | tally.assistant_ids

@@ -19,7 +19,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def register(subparsers: Any) -> None:
     """Add `bench` to bookchat's CLI."""
     bench = subparsers.add_parser(
-        "bench", help="TTFT/throughput vs the SSE floor, retrieval and ingestion speed"
+        "bench",
+        help="CPU per chat, TTFT and throughput vs a bare SSE floor; retrieval, ingestion",
     )
     bench.add_argument("--quick", action="store_true", help="short runs (< 3 minutes on 2 cores)")
     bench.add_argument(
@@ -32,5 +33,10 @@ def register(subparsers: Any) -> None:
         "--words-per-chunk",
         type=int,
         help="words per streamed chunk from the fake Gemini (default 1, the worst case)",
+    )
+    bench.add_argument(
+        "--postgres-url",
+        help="PostgreSQL admin URL for the PostgreSQL rows; the bench creates and drops its "
+        "own database there (default BENCH_POSTGRES_URL or postgres@127.0.0.1:5432; '' skips)",
     )
     bench.set_defaults(func=_cmd_bench)

@@ -1,12 +1,21 @@
-"""`bookchat bench [--quick] [--corpus PATH]`: chat TTFT and throughput against the floor,
-retrieval latency, ingestion speed. Prints Markdown tables, writes JSON and a PNG.
+"""`bookchat bench [--quick] [--corpus PATH]`: CPU per chat against a bare floor, TTFT and
+throughput, retrieval latency, ingestion speed. Prints Markdown tables, writes JSON and a PNG.
 
-Processes (2 cores are shared, so each gets its own GIL and the OS schedules them):
-- the server: `bookchat serve`, granian, 1 worker, SQLite + embedded vector store in a
-  temp dir, `BOOKCHAT_BENCH_FLOOR=1` for the floor route and the loop-lag probe;
-- the fake Gemini: a thread of this process, which is otherwise idle while load runs
-  (it only samples the server's RSS every 50 ms);
-- the load generator: `python -m bookchat.devtools.bench.load`, one subprocess per scenario.
+The headline is CPU per chat: utime + stime of the server's process tree (from /proc)
+during the measured phase ÷ chats served. It stays steady on a shared, noisy machine,
+where throughput and latency do not. Targets, side by side in one run:
+
+- `floor`: a bare Litestar SSE app (`floor.create_floor_app`) streaming as many events as
+  a chat has, no LLM client, no middleware; `floor+genai`: the same app plus one
+  google-genai streaming call (public API) to the fake, so the SDK's share shows;
+- `bookchat-sqlite` and `bookchat-postgres`: the product app on SQLite and on a fresh
+  PostgreSQL database (`--postgres-url`; skipped when unreachable).
+
+Processes: every server is `bookchat serve` (granian, 1 worker) pinned to all CPUs but
+the last; the load generator (`python -m bookchat.devtools.bench.load`, raw sockets,
+uvloop when installed) and the fake Gemini (a thread of this process) are pinned to the
+last CPU, so on two cores or more they never take the server's. A last section compares
+1 and 2 workers on the same CPUs.
 
 Figures are printed, never asserted: they depend on the machine.
 """
@@ -16,21 +25,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
 import numpy as np
+from sqlalchemy.engine import make_url
 
+from bookchat.devtools.bench.floor import FLOOR_APP
 from bookchat.devtools.bench.load import LoadResult, LoadSpec
 from bookchat.devtools.bench.server import (
     RssSampler,
@@ -49,6 +64,8 @@ SAMPLE_QUESTIONS = (
     "How does a differential drive robot turn?",
 )
 CORPUS_QUERIES = "physical-ai-textbook-queries.json"
+# The bench creates (and drops) its own database on this server.
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,13 @@ class BenchConfig:
     corpus: Path | None = None
     out_dir: Path = Path("var/bench")
     sections: tuple[str, ...] = ("chat", "retrieval", "ingestion")
+    # An admin URL: the bench creates and drops its own database there. None: no PostgreSQL.
+    postgres_url: str | None = field(
+        default_factory=lambda: os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    )
+    workers_compare: bool = True
+    workers_concurrency: int = 100
+    headline_concurrency: int = 100
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -167,27 +191,72 @@ def _ms(samples: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(samples), q)) * 1000, 1)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the server and the load side (load generator + fake Gemini) run on."""
+
+    server: set[int] | None
+    load: list[int] | None
+
+    @classmethod
+    def for_machine(cls) -> Placement:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls(server=None, load=None)  # one core: nothing to keep apart
+        return cls(server=set(cpus[:-1]), load=[cpus[-1]])
+
+    def describe(self) -> str:
+        if self.load is None:
+            return "one CPU: server and load generator share it"
+        server = sorted(self.server or [])
+        return f"server on CPU {server}, load generator + fake on CPU {self.load}"
+
+
+@dataclass
+class Target:
+    """One server under load: which app, which route."""
+
+    name: str
+    server: Server
+    path: str
+
+
+def _path(target: str, profile: FakeProfile, config: BenchConfig) -> str:
+    if target == "floor":
+        # A chat's events: session, citations, one token per fake chunk, done.
+        events = config.answer_tokens // config.words_per_chunk + 3
+        return (
+            f"/bench/floor?events={events}&first={profile.first_token_delay}"
+            f"&gap={profile.token_delay * config.words_per_chunk}"
+        )
+    if target == "floor+genai":
+        return "/bench/floor-genai"
+    return "/api/v1/chat"
+
+
 def _scenario(
-    server: Server,
+    target: Target,
     baseline_rss: int,
-    target: str,
     profile: FakeProfile,
     concurrency: int,
     bodies: list[bytes],
     config: BenchConfig,
+    placement: Placement,
 ) -> dict[str, Any]:
-    path = "/api/v1/chat" if target == "bookchat" else "/bench/floor"
+    server = target.server
     spec = LoadSpec(
-        url=server.base_url + path,
+        url=server.base_url + _path(target.name, profile, config),
         bodies=bodies,
         concurrency=concurrency,
         duration=config.duration[profile.name],
         warmup=config.warmup,
         max_chats=config.max_chats,
+        server_pid=server.process.pid,
+        cpus=placement.load,
     )
     idle_rss = server.worker_rss()
     httpx.get(server.base_url + "/bench/loop-lag", timeout=10)  # reset the worst-lag window
-    with RssSampler(server.worker_pid) as sampler:
+    with RssSampler(server.worker_pids) as sampler:
         result = _run_load(spec)
     lag = httpx.get(server.base_url + "/bench/loop-lag", timeout=10).json()
     peak_rss = max(sampler.peak, idle_rss)
@@ -195,16 +264,22 @@ def _scenario(
     # peak. Python keeps freed memory, so only a run that opens more streams than any
     # before it (scenarios go up in concurrency) grows: read the 500-stream rows.
     per_stream = (peak_rss - idle_rss) / result.peak_open if result.peak_open else 0.0
+    errors = sum(result.errors.values())
+    served = result.chats + errors
+    elapsed = result.elapsed or 1e-9
     return {
         "fake": profile.name,
-        "target": target,
+        "target": target.name,
         "concurrency": concurrency,
         "chats": result.chats,
         "grounded": result.grounded,
-        "errors": sum(result.errors.values()),
+        "errors": errors,
         "error_kinds": result.errors,
-        "chats_per_s": round(result.chats / result.elapsed, 1),
-        "events_per_s": round(result.events / result.elapsed, 1),
+        "cpu_per_chat_ms": round(result.server_cpu_s / served * 1000, 3) if served else None,
+        "server_cpu_util": round(result.server_cpu_s / elapsed, 2),
+        "client_cpu_util": round(result.client_cpu_s / elapsed, 2),
+        "chats_per_s": round(result.chats / elapsed, 1),
+        "events_per_chat": round(result.events / result.chats, 1) if result.chats else None,
         "ttft_p50_ms": _ms(result.ttft, 50),
         "ttft_p95_ms": _ms(result.ttft, 95),
         "ttft_p99_ms": _ms(result.ttft, 99),
@@ -216,86 +291,197 @@ def _scenario(
         "peak_open_streams": result.peak_open,
         "rss_per_stream_kb": round(per_stream / 1024, 1),
         "max_loop_lag_ms": lag["max_lag_ms"],
+        "event_loop": result.event_loop,
         "ttft_samples_ms": [round(t * 1000, 2) for t in result.ttft],
     }
 
 
-def bench_chat(config: BenchConfig, log: Any) -> list[dict[str, Any]]:
-    """Every (fake profile, concurrency, target) scenario against one server."""
+def _postgres_database(config: BenchConfig, stack: ExitStack, log: Any) -> str | None:
+    """A fresh database for the PostgreSQL run (dropped at exit); None if unreachable."""
+    from bookchat.devtools.soak import create_database, drop_database
+
+    admin = config.postgres_url
+    if not admin:
+        return None
+    try:
+        url = create_database(admin, prefix="bookchat_bench")
+    except (OSError, ConnectionError) as exc:
+        log(f"bench: PostgreSQL at {admin} unavailable ({exc}); no PostgreSQL rows")
+        return None
+    database = make_url(url).database or ""
+    stack.callback(drop_database, admin, database)
+    return url
+
+
+def _warm(target: Target, profile: FakeProfile, bodies: list[bytes], config: BenchConfig,
+          placement: Placement) -> None:  # fmt: skip
+    _run_load(
+        LoadSpec(url=target.server.base_url + _path(target.name, profile, config), bodies=bodies,
+                 concurrency=10, duration=0.0, warmup=config.warmup, cpus=placement.load)
+    )  # fmt: skip
+
+
+def bench_chat(config: BenchConfig, log: Any) -> dict[str, Any]:
+    """Every (fake profile, concurrency, target) scenario, targets side by side.
+
+    Servers (all `bookchat serve` on granian, 1 worker, pinned to the server CPUs): the
+    floor app (bare floor and floor + google-genai), bookchat on SQLite, bookchat on
+    PostgreSQL. Each scenario runs the targets back to back so they see the same machine.
+    """
+    from bookchat.db.migrate import run_migrations
     from bookchat.settings import SAMPLE_BOOK
 
     docs = config.corpus or SAMPLE_BOOK
     bodies = _bodies(_questions(config.corpus), config.distinct_questions)
+    placement = Placement.for_machine()
+    log(f"bench: {placement.describe()}")
     rows: list[dict[str, Any]] = []
-    with (
-        FakeGemini(
-            answer=_answer(config.answer_tokens), words_per_chunk=config.words_per_chunk
-        ) as fake,
-        tempfile.TemporaryDirectory(prefix="bookchat-bench-") as tmp,
-    ):
-        env = bench_env(Path(tmp), fake.base_url)
+    workers: list[dict[str, Any]] = []
+    own_cpus = os.sched_getaffinity(0)
+    with ExitStack() as stack:
+        if placement.load:
+            # The fake Gemini is a thread of this process: keep it off the server's CPU.
+            os.sched_setaffinity(0, placement.load)
+            stack.callback(os.sched_setaffinity, 0, own_cpus)
+        fake = stack.enter_context(
+            FakeGemini(answer=_answer(config.answer_tokens), words_per_chunk=config.words_per_chunk)
+        )
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bookchat-bench-")))
+        env = bench_env(tmp, fake.base_url)
         log(f"bench: ingesting {docs}")
         prepare_data(env, Path(docs))
-        with running_server(env) as server:
-            # Warm both routes first (lazy imports, pools, caches), so the idle RSS that
-            # per-stream figures are measured from is the server's steady state.
-            for path in ("/bench/floor", "/api/v1/chat"):
-                _run_load(
-                    LoadSpec(url=server.base_url + path, bodies=bodies, concurrency=10,
-                             duration=0.0, warmup=config.warmup)
-                )  # fmt: skip
-            baseline_rss = server.worker_rss()
-            log(f"bench: warmed-up idle worker RSS {baseline_rss / 2**20:.1f} MB")
-            for profile in config.profiles:
-                for concurrency in config.concurrencies:
-                    # Floor then bookchat, back to back, so both see the same machine state.
-                    for target in ("floor", "bookchat"):
-                        # reset() drops the fake's request log (it grows with every call).
-                        fake.reset()
-                        fake.configure(
-                            first_token_delay=profile.first_token_delay,
-                            token_delay=profile.token_delay,
-                        )
-                        row = _scenario(
-                            server, baseline_rss, target, profile, concurrency, bodies, config
-                        )
-                        log(
-                            f"bench: {profile.name:9} {target:8} c={concurrency:<4} "
-                            f"{row['chats_per_s']:>7} chats/s  ttft p50 {row['ttft_p50_ms']} ms  "
-                            f"p99 {row['ttft_p99_ms']} ms  errors {row['errors']}"
-                        )
-                        rows.append(row)
+        serve = partial(running_server, cpus=placement.server)
+        targets = [Target("floor", stack.enter_context(serve(env, app=FLOOR_APP)), "")]
+        targets.append(Target("floor+genai", targets[0].server, ""))
+        targets.append(Target("bookchat-sqlite", stack.enter_context(serve(env)), ""))
+        postgres_url = _postgres_database(config, stack, log)
+        if postgres_url is not None:
+            # Its own copy of the vector store: the embedded engine locks its directory.
+            shutil.copytree(tmp / "qdrant", tmp / "qdrant-pg")
+            pg_env = {**env, "DATABASE_URL": postgres_url, "QDRANT_PATH": str(tmp / "qdrant-pg")}
+            run_migrations(postgres_url)
+            targets.append(Target("bookchat-postgres", stack.enter_context(serve(pg_env)), ""))
+        # Warm every route first (lazy imports, pools, caches), so the idle RSS that
+        # per-stream figures are measured from is the server's steady state.
+        for target in targets:
+            _warm(target, INSTANT, bodies, config, placement)
+        baseline = {t.name: t.server.worker_rss() for t in targets}
+        idle = ", ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in baseline.items())
+        log(f"bench: warm idle RSS {idle}")
+        for profile in config.profiles:
+            for concurrency in config.concurrencies:
+                for target in targets:
+                    fake.reset()  # drops the fake's request log (it grows with every call)
+                    fake.configure(
+                        first_token_delay=profile.first_token_delay,
+                        token_delay=profile.token_delay,
+                    )
+                    row = _scenario(
+                        target, baseline[target.name], profile, concurrency, bodies, config,
+                        placement,
+                    )  # fmt: skip
+                    log(
+                        f"bench: {profile.name:9} {target.name:17} c={concurrency:<4} "
+                        f"cpu/chat {row['cpu_per_chat_ms']} ms  {row['chats_per_s']:>7} chats/s  "
+                        f"ttft p50 {row['ttft_p50_ms']} ms  errors {row['errors']}"
+                    )
+                    rows.append(row)
+        if config.workers_compare:
+            fake.reset()
+            fake.configure(first_token_delay=0.0, token_delay=0.0)
+            workers = _compare_workers(env, targets[2], bodies, config, placement, log)
+    return {"placement": placement.describe(), "chat": rows, "workers": workers}
+
+
+def _compare_workers(
+    env: dict[str, str],
+    one_worker: Target,
+    bodies: list[bytes],
+    config: BenchConfig,
+    placement: Placement,
+    log: Any,
+) -> list[dict[str, Any]]:
+    """bookchat on SQLite with 1 then 2 workers, same CPUs, instant fake, back to back.
+
+    With the load generator on a CPU of its own, a 2-CPU machine leaves the server one
+    CPU, so a second worker can only help as far as one worker leaves that CPU idle:
+    the rows carry `server_cpu_util` to show it. A third row lets the two workers use
+    every CPU (sharing with the load generator), which is as close to "a core per
+    worker" as two cores allow.
+    """
+    concurrency = config.workers_concurrency
+    runs: list[tuple[str, int, set[int] | None]] = [
+        ("1 worker", 1, placement.server),
+        ("2 workers", 2, placement.server),
+    ]
+    if placement.server is not None:
+        runs.append(("2 workers, all CPUs", 2, None))
+    rows = []
+    for label, count, cpus in runs:
+        if count == 1 and cpus == placement.server:
+            target = one_worker
+            row = _scenario(target, target.server.worker_rss(), INSTANT, concurrency, bodies,
+                            config, placement)  # fmt: skip
+        else:
+            with running_server(env, workers=count, cpus=cpus) as server:
+                target = Target("bookchat-sqlite", server, "")
+                _warm(target, INSTANT, bodies, config, placement)
+                row = _scenario(target, server.worker_rss(), INSTANT, concurrency, bodies, config,
+                                placement)  # fmt: skip
+        row["workers"] = label
+        log(
+            f"bench: workers   {label:20} c={concurrency:<4} {row['chats_per_s']:>7} chats/s  "
+            f"server cpu {row['server_cpu_util']}  cpu/chat {row['cpu_per_chat_ms']} ms"
+        )
+        rows.append(row)
+    one = rows[0]["chats_per_s"] or None
+    for row in rows:
+        row["chats_per_s_vs_1_worker"] = round(row["chats_per_s"] / one, 2) if one else None
     return rows
 
 
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """bookchat / floor TTFT p50 and p99 per (fake, concurrency)."""
+def cpu_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CPU per chat of every target and its ratio to the bare floor, per scenario."""
     by_key = {(r["fake"], r["concurrency"], r["target"]): r for r in rows}
     result = []
     for (fake, concurrency, target), row in by_key.items():
         floor = by_key.get((fake, concurrency, "floor"))
-        if target != "bookchat" or floor is None:
-            continue
-
-        def ratio(
-            key: str, row: dict[str, Any] = row, floor: dict[str, Any] = floor
-        ) -> float | None:
-            if not row[key] or not floor[key]:
-                return None
-            return round(row[key] / floor[key], 2)
-
+        floor_cpu = floor["cpu_per_chat_ms"] if floor else None
+        cpu = row["cpu_per_chat_ms"]
         result.append(
             {
                 "fake": fake,
                 "concurrency": concurrency,
-                "ttft_p50_ratio": ratio("ttft_p50_ms"),
-                "ttft_p99_ratio": ratio("ttft_p99_ms"),
-                "chats_per_s_ratio": round(row["chats_per_s"] / floor["chats_per_s"], 2)
-                if floor["chats_per_s"]
-                else None,
+                "target": target,
+                "cpu_per_chat_ms": cpu,
+                "cpu_vs_floor": round(cpu / floor_cpu, 2) if cpu and floor_cpu else None,
+                "ttft_p50_vs_floor": _ratio(row, floor, "ttft_p50_ms"),
+                "ttft_p99_vs_floor": _ratio(row, floor, "ttft_p99_ms"),
+                "chats_per_s_vs_floor": _ratio(row, floor, "chats_per_s"),
+                "errors": row["errors"],
             }
         )
     return result
+
+
+def headline(summary: list[dict[str, Any]], config: BenchConfig) -> dict[str, Any]:
+    """The headline: CPU per chat per target at the instant fake, `headline_concurrency`."""
+    wanted = ("instant", config.headline_concurrency)
+    if summary and not any((r["fake"], r["concurrency"]) == wanted for r in summary):
+        wanted = (summary[0]["fake"], summary[0]["concurrency"])  # e.g. a --concurrency run
+    rows = [r for r in summary if (r["fake"], r["concurrency"]) == wanted]
+    return {
+        "fake": rows[0]["fake"] if rows else None,
+        "concurrency": rows[0]["concurrency"] if rows else None,
+        "cpu_per_chat_ms": {r["target"]: r["cpu_per_chat_ms"] for r in rows},
+        "cpu_vs_floor": {r["target"]: r["cpu_vs_floor"] for r in rows},
+    }
+
+
+def _ratio(row: dict[str, Any], floor: dict[str, Any] | None, key: str) -> float | None:
+    if floor is None or not row[key] or not floor[key]:
+        return None
+    return round(row[key] / floor[key], 2)
 
 
 # --------------------------------------------------------------------------- output
@@ -317,14 +503,26 @@ def _numeric(rows: list[dict[str, Any]], column: str) -> bool:
 
 
 CHAT_COLUMNS = [
-    "fake", "target", "concurrency", "chats", "errors", "chats_per_s", "events_per_s",
-    "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms",
-    "peak_rss_mb", "peak_open_streams", "rss_per_stream_kb", "max_loop_lag_ms",
+    "fake", "target", "concurrency", "chats", "errors", "cpu_per_chat_ms", "server_cpu_util",
+    "client_cpu_util", "chats_per_s", "events_per_chat", "ttft_p50_ms", "ttft_p95_ms",
+    "ttft_p99_ms", "latency_p50_ms", "latency_p99_ms", "peak_rss_mb", "peak_open_streams",
+    "rss_per_stream_kb", "max_loop_lag_ms",
+]  # fmt: skip
+RATIO_COLUMNS = [
+    "fake", "concurrency", "target", "cpu_per_chat_ms", "cpu_vs_floor", "ttft_p50_vs_floor",
+    "ttft_p99_vs_floor", "chats_per_s_vs_floor", "errors",
+]  # fmt: skip
+WORKER_COLUMNS = [
+    "workers", "concurrency", "chats", "errors", "chats_per_s", "chats_per_s_vs_1_worker",
+    "server_cpu_util", "client_cpu_util", "cpu_per_chat_ms", "ttft_p50_ms", "ttft_p99_ms",
 ]  # fmt: skip
 
 
+LINESTYLES = {"floor": "--", "floor+genai": ":", "bookchat-sqlite": "-", "bookchat-postgres": "-."}
+
+
 def plot_ttft(rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """ECDFs of TTFT, bookchat (solid) vs floor (dashed), one panel per fake profile."""
+    """ECDFs of TTFT per target (line style) and concurrency (colour), a panel per profile."""
     try:
         import matplotlib
 
@@ -343,7 +541,7 @@ def plot_ttft(rows: list[dict[str, Any]], path: Path) -> Path | None:
             ax.plot(
                 samples,
                 np.arange(1, samples.size + 1) / samples.size,
-                linestyle="-" if row["target"] == "bookchat" else "--",
+                linestyle=LINESTYLES.get(row["target"], "-"),
                 color=colors.get(row["concurrency"], "tab:gray"),
                 label=f"{row['target']} c={row['concurrency']}",
             )
@@ -353,7 +551,9 @@ def plot_ttft(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_title(f"TTFT, fake Gemini: {profile}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("bookchat (solid) vs bare SSE floor (dashed), same granian server")
+    fig.suptitle(
+        "bookchat SQLite (solid), PostgreSQL (dash-dot), floor (dashed), floor+genai (dotted)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -384,8 +584,11 @@ def run_bench(config: BenchConfig, *, log: Any = None) -> dict[str, Any]:
     }
     if "chat" in config.sections:
         chat = bench_chat(config, log)
-        report["chat"] = chat
-        report["ratios"] = ratios(chat)
+        report["placement"] = chat["placement"]
+        report["chat"] = chat["chat"]
+        report["ratios"] = cpu_summary(chat["chat"])
+        report["cpu_per_chat"] = headline(report["ratios"], config)
+        report["workers"] = chat["workers"]
     if "retrieval" in config.sections:
         log("bench: retrieval")
         with warnings.catch_warnings():
@@ -441,15 +644,29 @@ def format_report(report: dict[str, Any]) -> str:
         f"# bookchat bench ({report['started_at']}, {report['environment']['cpus']} CPUs)"
     ]
     if "chat" in report:
-        parts += ["", "## Chat: bookchat vs bare SSE floor (same granian server, 1 worker)", ""]
-        parts.append(markdown_table(report["chat"], CHAT_COLUMNS))
-        parts += ["", "## bookchat / floor", ""]
+        head = report["cpu_per_chat"]
+        parts += [
+            "",
+            f"## CPU per chat (server utime+stime ÷ chats, fake {head['fake']}, "
+            f"c={head['concurrency']}; {report['placement']})",
+            "",
+        ]
         parts.append(
             markdown_table(
-                report["ratios"],
-                ["fake", "concurrency", "ttft_p50_ratio", "ttft_p99_ratio", "chats_per_s_ratio"],
+                [
+                    {"target": t, "cpu_per_chat_ms": ms, "x_floor": head["cpu_vs_floor"].get(t)}
+                    for t, ms in head["cpu_per_chat_ms"].items()
+                ],
+                ["target", "cpu_per_chat_ms", "x_floor"],
             )
         )
+        parts += ["", "## Every scenario against the bare floor (same run)", ""]
+        parts.append(markdown_table(report["ratios"], RATIO_COLUMNS))
+        parts += ["", "## Chat scenarios (one raw-socket client process; granian, 1 worker)", ""]
+        parts.append(markdown_table(report["chat"], CHAT_COLUMNS))
+        if report.get("workers"):
+            parts += ["", "## Workers: bookchat on SQLite, instant fake", ""]
+            parts.append(markdown_table(report["workers"], WORKER_COLUMNS))
     if "retrieval" in report:
         parts += ["", "## Retrieval (hybrid and BM25, sequential queries; loop lag meanwhile)", ""]
         rows = report["retrieval"]
@@ -482,4 +699,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
         config.out_dir = Path(args.out)
     if args.words_per_chunk:
         config.words_per_chunk = args.words_per_chunk
+    if args.postgres_url is not None:
+        config.postgres_url = args.postgres_url or None
     run_bench(config)

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from bookchat.devtools.bench.floor import BENCH_APP
+from bookchat.devtools.bench.procstat import descendants, rss_bytes, tree_cpu_seconds
 
 # Anonymous chats from one IP would hit the per-IP limit within a second.
 UNLIMITED = "100000000"
@@ -60,44 +61,6 @@ def prepare_data(env: dict[str, str], docs_root: Path) -> object:
     return asyncio.run(run_ingest(settings, docs_root, site_url=settings.site_url))
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    found: list[int] = []
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found += [int(p) for p in handle.read().split()]
-        except OSError:
-            continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (granian's workers)."""
-    result: list[int] = []
-    stack = _children(pid)
-    while stack:
-        child = stack.pop()
-        result.append(child)
-        stack += _children(child)
-    return result
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS of one process, 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class Server:
     """A running `bookchat serve` subprocess: base URL, worker pid and RSS probes."""
 
@@ -108,8 +71,17 @@ class Server:
         # The worker is the process that serves requests; fall back to the parent.
         self.worker_pid = workers[-1] if workers else process.pid
 
+    @property
+    def worker_pids(self) -> list[int]:
+        return descendants(self.process.pid) or [self.process.pid]
+
     def worker_rss(self) -> int:
-        return rss_bytes(self.worker_pid)
+        """RSS of the workers, summed (one worker: that worker's)."""
+        return sum(rss_bytes(p) for p in self.worker_pids)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the whole server so far (parent, workers, their threads)."""
+        return tree_cpu_seconds(self.process.pid)
 
     def total_rss(self) -> int:
         return rss_bytes(self.process.pid) + sum(
@@ -119,16 +91,30 @@ class Server:
 
 @contextmanager
 def running_server(
-    env: dict[str, str], *, workers: int = 1, timeout: float = 60, app: str = BENCH_APP
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    timeout: float = 60,
+    app: str = BENCH_APP,
+    cpus: set[int] | None = None,
 ) -> Iterator[Server]:
-    """`bookchat serve` on a free port (the tests use it too); SIGTERM on exit."""
+    """`bookchat serve` on a free port (the tests use it too); SIGTERM on exit.
+
+    `cpus`: the CPUs the server (and so every worker it forks) may run on.
+    """
     port = free_port()
+
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
     process = subprocess.Popen(
         [sys.executable, "-m", "bookchat.cli", "serve", "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(workers), "--app", app],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        preexec_fn=pin if cpus else None,
     )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -165,10 +151,10 @@ def _drain(process: subprocess.Popen[bytes]) -> None:
 
 
 class RssSampler:
-    """Samples a process's RSS in a thread while a load runs; keeps the maximum."""
+    """Samples processes' summed RSS in a thread while a load runs; keeps the maximum."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self.pid = pid
+    def __init__(self, pids: list[int], interval: float = 0.05) -> None:
+        self.pids = pids
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -184,4 +170,4 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self.peak = max(self.peak, sum(rss_bytes(p) for p in self.pids))
