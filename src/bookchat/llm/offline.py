@@ -85,6 +85,9 @@ _DANGLING_RE = re.compile(
 )
 
 
+# The best source's best sentence (never an exercise prompt or an unasked-for caveat)
+# leads the answer when it scores at least this share of the best sentence overall.
+_LEAD_SHARE = 0.15
 # A sentence from another chunk than the best sentence's joins only this close to it.
 _OTHER_BLOCK_SHARE = 0.6
 # A sentence that opens by pointing back ("This", "These errors", "It") or announces
@@ -118,7 +121,7 @@ def _previous_prose(segs: Sequence[Segment], idx: int) -> Segment | None:
 
 
 class _Candidate:
-    __slots__ = ("block", "bullets", "rank", "score", "segment", "terms", "words")
+    __slots__ = ("block", "bullets", "penalised", "rank", "score", "segment", "terms", "words")
 
     def __init__(self, block: ContextBlock, rank: int, segment: Segment, terms: frozenset[str]):
         self.block = block
@@ -127,6 +130,7 @@ class _Candidate:
         self.terms = terms
         self.words = len(segment.text.split())
         self.score = 0.0
+        self.penalised = False  # an exercise prompt or an unasked-for caveat
         self.bullets: list[Segment] = []
 
 
@@ -251,8 +255,10 @@ class OfflineGenerator:
                 kind *= 1.0 if caveat_list else 0.7
             if text.endswith("?") or side_section[id(cand.block)]:
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
+                cand.penalised = True
             if caveat_section[id(cand.block)]:
                 kind *= 0.3
+                cand.penalised = True
             # The search ranked the blocks; a later block needs a much better sentence.
             cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
         return pool, q_terms
@@ -275,6 +281,16 @@ class OfflineGenerator:
                 if c.rank == 0 and c.segment.kind != "code" and not c.segment.text.endswith(":")
             ]  # fmt: skip
             return opening[: self.min_sentences] or [c for c in pool if c.rank == 0][:1]
+        # The search ranked the sources: the answer leads with the best source's best
+        # sentence, so a stray word match elsewhere cannot take the answer off its page.
+        lead = next((c for c in scored if c.rank == 0 and not c.penalised), None)
+        if (
+            lead is not None
+            and lead is not scored[0]
+            and lead.score >= scored[0].score * _LEAD_SHARE
+        ):
+            scored.remove(lead)
+            scored.insert(0, lead)
         floor = scored[0].score * 0.4
         other_floor = scored[0].score * _OTHER_BLOCK_SHARE
         chosen: list[_Candidate] = []
