@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,3 +84,25 @@ async def app_client(settings: Settings, **runtime_parts: Any) -> AsyncIterator[
     runtime = Runtime.build(settings, **runtime_parts) if runtime_parts else None
     async with AsyncTestClient(app=create_app(settings, runtime=runtime)) as client:
         yield client
+
+
+class LogCapture:
+    """Collects the JSON log lines of one logger (survives create_app's logging setup)."""
+
+    def __init__(self, name: str) -> None:
+        from bookchat.observability import JsonFormatter
+
+        self.logger = logging.getLogger(name)
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(JsonFormatter())
+
+    def __enter__(self) -> LogCapture:
+        self.logger.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]

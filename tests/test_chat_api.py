@@ -6,9 +6,11 @@ import asyncio
 import io
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from bookchat.search.types import VectorStoreUnavailableError
 from bookchat.settings import Settings
 
-from .chat_helpers import aingest_sample_book, app_client, ask, ingest_sample_book
+from .chat_helpers import LogCapture, aingest_sample_book, app_client, ask, ingest_sample_book
 from .conftest import make_settings
 from .rag_fakes import RaisingEmbedder, UnavailableStore
 
@@ -349,12 +351,59 @@ async def test_database_failing_mid_chat_still_streams_with_warning(
 ) -> None:
     async for client in app_client(book_settings):
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        real_sessions = runtime.chat.session_maker
         runtime.chat.session_maker = _FailingSessions()  # the stream's own sessions fail
-        answer = await ask(client, PID)
+        runtime.chat.save_timeout = 0.5  # retried until then
+        with LogCapture("bookchat.chat") as logs:
+            started = time.perf_counter()
+            answer = await ask(client, PID)
+            elapsed = time.perf_counter() - started
         assert answer.status == 200
         assert answer.text  # the answer still streamed
         done = answer.first("done")
         assert done["persistence_warning"]
+        assert elapsed < 3  # gave up within the save timeout
+        (failure,) = [r for r in logs.records() if r["msg"] == "could not save answer"]
+        assert failure["attempts"] > 1 and failure["message_id"] == done["message_id"]
+        runtime.chat.session_maker = real_sessions
+        # The answer's row exists (as `streaming`) until this process exits.
+        session = answer.first("session")
+        stored = await client.get(
+            f"/api/v1/sessions/{session['session_id']}/messages",
+            headers={"Authorization": f"Bearer {session['token']}"},
+        )
+        assert [m["status"] for m in stored.json()["messages"]] == ["complete", "streaming"]
+
+
+class _FlakySessions:
+    """Sessions that fail `failures` times like a cut connection, then work."""
+
+    def __init__(self, real: Any, failures: int) -> None:
+        self.real, self.failures, self.calls = real, failures, 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if self.calls <= self.failures:
+            return _FailingSessions()
+        return self.real()
+
+
+async def test_a_failed_answer_save_is_retried_with_backoff(book_settings: Settings) -> None:
+    async for client in app_client(book_settings):
+        chat = client.app.state.runtime.chat  # type: ignore[attr-defined]
+        chat.session_maker = flaky = _FlakySessions(chat.session_maker, failures=3)
+        answer = await ask(client, PID)
+        done = answer.first("done")
+        assert "persistence_warning" not in done
+        assert flaky.calls == 4
+        session = answer.first("session")
+        stored = await client.get(
+            f"/api/v1/sessions/{session['session_id']}/messages",
+            headers={"Authorization": f"Bearer {session['token']}"},
+        )
+        messages = stored.json()["messages"]
+        assert [m["status"] for m in messages] == ["complete", "complete"]
+        assert messages[1]["content"] == answer.text and messages[1]["id"] == done["message_id"]
 
 
 async def test_selected_text_mode_never_touches_store_or_embedder(settings: Settings) -> None:

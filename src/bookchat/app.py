@@ -149,6 +149,9 @@ def create_app(
                 schemas.setdefault(name, schema)
             document_request_rules(schemas)
 
+    async def start_runtime() -> None:
+        await runtime.start()
+
     async def close_runtime() -> None:
         await runtime.close()
 
@@ -179,7 +182,7 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         request_class=JsonBodyRequest,
         state=State({"runtime": runtime, "settings": settings}),
-        on_startup=[add_event_schemas],
+        on_startup=[add_event_schemas, start_runtime],
         on_shutdown=[close_runtime],
         logging_config=None,
         debug=False,

@@ -45,21 +45,27 @@ class ApiError(HTTPException):
         message: str,
         *,
         headers: dict[str, str] | None = None,
+        located: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail=message, status_code=status_code, headers=headers)
         self.code = code
         self.message = message
+        self.located = located  # top-level fields beside `error` (where a chat was stored)
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}, **(extra or {})}
 
 
 def error_response(
-    status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+    status_code: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
     return Response(
-        content=error_body(code, message),
+        content=error_body(code, message, extra),
         status_code=status_code,
         media_type=MediaType.JSON,
         headers=headers,
@@ -82,7 +88,7 @@ def _validation_message(exc: ValidationException) -> str:
 def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     """Wrap Litestar's HTTP errors and our ApiErrors in the envelope."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers, exc.located)
     status = exc.status_code
     code = ERROR_CODES_BY_STATUS.get(status, "internal_error" if status >= 500 else "bad_request")
     if isinstance(exc, ValidationException):

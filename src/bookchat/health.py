@@ -50,9 +50,14 @@ async def check_health(runtime: Runtime) -> HealthReport:
             await connection.execute(text("SELECT 1"))
 
     timeout = runtime.settings.health_timeout
+    lost = await runtime.storage_lost()
     db_status, store_status = await asyncio.gather(
         _probe(database, timeout), _probe(runtime.store.ping, timeout)
     )
+    if lost == "database":
+        db_status = "error"
+    elif lost == "index":
+        store_status = "error"
     llm: ComponentStatus = "offline" if runtime.settings.offline else "ok"
     healthy = db_status == "ok" and store_status == "ok"
     return HealthReport(

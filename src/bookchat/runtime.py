@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -16,7 +17,7 @@ from bookchat.answer.pipeline import AnswerPipeline
 from bookchat.chat.identity import IdentityResolver
 from bookchat.chat.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from bookchat.chat.service import ChatService
-from bookchat.db.config import create_engine
+from bookchat.db.config import DatabaseFileWatch, create_engine
 from bookchat.llm.base import AnswerGenerator, Embedder
 from bookchat.llm.factory import make_embedder, make_genai, make_generator
 from bookchat.search.factory import serving_store_from_settings
@@ -45,6 +46,9 @@ class Runtime:
     chat: ChatService
     genai_client: genai.Client | None = None
     owns_clients: bool = True
+    database_file: DatabaseFileWatch | None = None
+    index_dir: Path | None = None  # the embedded store's directory (None: a Qdrant server)
+    _started: bool = field(default=False, repr=False)
 
     @classmethod
     def build(
@@ -71,6 +75,7 @@ class Runtime:
             pipeline,
             async_sessionmaker(engine, expire_on_commit=False),
             history_messages=settings.history_messages,
+            heartbeat_interval=settings.stream_heartbeat_interval,
         )
         return cls(
             settings=settings,
@@ -80,9 +85,36 @@ class Runtime:
             limiter=make_limiter(settings),
             chat=chat,
             genai_client=client,
+            database_file=DatabaseFileWatch(settings.database_url),
+            index_dir=None if settings.qdrant_url else Path(settings.qdrant_path),
         )
 
+    async def start(self) -> None:
+        """At app startup: register this process as the owner of its streams."""
+        await self.chat.start()
+        if self.database_file is not None:
+            self.database_file.check()  # remember the file being served
+
+    async def storage_lost(self) -> Literal["database", "index"] | None:
+        """Which storage vanished under the running server (`rm -rf var/`), if any.
+
+        A replaced SQLite file (e.g. `bookchat migrate` after the deletion) is taken up:
+        the pool reconnects to it, so serving resumes once it is usable.
+        """
+        if self.database_file is not None:
+            state = self.database_file.check()
+            if state == "missing":
+                return "database"
+            if state == "replaced":
+                logger.warning("the database file was replaced; reconnecting to the new one")
+                await self.engine.dispose()
+                self.database_file.accept()
+        if self.index_dir is not None and not self.index_dir.is_dir():
+            return "index"
+        return None
+
     async def close(self) -> None:
+        await self.chat.stop()
         if not self.owns_clients:
             return
         await self.limiter.close()

@@ -56,6 +56,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     max_body_bytes: int = 131_072
     sse_ping_interval: float = 15.0
     health_timeout: float = 2.0
+    # How often a serving process proves it is alive; 3 missed beats and another process
+    # marks its unfinished answers `interrupted`.
+    stream_heartbeat_interval: float = 10.0
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -85,6 +88,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for name, value in positive.items():
             if value <= 0:
                 raise SettingsError(f"{name}: must be a positive number, got {value}")
+        if self.stream_heartbeat_interval <= 0:
+            raise SettingsError(
+                f"STREAM_HEARTBEAT_INTERVAL: must be a positive number, got "
+                f"{self.stream_heartbeat_interval}"
+            )
         if self.port > 65535:
             raise SettingsError(f"PORT: must be at most 65535, got {self.port}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

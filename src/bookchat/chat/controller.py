@@ -269,6 +269,11 @@ class ChatController(Controller):
         data: JSONBody[ChatRequest],
     ) -> Response[Any]:
         runtime = state.runtime
+        lost = await runtime.storage_lost()
+        if lost == "database":
+            raise ApiError(503, "service_unavailable", "the database is unavailable")
+        if lost == "index":
+            raise ApiError(503, "retrieval_failed", "the book's index is unavailable")
         try:
             identity: Identity = await runtime.identities.resolve(request, db_session)
         except DB_ERRORS as exc:
@@ -291,7 +296,12 @@ class ChatController(Controller):
         if turn.token:
             headers["X-Bookchat-Token"] = turn.token
         if "application/json" in request.headers.get("accept", ""):
-            answer = await service.answer(turn)
+            try:
+                answer = await service.answer(turn)
+            except ApiError as exc:
+                # 502/504 after the question was stored: the token must still reach the reader.
+                exc.headers = {**headers, **(exc.headers or {})}
+                raise
             return Response(answer, headers=headers)
         headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
         return ServerSentEvent(

@@ -122,7 +122,7 @@ class MessageOut(msgspec.Struct, kw_only=True):
     content: str
     retrieval_mode: RetrievalMode
     citations: list[Citation]
-    status: Literal["complete", "interrupted", "failed"]
+    status: Literal["complete", "streaming", "interrupted", "failed"]
     created_at: datetime
 
 
@@ -147,7 +147,11 @@ class ErrorDetail(msgspec.Struct, kw_only=True):
     message: str
 
 
-class ErrorEnvelope(msgspec.Struct, kw_only=True):
-    """Every 4xx/5xx body."""
+class ErrorEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every 4xx/5xx body. A chat that failed after its question was stored (JSON mode's
+    502/504) also says where it is: `session_id`, `message_id` and a new user's `token`."""
 
     error: ErrorDetail
+    session_id: UUID | None = None
+    message_id: UUID | None = None
+    token: str | None = None

@@ -1,9 +1,12 @@
 """The chat flow: decide everything that can fail before streaming, then stream and persist.
 
 `ChatService.begin()` runs inside the request: it checks the session, retrieves, and saves
-the user message, so failures become HTTP statuses (404, 503). `ChatService.run()` then
-produces the events of BRIEF §6 in a task of its own and saves the answer through its own
-database session (the request's session is already closed once the response starts).
+the question together with the answer's row (`streaming`, owned by this process), so
+failures become HTTP statuses (404, 503) and the announced `message_id` exists from the
+first byte. `ChatService.run()` then produces the events of BRIEF §6 in a task of its own
+and completes the answer's row through its own database session (the request's session
+is already closed once the response starts). The completion runs in a task of its own
+that a cancellation cannot stop, and retries with backoff within `SAVE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +26,12 @@ import msgspec
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 from uuid_utils.compat import uuid7
 
 from bookchat import metrics
@@ -44,6 +54,7 @@ from bookchat.chat.schemas import (
     TokenEvent,
     Usage,
 )
+from bookchat.db import ownership
 from bookchat.db.models import ChatSession, Message, User, utcnow
 from bookchat.db.services import (
     ChatSessionService,
@@ -59,6 +70,8 @@ logger = logging.getLogger("bookchat.chat")
 
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, ConnectionError)
 SAVE_TIMEOUT = 30.0  # generous: under overload the save queues for a pooled connection
+HEARTBEAT_TIMEOUT = 5.0
+SAVE_RETRY_WAIT = (0.05, 2.0)  # backoff between save attempts: first and longest wait (s)
 PERSISTENCE_WARNING = "the answer could not be saved; it will be missing from the history"
 
 
@@ -73,6 +86,11 @@ class ChatTurn:
     started: float
     token: str | None = None  # set when this request created a new anonymous user
     retrieved_chunks: int = 0
+
+    def reference(self) -> dict[str, str]:
+        """Where this turn is stored, for an error that ends it (JSON mode)."""
+        found = {"session_id": str(self.session_id), "message_id": str(self.message_id)}
+        return found | ({"token": self.token} if self.token else {})
 
 
 @dataclass
@@ -123,10 +141,18 @@ class ChatService:
         session_maker: Any,
         *,
         history_messages: int,
+        heartbeat_interval: float = 10.0,
     ) -> None:
         self.pipeline = pipeline
         self.session_maker = session_maker
         self.history_messages = history_messages
+        # This process's boot id owns the answers it streams (see db/ownership.py).
+        self.owner = ownership.ProcessIdentity.current()
+        self.heartbeat_interval = heartbeat_interval
+        self.save_timeout = SAVE_TIMEOUT  # tests shorten it
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        # Completions in flight: strong references, so a cancelled stream cannot drop one.
+        self._saves: set[asyncio.Task[str | None]] = set()
         # SQLite has one writer; a waiting writer naps in SQLite's busy handler (up to
         # 100 ms a nap) and misses the lock's release, so under load writes convoy and
         # TTFT p99 reaches seconds. This process's writers queue on an asyncio lock
@@ -145,6 +171,65 @@ class ChatService:
             # One lock per event loop: tests may drive one service from several loops.
             self._write_lock, self._write_lock_loop = asyncio.Lock(), loop
         return self._write_lock
+
+    @property
+    def dead_after(self) -> float:
+        """A process whose heartbeat is older than this is dead (three missed beats)."""
+        return 3 * self.heartbeat_interval
+
+    async def start(self) -> None:
+        """Register this process, repair answers left by dead ones, start the heartbeat."""
+        await self._keep_ownership()
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop())
+
+    async def stop(self) -> None:
+        """Finish pending completions, mark this process's unfinished answers, unregister."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            self._heartbeat_task = None
+        if self._saves:
+            await asyncio.wait(self._saves, timeout=self.save_timeout)
+        try:
+            async with (
+                asyncio.timeout(HEARTBEAT_TIMEOUT),
+                self._writing(),
+                self.session_maker() as session,
+            ):
+                left = await ownership.release(session, self.owner)
+        except DB_ERRORS as exc:
+            logger.warning(
+                "could not release answers at shutdown", extra={"error": type(exc).__name__}
+            )
+            return
+        if left:
+            logger.warning("answers left unfinished at shutdown", extra={"count": left})
+
+    async def _keep_ownership(self) -> None:
+        try:
+            # Bounded: a database that hangs must not hold up startup or the loop.
+            async with (
+                asyncio.timeout(HEARTBEAT_TIMEOUT),
+                self._writing(),
+                self.session_maker() as session,
+            ):
+                await ownership.heartbeat(session, self.owner)
+                repaired = await ownership.interrupt_orphans(
+                    session, self.owner, dead_after=self.dead_after
+                )
+        except DB_ERRORS as exc:
+            logger.warning("stream heartbeat failed", extra={"error": type(exc).__name__})
+            return
+        if repaired:
+            metrics.CHAT_OUTCOMES.labels("interrupted").inc(repaired)
+            logger.warning(
+                "marked answers of exited processes interrupted", extra={"count": repaired}
+            )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self._keep_ownership()
 
     async def begin(self, data: ChatRequest, identity: Identity, db: AsyncSession) -> ChatTurn:
         """Check, retrieve and save the question; raises ApiError for 404/503."""
@@ -178,13 +263,14 @@ class ChatService:
                 metrics.ZERO_HIT_RETRIEVALS.inc()
         try:
             async with self._writing():
-                token, chat = await self._save_question(data, identity, chat, db, prepared)
+                saved = await self._save_question(data, identity, chat, db)
         except DB_ERRORS as exc:
             raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        token, chat, answer_id = saved
         return ChatTurn(
             request=data,
             session_id=chat.id,
-            message_id=uuid7(),
+            message_id=answer_id,
             prepared=prepared,
             started=started,
             token=token,
@@ -210,10 +296,12 @@ class ChatService:
         identity: Identity,
         chat: ChatSession | None,
         db: AsyncSession,
-        prepared: PreparedAnswer,
-    ) -> tuple[str | None, ChatSession]:
-        # One transaction, no read-backs: ids and defaults are made here, so the new rows
-        # need no flush-and-refresh round trips (they are on every chat's critical path).
+    ) -> tuple[str | None, ChatSession, UUID]:
+        """The question and its answer's row (`streaming`, owned by this process).
+
+        One transaction, no read-backs: ids and defaults are made here, so the new rows
+        need no flush-and-refresh round trips (they are on every chat's critical path).
+        """
         token = None
         user: User | None = identity.user
         rows: list[object] = []
@@ -225,6 +313,8 @@ class ChatService:
             rows.append(chat)
         else:
             chat.last_activity = utcnow()
+        asked_at = utcnow()
+        answer_id = uuid7()
         rows.append(
             Message(
                 id=uuid7(),
@@ -237,54 +327,72 @@ class ChatService:
                 citations=[],
                 chunk_count=0,
                 status="complete",
+                created_at=asked_at,
+            )
+        )
+        rows.append(
+            Message(
+                id=answer_id,
+                session_id=chat.id,
+                role="assistant",
+                content="",
+                retrieval_mode=data.mode,
+                citations=[],
+                chunk_count=0,
+                status="streaming",
+                owner_id=self.owner.id,
+                # After its question in the history's (created_at, id) order.
+                created_at=asked_at + timedelta(microseconds=1),
             )
         )
         db.add_all(rows)
         # Commit now: the stream runs after the request's session is closed.
         await db.commit()
-        return token, chat
+        return token, chat, answer_id
 
     async def run(self, turn: ChatTurn) -> AsyncIterator[Event]:
-        """The events of one answer; persists it before `done` (or on cancellation)."""
+        """The events of one answer; completes its row before `done`, or when cancelled."""
         outcome = StreamOutcome()
-        yield (
-            "session",
-            SessionEvent(session_id=turn.session_id, message_id=turn.message_id, token=turn.token),
-        )
+        warning: str | None = None
         metrics.ACTIVE_STREAMS.inc()
         try:
-            try:
-                async for event in turn.prepared.stream():
-                    if isinstance(event, AnswerToken):
-                        if outcome.ttft_ms is None:
-                            outcome.ttft_ms = int((time.perf_counter() - turn.started) * 1000)
-                            metrics.TIME_TO_FIRST_TOKEN.observe(outcome.ttft_ms / 1000)
-                        outcome.text_parts.append(event.text)
-                        yield "token", TokenEvent(content=event.text)
-                    elif isinstance(event, Retrieved):
-                        yield "citations", CitationsEvent(citations=event.citations)
-                    elif isinstance(event, AnswerDone):
-                        outcome.citations = event.citations
-                        outcome.usage = Usage(
-                            prompt_tokens=event.prompt_tokens,
-                            completion_tokens=event.completion_tokens,
-                        )
-                        outcome.finish_reason = event.finish_reason
-                        outcome.grounded = event.grounded
-                        outcome.model = event.model or None
-            except GenerationError as exc:
-                outcome.status, outcome.error = "failed", exc
-                metrics.LLM_ERRORS.labels(exc.code).inc()
-            except (asyncio.CancelledError, GeneratorExit):
-                outcome.status = "interrupted"
-                # Shielded: the client is gone and our scope is cancelled, but the partial
-                # answer must still be saved.
-                with anyio.CancelScope(shield=True):
-                    await self._save_answer(turn, outcome)
-                raise
-            warning = await self._save_answer(turn, outcome)
+            yield (
+                "session",
+                SessionEvent(
+                    session_id=turn.session_id, message_id=turn.message_id, token=turn.token
+                ),
+            )
+            async for event in turn.prepared.stream():
+                if isinstance(event, AnswerToken):
+                    if outcome.ttft_ms is None:
+                        outcome.ttft_ms = int((time.perf_counter() - turn.started) * 1000)
+                        metrics.TIME_TO_FIRST_TOKEN.observe(outcome.ttft_ms / 1000)
+                    outcome.text_parts.append(event.text)
+                    yield "token", TokenEvent(content=event.text)
+                elif isinstance(event, Retrieved):
+                    yield "citations", CitationsEvent(citations=event.citations)
+                elif isinstance(event, AnswerDone):
+                    outcome.citations = event.citations
+                    outcome.usage = Usage(
+                        prompt_tokens=event.prompt_tokens,
+                        completion_tokens=event.completion_tokens,
+                    )
+                    outcome.finish_reason = event.finish_reason
+                    outcome.grounded = event.grounded
+                    outcome.model = event.model or None
+        except GenerationError as exc:
+            outcome.status, outcome.error = "failed", exc
+            metrics.LLM_ERRORS.labels(exc.code).inc()
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome.status = "interrupted"  # the client left: keep what was said
+            raise
+        except BaseException:
+            outcome.status = "failed"
+            raise
         finally:
             metrics.ACTIVE_STREAMS.dec()
+            # Runs on every path, the disconnect and an error included; see `_complete`.
+            warning = await self._complete(turn, outcome)
         if outcome.error is not None:
             yield (
                 "error",
@@ -319,7 +427,8 @@ class ChatService:
                 done = payload
             elif isinstance(payload, ErrorEvent):
                 status = 504 if payload.code == "generation_timeout" else 502
-                raise ApiError(status, payload.code, payload.message)
+                # The question, session and (new) user exist: say where to find them.
+                raise ApiError(status, payload.code, payload.message, located=turn.reference())
         assert done is not None
         return ChatResponse(
             message_id=turn.message_id,
@@ -333,45 +442,85 @@ class ChatService:
             persistence_warning=done.persistence_warning,
         )
 
+    async def _complete(self, turn: ChatTurn, outcome: StreamOutcome) -> str | None:
+        """Complete the answer's row in a task a cancellation cannot stop.
+
+        If the stream is cancelled again while waiting (the client left during the save),
+        the save goes on: the task is kept in `_saves` and `stop()` waits for it.
+        """
+        task = asyncio.create_task(self._save_answer(turn, outcome))
+        self._saves.add(task)
+        task.add_done_callback(self._saves.discard)
+        return await asyncio.shield(task)
+
     async def _save_answer(self, turn: ChatTurn, outcome: StreamOutcome) -> str | None:
-        """Store the assistant message; returns a warning instead of raising if the DB fails."""
+        """Complete the assistant row, retrying with backoff within `save_timeout`.
+
+        Returns a warning instead of raising when every attempt failed; the row then stays
+        `streaming` until this process exits and a successor marks it `interrupted`.
+        """
         label = outcome.status
         if label == "complete" and not outcome.grounded:
             label = "abstained"
-        metrics.CHAT_OUTCOMES.labels(label).inc()
         metrics.ANSWER_TOKENS.labels("prompt").inc(outcome.usage.prompt_tokens)
         metrics.ANSWER_TOKENS.labels("completion").inc(outcome.usage.completion_tokens)
-        message = Message(
-            id=turn.message_id,
-            session_id=turn.session_id,
-            role="assistant",
-            content="".join(outcome.text_parts),
-            retrieval_mode=turn.request.mode,
-            citations=msgspec.to_builtins(outcome.citations),
-            chunk_count=turn.retrieved_chunks,
-            status=outcome.status,
-            error_code=outcome.error.code if outcome.error else None,
-            model=outcome.model,
-            prompt_tokens=outcome.usage.prompt_tokens,
-            completion_tokens=outcome.usage.completion_tokens,
-            ttft_ms=outcome.ttft_ms,
-            latency_ms=int((time.perf_counter() - turn.started) * 1000),
-        )
+        values = {
+            "content": "".join(outcome.text_parts),
+            "citations": msgspec.to_builtins(outcome.citations),
+            "chunk_count": turn.retrieved_chunks,
+            "status": outcome.status,
+            "owner_id": None,
+            "error_code": outcome.error.code if outcome.error else None,
+            "model": outcome.model,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "ttft_ms": outcome.ttft_ms,
+            "latency_ms": int((time.perf_counter() - turn.started) * 1000),
+        }
+        attempts = 0
         try:
-            with anyio.fail_after(SAVE_TIMEOUT):
-                async with self._writing(), self.session_maker() as session:
-                    session.add(message)
-                    await session.execute(
-                        update(ChatSession)
-                        .where(ChatSession.id == turn.session_id)
-                        .values(last_activity=utcnow())
-                    )
-                    await session.commit()
+            with anyio.fail_after(self.save_timeout):
+                # tenacity: backoff with jitter between attempts; the outer limit bounds
+                # an attempt that hangs (tenacity only stops between attempts).
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(DB_ERRORS),
+                    wait=wait_random_exponential(
+                        multiplier=SAVE_RETRY_WAIT[0], max=SAVE_RETRY_WAIT[1]
+                    ),
+                    stop=stop_after_delay(self.save_timeout),
+                    reraise=True,
+                ):
+                    with attempt:
+                        attempts += 1
+                        await self._write_answer(turn, values)
         except (*DB_ERRORS, TimeoutError) as exc:
             metrics.PERSISTENCE_FAILURES.inc()
             logger.error(
                 "could not save answer",
-                extra={"message_id": str(turn.message_id), "error": type(exc).__name__},
+                extra={
+                    "message_id": str(turn.message_id),
+                    "error": type(exc).__name__,
+                    "attempts": attempts,
+                },
             )
             return PERSISTENCE_WARNING
+        if attempts > 1:
+            logger.warning(
+                "answer saved after retries",
+                extra={"message_id": str(turn.message_id), "attempts": attempts},
+            )
+        # Counted once the row says so: `chat_outcomes` equals the stored rows.
+        metrics.CHAT_OUTCOMES.labels(label).inc()
         return None
+
+    async def _write_answer(self, turn: ChatTurn, values: dict[str, Any]) -> None:
+        async with self._writing(), self.session_maker() as session:
+            await session.execute(
+                update(Message).where(Message.id == turn.message_id).values(**values)
+            )
+            await session.execute(
+                update(ChatSession)
+                .where(ChatSession.id == turn.session_id)
+                .values(last_activity=utcnow())
+            )
+            await session.commit()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from advanced_alchemy.extensions.litestar import AsyncSessionConfig, SQLAlchemyAsyncConfig
 from sqlalchemy import event
@@ -19,6 +20,44 @@ def ensure_sqlite_directory(database_url: str) -> None:
     url = make_url(database_url)
     if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+class DatabaseFileWatch:
+    """Notices a SQLite file deleted or replaced under a running server.
+
+    An open SQLite connection keeps writing into a deleted file (its inode lives on), so
+    `rm -rf var/` would silently lose every later chat. `check()` is one `os.stat`.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        name = url.database
+        is_file = url.drivername.startswith("sqlite") and name and name != ":memory:"
+        self.path = Path(name).absolute() if is_file and name else None
+        self._seen: tuple[int, int] | None = None
+
+    def _identity(self) -> tuple[int, int] | None:
+        assert self.path is not None
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def check(self) -> Literal["ok", "missing", "replaced"]:
+        """`ok` (the first file seen is remembered), `missing`, or `replaced` (another file)."""
+        if self.path is None:
+            return "ok"
+        identity = self._identity()
+        if identity is None:
+            return "missing"
+        if self._seen is None:
+            self._seen = identity
+        return "ok" if identity == self._seen else "replaced"
+
+    def accept(self) -> None:
+        """Serve from the file now at the path (after reconnecting to it)."""
+        self._seen = self._identity() if self.path is not None else None
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

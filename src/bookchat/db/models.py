@@ -8,7 +8,7 @@ from uuid import UUID
 
 from advanced_alchemy.base import UUIDv7Base
 from advanced_alchemy.types import GUID, DateTimeUTC, JsonB
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 
@@ -48,10 +48,18 @@ class ChatSession(UUIDv7Base):
 
 
 class Message(UUIDv7Base):
-    """One user question or assistant answer."""
+    """One user question or assistant answer.
+
+    An answer's row is inserted with its question as `streaming`, owned by the serving
+    process (`owner_id`, a `ServerProcess`), and completed when the answer ends; rows a
+    dead process left `streaming` are marked `interrupted` (`db/ownership.py`).
+    """
 
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_session_created", "session_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_messages_session_created", "session_id", "created_at"),
+        Index("ix_messages_status_owner", "status", "owner_id"),
+    )
 
     session_id: Mapped[UUID] = mapped_column(
         GUID, ForeignKey("chat_sessions.id", ondelete="CASCADE")
@@ -63,7 +71,9 @@ class Message(UUIDv7Base):
     source_doc_path: Mapped[str | None] = mapped_column(String(512), default=None)
     citations: Mapped[list[dict[str, Any]]] = mapped_column(JsonB, default=list)
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
+    # complete | streaming | interrupted | failed
     status: Mapped[str] = mapped_column(String(16), default="complete")
+    owner_id: Mapped[UUID | None] = mapped_column(GUID, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     model: Mapped[str | None] = mapped_column(String(128), default=None)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
@@ -75,3 +85,20 @@ class Message(UUIDv7Base):
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
 
     session: Mapped[ChatSession] = relationship(back_populates="messages", lazy="noload")
+
+
+class ServerProcess(UUIDv7Base):
+    """A serving process, registered at startup and kept alive by a heartbeat.
+
+    `id` is the process's boot id (new at every start). `host_key` names the kernel boot
+    and PID namespace, so a process with the same key can check `pid` + `pid_started`
+    directly; others rely on `heartbeat_at`.
+    """
+
+    __tablename__ = "server_processes"
+
+    host_key: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_started: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    started_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)

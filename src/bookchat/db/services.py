@@ -122,10 +122,14 @@ class MessageService(SQLAlchemyAsyncRepositoryService[Message]):
         return list(rows)
 
     async def recent_history(self, session_id: UUID, limit: int) -> list[Message]:
-        """The last `limit` complete messages, oldest first (prompt history)."""
+        """The last `limit` usable messages, oldest first (prompt history): no failed
+        answers, and none still streaming (a concurrent question's)."""
         rows = await self.repository.session.scalars(
             select(Message)
-            .where(Message.session_id == session_id, Message.status != "failed")
+            .where(
+                Message.session_id == session_id,
+                Message.status.not_in(("failed", "streaming")),
+            )
             .order_by(Message.created_at.desc(), Message.id.desc())
             .limit(limit)
         )
