@@ -225,7 +225,10 @@ async def test_a_client_leaving_at_any_moment_leaves_one_stored_answer(
     assert content.startswith("".join(seen))
     if moment in {"before_first_token", "mid_stream"}:
         assert status == "interrupted"
-    if moment == "during_save":  # the answer had ended: the save completes it
+    if moment == "during_save" and backend.name == "postgres":
+        # PostgreSQL showed the save waiting on the lock: the answer had ended, and the
+        # save completes it after the client left. (SQLite cannot show the waiter, so the
+        # client may have left a moment before the server read the provider's last chunk.)
         assert status == "complete" and content.split()[-1] == WORDS[-1]
 
 

@@ -47,7 +47,8 @@ class Runtime:
     genai_client: genai.Client | None = None
     owns_clients: bool = True
     database_file: DatabaseFileWatch | None = None
-    index_dir: Path | None = None  # the embedded store's directory (None: a Qdrant server)
+    # The embedded store's directory, watched once it exists at startup (None: a server).
+    index_dir: Path | None = None
     _started: bool = field(default=False, repr=False)
 
     @classmethod
@@ -94,6 +95,8 @@ class Runtime:
         await self.chat.start()
         if self.database_file is not None:
             self.database_file.check()  # remember the file being served
+        if self.index_dir is not None and not self.index_dir.is_dir():
+            self.index_dir = None  # nothing ingested yet: retrieval reports that itself
 
     async def storage_lost(self) -> Literal["database", "index"] | None:
         """Which storage vanished under the running server (`rm -rf var/`), if any.
