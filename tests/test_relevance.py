@@ -255,3 +255,22 @@ async def test_questions_about_the_selection_in_other_words_are_answered(questio
 async def test_questions_about_something_else_are_declined(question: str) -> None:
     done, _ = await _ask_selection(question)
     assert not done.grounded and done.text == SELECTION_NOT_COVERED
+
+
+ROS_BOOK = (
+    "ROS 2 nodes publish messages on topics; a subscriber receives them. Install the "
+    "packages your robot needs and source the workspace before you launch a node. "
+    "Dijkstra's algorithm expands the cheapest node first."
+)
+
+
+def test_a_named_thing_the_book_never_mentions_is_refused() -> None:
+    # Most words are the book's; "Ubuntu" is a name the book never uses.
+    evidence = _judge("How do I install ROS 2 nodes on Ubuntu?", ROS_BOOK)
+    assert evidence.verdict == "refuse" and "ubuntu" in evidence.missing_words
+
+
+def test_a_typo_is_not_a_name() -> None:
+    # "shoud" is one edit from "should"; "djikstra" one edit from the book's "dijkstra".
+    assert _judge("which node shoud publish the topic?", ROS_BOOK).verdict == "answer"
+    assert _judge("how does djikstra expand a node?", ROS_BOOK).verdict == "answer"

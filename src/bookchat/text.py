@@ -31,6 +31,8 @@ __all__ = [
     "approx_tokens",
     "content_terms",
     "content_words",
+    "edits1",
+    "everyday_spelling",
     "jaccard",
     "light_stem",
     "light_term_set",
@@ -535,3 +537,32 @@ def light_stem(word: str) -> str:
 def light_term_set(text: str) -> frozenset[str]:
     """Light stems (`light_stem`) of the content words of `text` (memoised per chunk)."""
     return frozenset(light_stem(w) for w in content_words(text))
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def edits1(word: str) -> set[str]:
+    """Every string one edit (delete, transpose, replace, insert) away from `word`.
+
+    Norvig's construction, written here because pyspellchecker's `SpellChecker` loads a
+    second copy of the same dictionary (2 s) for what is a set of string edits.
+    """
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    deletes = [a + b[1:] for a, b in splits if b]
+    transposes = [a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1]
+    replaces = [a + c + b[1:] for a, b in splits if b for c in _LETTERS]
+    inserts = [a + c + b for a, b in splits for c in _LETTERS]
+    return set(deletes + transposes + replaces + inserts)
+
+
+def everyday_spelling(word: str, *, min_zipf: float = 3.0) -> str | None:
+    """The common English word `word` is one typo away from ("shoud" → "should"), if any."""
+    if not word.isalpha() or len(word) < 4:
+        return None
+    best: tuple[float, str] | None = None
+    for candidate in edits1(word):
+        z = _zipf(candidate)
+        if z >= min_zipf and (best is None or z > best[0]):
+            best = (z, candidate)
+    return best[1] if best else None

@@ -49,7 +49,7 @@ from typing import Literal
 
 import msgspec
 
-from bookchat.text import content_words, light_stem, specificity, stem
+from bookchat.text import content_words, edits1, everyday_spelling, light_stem, specificity, stem
 
 __all__ = [
     "DENSE_CLEAR_MISS",
@@ -66,6 +66,9 @@ Verdict = Literal["answer", "grey", "refuse"]
 REFUSE_MISSING_SHARE = 0.6
 GREY_MISSING_SHARE = 0.3
 SCATTERED_BEST_HIT_SHARE = 0.3
+# zipf ≤ 1.5: names and jargon ("ubuntu", "px4", "quadcopter"), not everyday English.
+NAMED_THING_SPECIFICITY = 4.0
+TYPO_CHECK_SPECIFICITY = 3.0
 DENSE_CLEAR_MISS = 0.5
 EXPANSION_WEIGHT = 0.5
 
@@ -111,13 +114,22 @@ def judge(
     (Porter, light) per returned hit; `expansion` holds follow-up words (weigh half).
     """
     weighted: dict[str, float] = {}
-    for word in content_words(question):
+    own = content_words(question)
+    for word in own:
         weighted[word] = specificity(word)
     for word in expansion:
         for w in content_words(word):
             weighted.setdefault(w, specificity(w) * EXPANSION_WEIGHT)
-    total = sum(weighted.values())
     in_book = {w: _credit(w, candidate_light, candidate_terms) for w in weighted}
+    for w in list(weighted):
+        if in_book[w] == 0.0 and weighted[w] >= TYPO_CHECK_SPECIFICITY:
+            # Readers misspell: one edit from a word of the book is that word; one edit
+            # from an everyday word weighs as that word ("shoud" is "should", not a name).
+            if w.isalpha() and len(w) >= 4 and edits1(light_stem(w)) & candidate_light:
+                in_book[w] = 1.0
+            elif (spelling := everyday_spelling(w)) is not None:
+                weighted[w] = specificity(spelling) * (weighted[w] / max(specificity(w), 1e-9))
+    total = sum(weighted.values())
     missing = [w for w, c in in_book.items() if c < 1.0]
     missing_mass = sum(weighted[w] * (1.0 - in_book[w]) for w in missing)
     found = sum(v * _credit(w, hit_light, hit_terms) for w, v in weighted.items())
@@ -129,8 +141,11 @@ def judge(
         ),
         default=0.0,
     )
+    named = [w for w in own if in_book[w] == 0.0 and weighted[w] >= NAMED_THING_SPECIFICITY]
     verdict: Verdict
-    if found <= 0 or share >= REFUSE_MISSING_SHARE:
+    if found <= 0 or share >= REFUSE_MISSING_SHARE or named:
+        # `named`: the question names a thing (a product, a tool, a brand: a word nearly
+        # absent from general English) that the book never mentions.
         verdict = "refuse"
     elif share >= GREY_MISSING_SHARE:
         # Partly missing and what was found is scattered: no single passage holds the
