@@ -122,13 +122,15 @@ def judge(
             weighted.setdefault(w, specificity(w) * EXPANSION_WEIGHT)
     in_book = {w: _credit(w, candidate_light, candidate_terms) for w in weighted}
     for w in list(weighted):
-        if in_book[w] == 0.0 and weighted[w] >= TYPO_CHECK_SPECIFICITY:
-            # Readers misspell: one edit from a word of the book is that word; one edit
-            # from an everyday word weighs as that word ("shoud" is "should", not a name).
-            if w.isalpha() and len(w) >= 4 and edits1(light_stem(w)) & candidate_light:
-                in_book[w] = 1.0
-            elif (spelling := everyday_spelling(w)) is not None:
-                weighted[w] = specificity(spelling) * (weighted[w] / max(specificity(w), 1e-9))
+        # Readers misspell: a rare word one edit from a word of the book is that word.
+        if (
+            in_book[w] == 0.0
+            and weighted[w] >= TYPO_CHECK_SPECIFICITY
+            and w.isalpha()
+            and len(w) >= 4
+            and edits1(light_stem(w)) & candidate_light
+        ):
+            in_book[w] = 1.0
     total = sum(weighted.values())
     missing = [w for w, c in in_book.items() if c < 1.0]
     missing_mass = sum(weighted[w] * (1.0 - in_book[w]) for w in missing)
@@ -141,7 +143,14 @@ def judge(
         ),
         default=0.0,
     )
-    named = [w for w in own if in_book[w] == 0.0 and weighted[w] >= NAMED_THING_SPECIFICITY]
+    # One edit from an everyday word ("shoud" → "should") may be a typo: not a name.
+    named = [
+        w
+        for w in own
+        if in_book[w] == 0.0
+        and weighted[w] >= NAMED_THING_SPECIFICITY
+        and everyday_spelling(w) is None
+    ]
     verdict: Verdict
     if found <= 0 or share >= REFUSE_MISSING_SHARE or named:
         # `named`: the question names a thing (a product, a tool, a brand: a word nearly
