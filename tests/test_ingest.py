@@ -210,6 +210,7 @@ def test_ingest_cli_json_summary(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert set(summary) == {
         "files_seen", "files_changed", "files_deleted", "chunks_added", "chunks_updated",
-        "chunks_deleted", "chunks_unchanged", "embedding_calls", "seconds",
+        "chunks_deleted", "chunks_unchanged", "embedding_calls", "seconds", "pages_skipped",
     }  # fmt: skip
     assert summary["files_seen"] == 11 and summary["embedding_calls"] == 0
+    assert summary["pages_skipped"] == []

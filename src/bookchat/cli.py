@@ -20,6 +20,9 @@ from bookchat.settings import Settings, SettingsError, load_settings
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from bookchat.ingest.pipeline import IngestSummary
+    from bookchat.ingest.routes import TrailingSlashChoice
+
 
 DEFAULT_APP = "bookchat.app:create_app"
 
@@ -128,11 +131,16 @@ def _progress_printer(use_bar: bool) -> tuple[Progress | None, Callable[[int, in
     return None, plain
 
 
+def _report_skipped(summary: IngestSummary) -> None:
+    """One line per skipped page on stderr, naming the file and the reason."""
+    for skip in summary.pages_skipped:
+        print(f"bookchat: skipped {skip.path}: {skip.reason}", file=sys.stderr)
+
+
 def cmd_ingest(args: argparse.Namespace) -> None:
     import msgspec
 
     from bookchat.ingest.pipeline import IngestError, run_ingest
-    from bookchat.ingest.routes import link_style
     from bookchat.search.types import CollectionMismatchError, VectorStoreUnavailableError
 
     settings = _settings()
@@ -150,6 +158,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
                     site_url=args.site_url or settings.site_url,
                     recreate=args.recreate,
                     dry_run=args.dry_run,
+                    prune=args.prune,
                     progress=progress,
                     trailing_slash=trailing_slash,
                 )
@@ -157,19 +166,48 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     except (IngestError, CollectionMismatchError, VectorStoreUnavailableError) as exc:
         _fail(str(exc), 1)
         return
+    except OSError as exc:  # the docs tree or the store's folder cannot be read or written
+        _fail(f"ingest failed: {exc}", 1)
+        return
+    _report_skipped(summary)
     if args.json:
         print(msgspec.json.encode(summary).decode())
-        return
+    else:
+        _print_summary(
+            summary, docs_root, settings, dry_run=args.dry_run, trailing_slash=trailing_slash
+        )
+    if summary.pages_skipped:
+        _fail(
+            f"{len(summary.pages_skipped)} page(s) skipped (listed above); the rest of "
+            + ("the book was checked (dry run)" if args.dry_run else "the book was ingested"),
+            1,
+        )
+
+
+def _print_summary(
+    summary: IngestSummary,
+    docs_root: Path,
+    settings: Settings,
+    *,
+    dry_run: bool,
+    trailing_slash: TrailingSlashChoice,
+) -> None:
+    import msgspec
+
+    from bookchat.ingest.routes import link_style
+
     data = msgspec.structs.asdict(summary)
+    data.pop("pages_skipped")
     mode = (
         "dry run, nothing written"
-        if args.dry_run
+        if dry_run
         else ("offline: BM25 only" if settings.offline else f"dense: {settings.embedding_model}")
     )
     print(f"ingested {docs_root} ({mode})")
     print(f"  {'links':<17} {link_style(docs_root, trailing_slash).source}")
     for key, value in data.items():
         print(f"  {key:<17} {value}")
+    print(f"  {'pages_skipped':<17} {len(summary.pages_skipped)}")
 
 
 def _quiet(done: int, total: int, doc_path: str) -> None:
@@ -182,9 +220,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     print("bookchat: applying migrations", file=sys.stderr)
     cmd_migrate(argparse.Namespace(revision="head"))
     docs_root = Path(settings.docs_path)
-    from bookchat.ingest.pipeline import run_ingest
+    from bookchat.ingest.pipeline import IngestError, run_ingest
+    from bookchat.search.types import CollectionMismatchError, VectorStoreUnavailableError
 
-    summary = asyncio.run(run_ingest(settings, docs_root, site_url=settings.site_url))
+    try:
+        summary = asyncio.run(run_ingest(settings, docs_root, site_url=settings.site_url))
+    except (IngestError, CollectionMismatchError, VectorStoreUnavailableError, OSError) as exc:
+        _fail(str(exc), 1)
+        return
+    _report_skipped(summary)  # the quick start serves the rest of the book anyway
     print(f"bookchat: ingested {docs_root}: {summary}", file=sys.stderr)
     print(
         f"bookchat: serving on http://{settings.host}:{settings.port}/ "
@@ -231,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="report what would change, write nothing"
     )
     ingest.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    ingest.add_argument(
+        "--prune",
+        "--force",
+        action="store_true",
+        help="allow deleting all or more than half of the indexed pages",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     up = sub.add_parser("up", help="migrate, ingest the sample book and serve (quick start)")

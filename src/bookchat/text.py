@@ -13,6 +13,7 @@ again and again by every answer that retrieves them.
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import json
 import math
@@ -308,7 +309,10 @@ _ABBREVIATIONS = frozenset(
     co corp dept est min max sec vol ch pp ed eds u.s u.k a.k.a resp incl
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
-_BOUNDARY_RE = re.compile(r"[.!?]+[\"'”’)\]]*\s+")
+# Matches start only at the first mark of a run (the lookbehind): otherwise finditer
+# would rescan a run of n dots from each of its n positions (quadratic; 20k dots: 22 s).
+_BOUNDARY_RE = re.compile(r"(?<![.!?])[.!?]+[\"'”’)\]]*\s+")
+_WORD_WINDOW = 64  # longer than any abbreviation: the last word is looked up in this window
 
 
 def strip_markdown(text: str) -> str:
@@ -332,13 +336,17 @@ def prose_sentences(paragraph: str) -> list[str]:
     code; the one sentence splitter of the package (chunking uses it too).
     """
     code_spans = [m.span() for m in re.finditer(r"`[^`]*`", paragraph)]
+    span_starts = [a for a, _ in code_spans]
     out: list[str] = []
     start = 0
     for m in _BOUNDARY_RE.finditer(paragraph):
         end = m.end()
-        if any(a <= m.start() < b for a, b in code_spans):
+        inside = bisect.bisect_right(span_starts, m.start()) - 1  # spans do not overlap
+        if inside >= 0 and m.start() < code_spans[inside][1]:
             continue  # a "." inside inline code (e.g. `rclpy.init()`)
-        before = paragraph[start : m.start() + 1]
+        # A bounded window, not paragraph[start:]: sentences that do not end here would
+        # make every lookup rescan the whole unfinished sentence (quadratic).
+        before = paragraph[max(start, m.start() + 1 - _WORD_WINDOW) : m.start() + 1]
         last_word = before.rsplit(None, 1)[-1].lower().strip("(\"'*_`").rstrip(".")
         if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
             continue  # "e.g.", "Fig.", initials such as "J."

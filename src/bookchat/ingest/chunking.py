@@ -36,7 +36,7 @@ from pathlib import Path
 
 import msgspec
 
-from bookchat.ingest.markdown import ATOMIC_KINDS, Block, DocPage, load_docs
+from bookchat.ingest.markdown import ATOMIC_KINDS, Block, DocPage, SkippedPage, load_docs
 from bookchat.ingest.routes import (
     LinkStyle,
     TrailingSlashChoice,
@@ -429,19 +429,35 @@ def chunk_page(
 
 
 def chunk_book(
-    docs_root: Path, *, site_url: str, trailing_slash: TrailingSlashChoice = "auto"
+    docs_root: Path,
+    *,
+    site_url: str,
+    trailing_slash: TrailingSlashChoice = "auto",
+    skipped: list[SkippedPage] | None = None,
 ) -> list[PageChunks]:
     """Parse and chunk every published page of a Docusaurus docs tree (drafts/partials skipped).
 
     `trailing_slash="auto"` follows the `docusaurus.config.*` above `docs_root`, if any.
+    With `skipped`, a page that cannot be read, parsed or chunked is appended to it and
+    the rest of the book goes on (see `load_docs`); without it, the first bad page raises.
     """
     style = link_style(docs_root, trailing_slash)
-    return [
-        PageChunks(
-            doc_path=page.doc_path,
-            source_path=page.source_path,
-            title=page.title,
-            chunks=chunk_page(page, site_url=site_url, style=style),
+    books: list[PageChunks] = []
+    for page in load_docs(docs_root, skipped):
+        try:
+            chunks = chunk_page(page, site_url=site_url, style=style)
+        except Exception as exc:
+            if skipped is None:
+                raise
+            reason = f"cannot be chunked: {type(exc).__name__}: {exc}"
+            skipped.append(SkippedPage(page.rel_path, reason, unsafe=False))
+            continue
+        books.append(
+            PageChunks(
+                doc_path=page.doc_path,
+                source_path=page.source_path,
+                title=page.title,
+                chunks=chunks,
+            )
         )
-        for page in load_docs(docs_root)
-    ]
+    return books

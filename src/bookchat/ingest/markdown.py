@@ -7,7 +7,9 @@ inside of a code fence, a table or an admonition.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,19 +39,42 @@ _ESM_START = re.compile(
     r"^(?:import\s*[\w{*'\"]|export\s+(?:default|const|let|var|function|"
     r"async|class|\{|\*))"
 )
-# Either an inline code span (kept verbatim) or an MDX/JSX/HTML construct to drop.
-_INLINE_MDX = re.compile(
-    r"(?P<code>(?P<ticks>`+)[\s\S]*?(?P=ticks))"
-    r"|(?P<comment><!--[\s\S]*?-->|\{/\*[\s\S]*?\*/\})"
-    r"|(?P<tag></?[A-Za-z][\w.\-]*(?![\w.\-]*[:@])"
-    r"(?:\s+(?:[^<>\"'{}]|\"[^\"]*\"|'[^']*'|\{(?:[^{}]|\{[^{}]*\})*\})*)?\s*/?>)"
-)
 _ADMONITION_PARAMS = re.compile(r"^\s*([A-Za-z]+)")
 _CONTAINER_CLOSE = re.compile(r"^[ \t]*:{3,}[ \t]*$")
 
 
-class FrontMatterError(ValueError):
-    """A page's YAML front matter cannot be parsed (Docusaurus would fail the build too)."""
+# Limits on what one page may hold (a hostile book must not exhaust memory or disk).
+MAX_PAGE_BYTES = 4 * 1024 * 1024
+MAX_FRONT_MATTER_BYTES = 64 * 1024
+MAX_FIELD_CHARS = {"title": 500, "sidebar_label": 500, "slug": 500, "id": 500}
+MAX_DESCRIPTION_CHARS = 5000
+MAX_TAGS = 100
+MAX_TAG_CHARS = 200
+
+# C0/C1 control characters except tab and newline: NUL breaks PostgreSQL text columns,
+# and none of them means anything in Markdown.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class PageError(ValueError):
+    """One page cannot be ingested; the message names the reason (the caller adds the file)."""
+
+
+class FrontMatterError(PageError):
+    """A page's YAML front matter is invalid (Docusaurus would fail the build too)."""
+
+
+class UnsafePageError(PageError):
+    """A page that must not be read: outside the docs root, or not a regular file."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedPage:
+    """A file that was not ingested, and why."""
+
+    rel_path: str  # posix, relative to the docs root
+    reason: str
+    unsafe: bool  # refused for safety (never read); otherwise its content is invalid
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,44 +145,98 @@ def _new_parser() -> MarkdownIt:
 _PARSER = _new_parser()
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases: `*a` repeated in nested lists is a
+    "billion laughs" bomb (360 bytes expanded to a 50 MB title), and front matter never
+    needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in front matter", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def split_front_matter(source: str) -> tuple[dict[str, Any], str, int]:
     """Return (front matter mapping, body, number of lines the front matter occupied)."""
     match = _FRONT_MATTER.match(source)
     if match is None:
+        if source.startswith("---\n") and "\n---" not in source[4:]:
+            raise FrontMatterError("front matter opened with `---` is never closed")
         return {}, source, 0
+    raw = match.group(1)
+    if len(raw.encode("utf-8")) > MAX_FRONT_MATTER_BYTES:
+        raise FrontMatterError(f"front matter is over {MAX_FRONT_MATTER_BYTES // 1024} KiB")
     try:
-        data = yaml.safe_load(match.group(1)) or {}
+        data = yaml.load(raw, Loader=_NoAliasLoader) or {}  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise FrontMatterError(f"invalid YAML front matter: {exc}") from exc
+        raise FrontMatterError(f"invalid YAML front matter: {_one_line(str(exc))}") from exc
     if not isinstance(data, dict):
-        raise FrontMatterError("front matter must be a YAML mapping")
+        raise FrontMatterError(f"front matter must be a YAML mapping, not a {type(data).__name__}")
     header = match.group(0)
     return data, source[len(header) :], header.count("\n")
 
 
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def strip_control_chars(text: str) -> str:
+    """Drop C0/C1 control characters (NUL included), keeping tab and newline."""
+    return _CONTROL_CHARS.sub("", text)
+
+
+def _scalar_text(value: Any, name: str, limit: int) -> str:
+    if isinstance(value, dict | list):
+        raise FrontMatterError(f"front matter `{name}` must be text, not a {type(value).__name__}")
+    text = strip_control_chars(str(value))
+    if len(text) > limit:
+        raise FrontMatterError(f"front matter `{name}` is {len(text)} characters (at most {limit})")
+    return text
+
+
+def _opt_str(data: dict[str, Any], name: str, limit: int | None = None) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    return _scalar_text(value, name, limit or MAX_FIELD_CHARS[name])
+
+
+def _tags(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise FrontMatterError(f"front matter `tags` must be a list, not a {type(raw).__name__}")
+    if len(raw) > MAX_TAGS:
+        raise FrontMatterError(f"front matter has {len(raw)} tags (at most {MAX_TAGS})")
+    tags = []
+    for tag in raw:
+        if isinstance(tag, dict):
+            tag = tag.get("label", "")
+        if tag is not None:
+            tags.append(_scalar_text(tag, "tags", MAX_TAG_CHARS))
+    return tuple(t for t in tags if t)
 
 
 def parse_front_matter(data: dict[str, Any]) -> FrontMatter:
-    """Normalise the raw YAML mapping (tags may be strings or `{label: …}` objects)."""
-    raw_tags = data.get("tags") or []
-    if isinstance(raw_tags, str):
-        raw_tags = [raw_tags]
-    tags = tuple(
-        str(tag.get("label", "")) if isinstance(tag, dict) else str(tag)
-        for tag in raw_tags
-        if tag is not None
-    )
+    """Validate and normalise the raw YAML mapping (tags: strings or `{label: …}` objects).
+
+    Text fields are length-capped and stripped of control characters; a field of the
+    wrong shape (`tags: 5`, a list as title) is a FrontMatterError, as in Docusaurus.
+    """
     position = data.get("sidebar_position")
     return FrontMatter(
-        title=_opt_str(data.get("title")),
-        description=_opt_str(data.get("description")),
-        tags=tuple(t for t in tags if t),
-        sidebar_label=_opt_str(data.get("sidebar_label")),
+        title=_opt_str(data, "title"),
+        description=_opt_str(data, "description", MAX_DESCRIPTION_CHARS),
+        tags=_tags(data.get("tags")),
+        sidebar_label=_opt_str(data, "sidebar_label"),
         sidebar_position=float(position) if isinstance(position, int | float) else None,
-        slug=_opt_str(data.get("slug")),
-        id=_opt_str(data.get("id")),
+        slug=_opt_str(data, "slug"),
+        id=_opt_str(data, "id"),
         draft=data.get("draft") is True,
         unlisted=data.get("unlisted") is True,
     )
@@ -168,13 +247,144 @@ def _blank_same_lines(text: str) -> str:
     return "\n" * text.count("\n")
 
 
-def _clean_inline_mdx(segment: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match.group("code") is not None:
-            return match.group(0)
-        return _blank_same_lines(match.group(0))
+# The inline MDX cleanup is a hand-written scanner, not a regex: the one-pattern version
+# (`<tag` + attributes) backtracked cubically (`"<a" + " " * 4000` took 118 s), and
+# markdown-it has no tokenizer for MDX's JSX (`{…}` attribute expressions, tags spanning
+# lines). It recognises exactly what that pattern did — inline code spans (kept, with
+# CommonMark's equal-length backtick runs), `<!-- -->` and `{/* */}` comments, and tags
+# `</?Name attrs /?>` whose attributes may hold quoted strings and `{…}` expressions
+# nested two deep — but only moves forward and remembers every failed attempt, so a
+# segment costs time linear in its length, whatever it holds.
+_INLINE_START = re.compile(r"[`<]|\{/\*")
+_BACKTICKS = re.compile(r"`+")
+_TAG_NAME = re.compile(r"</?[A-Za-z][\w.\-]*")
+_ATTR_PLAIN = re.compile(r"[^<>\"'{}]*")
+_BRACE_PLAIN = re.compile(r"[^{}]*")
 
-    return _INLINE_MDX.sub(replace, segment)
+
+def _skip(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    """End of `pattern` (a possibly empty run) matched at `pos`."""
+    match = pattern.match(text, pos)
+    return pos if match is None else match.end()
+
+
+class _InlineScanner:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._tag_ends: dict[int, int] = {}  # attribute-scan position → tag end, -1: none
+        self._closers: dict[str, tuple[int, int]] = {}  # closer → (searched from, found at)
+        self._code_ends: dict[int, int] | None = None
+
+    def code_span_end(self, start: int) -> int:
+        """End of the code span opened by the backtick run at `start`, -1 when unclosed."""
+        if self._code_ends is None:
+            ends: dict[int, int] = {}
+            next_run_end: dict[int, int] = {}  # run length → end of the next run that long
+            runs = [(m.start(), m.end()) for m in _BACKTICKS.finditer(self.text)]
+            for run_start, run_end in reversed(runs):
+                length = run_end - run_start
+                ends[run_start] = next_run_end.get(length, -1)
+                next_run_end[length] = run_end
+            self._code_ends = ends
+        return self._code_ends.get(start, -1)
+
+    def closer_end(self, closer: str, pos: int) -> int:
+        """End of the first `closer` at or after `pos` (positions only grow), -1 when none."""
+        cached = self._closers.get(closer)
+        if cached is not None and pos >= cached[0] and (cached[1] < 0 or cached[1] >= pos):
+            found = cached[1]
+        else:
+            found = self.text.find(closer, pos)
+            self._closers[closer] = (pos, found)
+        return found + len(closer) if found >= 0 else -1
+
+    def tag_end(self, start: int) -> int:
+        """End of the JSX/HTML tag starting at `start` (a `<`), -1 when it is not one."""
+        text = self.text
+        name = _TAG_NAME.match(text, start)
+        if name is None or name.end() >= len(text):
+            return -1
+        pos = name.end()
+        char = text[pos]
+        if char == ">":
+            return pos + 1
+        if char == "/":
+            return pos + 2 if text.startswith(">", pos + 1) else -1
+        if not char.isspace():  # includes `:`/`@`: `<https://…>` and `<a@b.org>` stay
+            return -1
+        return self._attributes_end(pos)
+
+    def _attributes_end(self, pos: int) -> int:
+        text = self.text
+        visited: list[int] = []
+        end = -1
+        while True:
+            stop = _skip(_ATTR_PLAIN, text, pos)
+            known = self._tag_ends.get(stop)
+            if known is not None:
+                end = known
+                break
+            visited.append(stop)
+            if stop >= len(text) or text[stop] in "<}":
+                break
+            char = text[stop]
+            if char == ">":
+                end = stop + 1
+                break
+            if char in "\"'":
+                close = text.find(char, stop + 1)
+                if close < 0:
+                    break
+                pos = close + 1
+            else:
+                pos = self._expression_end(stop)
+                if pos < 0:
+                    break
+        for stop in visited:
+            self._tag_ends[stop] = end
+        return end
+
+    def _expression_end(self, pos: int) -> int:
+        """End of a `{…}` attribute expression at `pos` (one nested `{…}` level allowed)."""
+        text = self.text
+        pos += 1
+        while True:
+            stop = _skip(_BRACE_PLAIN, text, pos)
+            if stop >= len(text):
+                return -1
+            if text[stop] == "}":
+                return stop + 1
+            inner = _skip(_BRACE_PLAIN, text, stop + 1)
+            if inner >= len(text) or text[inner] != "}":
+                return -1
+            pos = inner + 1
+
+
+def _clean_inline_mdx(segment: str) -> str:
+    scanner = _InlineScanner(segment)
+    out: list[str] = []
+    copied = 0
+    pos = 0
+    while (found := _INLINE_START.search(segment, pos)) is not None:
+        start = found.start()
+        if segment[start] == "`":
+            end = scanner.code_span_end(start)
+            pos = end if end >= 0 else _skip(_BACKTICKS, segment, start)
+            continue  # code spans are kept verbatim; an unclosed run is literal text
+        if segment.startswith("<!--", start):
+            end = scanner.closer_end("-->", start + 4)
+        elif segment[start] == "<":
+            end = scanner.tag_end(start)
+        else:
+            end = scanner.closer_end("*/}", start + 3)
+        if end < 0:
+            pos = start + 1
+            continue
+        out.append(segment[copied:start])
+        out.append(_blank_same_lines(segment[start:end]))
+        copied = pos = end
+    out.append(segment[copied:])
+    return "".join(out)
 
 
 def clean_mdx(body: str) -> str:
@@ -336,18 +546,73 @@ def parse_blocks(body: str, *, line_offset: int = 0) -> tuple[list[Block], list[
 def heading_anchor_strip(line: str) -> str:
     """Remove a trailing `{#id}` from a raw ATX heading line."""
     stripped = line.rstrip()
-    match = re.search(r"\s*\{#[^{}]*\}\s*#*$", stripped)
-    return stripped[: match.start()] if match else stripped
+    # No leading `\s*` in the pattern: searched, it would rescan every run of spaces
+    # from each of its positions (quadratic); rstrip does that part in one pass.
+    match = _HEADING_ID_SUFFIX.search(stripped)
+    return stripped[: match.start()].rstrip() if match else stripped
+
+
+_HEADING_ID_SUFFIX = re.compile(r"\{#[^{}]*\}\s*#*$")
+
+
+def read_page_text(path: Path, docs_root: Path) -> str:
+    """A page's text, refusing anything that is not a regular file inside `docs_root`.
+
+    The real path (symlinks resolved) must lie inside the real docs root: a book must not
+    be able to pull `/proc/self/environ` or `/etc/passwd` into the index. The file is
+    opened without blocking (a FIFO cannot hang ingestion) and checked with fstat, so the
+    check is on the file actually read. Text is UTF-8 (a BOM is dropped); CR/CRLF become
+    LF and control characters are stripped.
+    """
+    root = docs_root.resolve()
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # dangling or looping symlink
+        raise UnsafePageError(f"cannot resolve its real path ({exc.__class__.__name__})") from exc
+    if not real.is_relative_to(root):
+        raise UnsafePageError(f"its real path {real} is outside the docs root")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+    try:
+        fd = os.open(real, flags)
+    except OSError as exc:
+        raise UnsafePageError(f"cannot be opened: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePageError("not a regular file")
+        if info.st_size > MAX_PAGE_BYTES:
+            raise UnsafePageError(f"{info.st_size} bytes (pages are at most {MAX_PAGE_BYTES})")
+        data = handle.read(MAX_PAGE_BYTES + 1)
+    if len(data) > MAX_PAGE_BYTES:
+        raise UnsafePageError(f"over {MAX_PAGE_BYTES} bytes (it grew while being read)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PageError(
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from exc
+    return strip_control_chars(text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def load_page(path: Path, docs_root: Path) -> DocPage:
-    """Parse one `.md`/`.mdx` file of a docs tree (drafts are parsed too; callers skip them)."""
+    """Parse one `.md`/`.mdx` file of a docs tree (drafts are parsed too; callers skip them).
+
+    Every failure is a PageError whose message starts with the file's path.
+    """
     rel_path = path.relative_to(docs_root).as_posix()
-    raw = path.read_text(encoding="utf-8").replace("\r\n", "\n")
     try:
-        data, body, fm_lines = split_front_matter(raw)
-    except FrontMatterError as exc:
-        raise FrontMatterError(f"{rel_path}: {exc}") from exc
+        return _parse_page(path, rel_path, read_page_text(path, docs_root))
+    except UnsafePageError as exc:
+        raise UnsafePageError(f"{rel_path}: {exc}") from exc
+    except PageError as exc:
+        raise type(exc)(f"{rel_path}: {exc}") from exc
+    except ValueError as exc:  # Docusaurus rules, e.g. an id with a slash
+        message = str(exc).removeprefix(f"{rel_path}: ")
+        raise PageError(f"{rel_path}: {message}") from exc
+
+
+def _parse_page(path: Path, rel_path: str, raw: str) -> DocPage:
+    data, body, fm_lines = split_front_matter(raw)
     front_matter = parse_front_matter(data)
     blocks, headings = parse_blocks(clean_mdx(body), line_offset=fm_lines)
     route = doc_route(
@@ -370,17 +635,70 @@ def load_page(path: Path, docs_root: Path) -> DocPage:
     )
 
 
-def iter_doc_files(docs_root: Path) -> Iterator[Path]:
-    """Every `.md`/`.mdx` file Docusaurus would consider, sorted; `_`/`.` names excluded."""
+def scan_doc_files(docs_root: Path) -> tuple[list[Path], list[SkippedPage]]:
+    """The `.md`/`.mdx` files Docusaurus would consider (sorted; `_`/`.` names excluded),
+    and the candidates refused without being read: symlinks whose target is outside the
+    docs root, and special files (FIFOs, sockets, devices)."""
+    root = docs_root.resolve()
+    files: list[Path] = []
+    refused: list[SkippedPage] = []
+    # Path.rglob does not descend into symlinked folders, so every candidate's parent
+    # folders are real folders inside the tree; only the candidate itself may be a link.
     for path in sorted(docs_root.rglob("*")):
         rel_parts = path.relative_to(docs_root).parts
         if any(part.startswith(("_", ".")) for part in rel_parts):
             continue
-        if path.is_file() and path.suffix in DOC_SUFFIXES:
-            yield path
+        rel_path = "/".join(rel_parts)
+        try:
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                real = path.resolve(strict=True)
+                if not real.is_relative_to(root):
+                    if path.suffix in DOC_SUFFIXES or real.is_dir():
+                        reason = f"symlink to {real}, outside the docs root"
+                        refused.append(SkippedPage(rel_path, reason, unsafe=True))
+                    continue
+                mode = real.stat().st_mode
+        except (OSError, RuntimeError):
+            if path.suffix in DOC_SUFFIXES:
+                refused.append(SkippedPage(rel_path, "broken symlink", unsafe=True))
+            continue
+        if path.suffix not in DOC_SUFFIXES or stat.S_ISDIR(mode):
+            continue
+        if stat.S_ISREG(mode):
+            files.append(path)
+        else:
+            reason = "not a regular file (FIFO, socket or device)"
+            refused.append(SkippedPage(rel_path, reason, unsafe=True))
+    return files, refused
 
 
-def load_docs(docs_root: Path) -> list[DocPage]:
-    """Load every published page of a docs tree: `draft: true` pages and partials skipped."""
-    pages = (load_page(path, docs_root) for path in iter_doc_files(docs_root))
-    return [page for page in pages if not page.front_matter.draft]
+def iter_doc_files(docs_root: Path) -> Iterator[Path]:
+    """Every `.md`/`.mdx` file Docusaurus would consider and bookchat may read, sorted."""
+    yield from scan_doc_files(docs_root)[0]
+
+
+def load_docs(docs_root: Path, skipped: list[SkippedPage] | None = None) -> list[DocPage]:
+    """Load every published page of a docs tree: `draft: true` pages and partials skipped.
+
+    Files that must not be read are never read. With a `skipped` list, those and every
+    page that fails to parse are appended to it and the rest is loaded; without one, a
+    page that fails to parse raises its PageError (refused files are still not read).
+    """
+    files, refused = scan_doc_files(docs_root)
+    if skipped is not None:
+        skipped.extend(refused)
+    pages: list[DocPage] = []
+    for path in files:
+        try:
+            page = load_page(path, docs_root)
+        except PageError as exc:
+            if skipped is None:
+                raise
+            rel_path = path.relative_to(docs_root).as_posix()
+            reason = str(exc).removeprefix(f"{rel_path}: ")
+            skipped.append(SkippedPage(rel_path, reason, isinstance(exc, UnsafePageError)))
+            continue
+        if not page.front_matter.draft:
+            pages.append(page)
+    return pages

@@ -27,8 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 _IGNORED_PREFIX = re.compile(r"^\d+[-_.]\d+")
 _NUMBER_PREFIX = re.compile(r"^(?P<number>\d+)\s*[-_.]+\s*(?P<suffix>[^-_.\s].*)$", re.DOTALL)
 
-# parseMarkdownHeadingId() in @docusaurus/utils.
-_HEADING_ID = re.compile(r"\s*\{#((?:.(?!\{#|\}))*.)\}$")
+# parseMarkdownHeadingId() in @docusaurus/utils, without its leading `\s*`: searched, that
+# rescans every run of spaces from each of its positions (quadratic); rstrip() does it.
+_HEADING_ID = re.compile(r"\{#((?:.(?!\{#|\}))*.)\}$")
 
 # github-slugger strips these Unicode general categories (see its script/generate-regex).
 _STRIPPED_CATEGORIES = frozenset(
@@ -284,7 +285,7 @@ def parse_heading_id(heading: str) -> tuple[str, str | None]:
     match = _HEADING_ID.search(heading)
     if match is None:
         return heading, None
-    return heading[: match.start()] + heading[match.end() :], match.group(1)
+    return heading[: match.start()].rstrip() + heading[match.end() :], match.group(1)
 
 
 @lru_cache(maxsize=4096)
