@@ -1,8 +1,9 @@
 """Small, dependency-free text analysis shared by retrieval, grounding and the offline answerer.
 
 - `content_terms()`: lowercase word tokens minus stopwords (including question and
-  request words such as *what*, *how*, *explain*), stemmed with a compact Porter stemmer
-  written here (no downloads, no third-party package).
+  request words such as *what*, *how*, *explain*), stemmed by the BM25 index's own
+  analyser (qdrant-edge's English Snowball), so the lexical signals match what the index
+  matches.
 - `segments()`: Markdown split into readable units — prose sentences (robust to
   abbreviations, decimals and inline code), list items, table rows, headings and whole
   code blocks — with Markdown syntax stripped from everything but code.
@@ -23,6 +24,7 @@ from importlib import resources
 from typing import Literal
 
 import msgspec
+import qdrant_edge
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -78,124 +80,29 @@ _TOKEN_CACHE_SIZE = 16384
 
 
 # ---------------------------------------------------------------------------------------
-# Porter stemmer (M. F. Porter, 1980), compact form: steps 1a–5b.
+# Stemming: the BM25 index's own analysis
 # ---------------------------------------------------------------------------------------
 
-_STEP2 = (
-    ("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"),
-    ("izer", "ize"), ("bli", "ble"), ("alli", "al"), ("entli", "ent"), ("eli", "e"),
-    ("ousli", "ous"), ("ization", "ize"), ("ation", "ate"), ("ator", "ate"),
-    ("alism", "al"), ("iveness", "ive"), ("fulness", "ful"), ("ousness", "ous"),
-    ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"), ("logi", "log"),
-)  # fmt: skip
-_STEP3 = (
-    ("icate", "ic"), ("ative", ""), ("alize", "al"), ("iciti", "ic"), ("ical", "ic"),
-    ("ful", ""), ("ness", ""),
-)  # fmt: skip
-_STEP4 = (
-    "al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent",
-    "ion", "ou", "ism", "ate", "iti", "ous", "ive", "ize",
-)  # fmt: skip
-# Longest suffix first, so "ement" wins over "ment" and "ent".
-_STEP2_SORTED = tuple(sorted(_STEP2, key=lambda p: -len(p[0])))
-_STEP3_SORTED = tuple(sorted(_STEP3, key=lambda p: -len(p[0])))
-_STEP4_SORTED = tuple(sorted(_STEP4, key=len, reverse=True))
 
-
-def _is_cons(w: str, i: int) -> bool:
-    c = w[i]
-    if c in "aeiou":
-        return False
-    if c == "y":
-        return i == 0 or not _is_cons(w, i - 1)
-    return True
-
-
-def _measure(stem_: str) -> int:
-    m = 0
-    prev_vowel = False
-    for i in range(len(stem_)):
-        vowel = not _is_cons(stem_, i)
-        if prev_vowel and not vowel:
-            m += 1
-        prev_vowel = vowel
-    return m
-
-
-def _has_vowel(stem_: str) -> bool:
-    return any(not _is_cons(stem_, i) for i in range(len(stem_)))
-
-
-def _double_cons(w: str) -> bool:
-    return len(w) >= 2 and w[-1] == w[-2] and _is_cons(w, len(w) - 1)
-
-
-def _cvc(w: str) -> bool:
-    n = len(w)
-    return (
-        n >= 3
-        and _is_cons(w, n - 3)
-        and not _is_cons(w, n - 2)
-        and _is_cons(w, n - 1)
-        and w[-1] not in "wxy"
-    )
-
-
-def _porter(w: str) -> str:
-    # Step 1a: plurals.
-    if w.endswith(("sses", "ies")):
-        w = w[:-2]
-    elif w.endswith("s") and not w.endswith("ss"):
-        w = w[:-1]
-    # Step 1b: -eed, -ed, -ing.
-    if w.endswith("eed"):
-        if _measure(w[:-3]) > 0:
-            w = w[:-1]
-    else:
-        for suf in ("ed", "ing"):
-            if w.endswith(suf) and _has_vowel(w[: -len(suf)]):
-                w = w[: -len(suf)]
-                if w.endswith(("at", "bl", "iz")):
-                    w += "e"
-                elif _double_cons(w) and w[-1] not in "lsz":
-                    w = w[:-1]
-                elif _measure(w) == 1 and _cvc(w):
-                    w += "e"
-                break
-    # Step 1c: y -> i.
-    if w.endswith("y") and _has_vowel(w[:-1]):
-        w = w[:-1] + "i"
-    # Steps 2 and 3: double suffixes.
-    for table in (_STEP2_SORTED, _STEP3_SORTED):
-        for suf, rep in table:
-            if w.endswith(suf):
-                if _measure(w[: -len(suf)]) > 0:
-                    w = w[: -len(suf)] + rep
-                break
-    # Step 4: single suffixes when the stem is long enough.
-    for suf in _STEP4_SORTED:
-        if w.endswith(suf):
-            base = w[: -len(suf)]
-            if _measure(base) > 1 and (suf != "ion" or base.endswith(("s", "t"))):
-                w = base
-            break
-    # Step 5: final -e and -ll.
-    if w.endswith("e"):
-        base = w[:-1]
-        m = _measure(base)
-        if m > 1 or (m == 1 and not _cvc(base)):
-            w = base
-    if w.endswith("ll") and _measure(w) > 1:
-        w = w[:-1]
-    return w
+@lru_cache(maxsize=1)
+def _analyser() -> qdrant_edge.Bm25:
+    # The same analyser that builds the BM25 index (search/sparse.py): English Snowball
+    # stemming, terms hashed to u32 ids. Only the ids are used here, so k/b do not matter.
+    return qdrant_edge.Bm25(qdrant_edge.Bm25Config(language="english"))
 
 
 @lru_cache(maxsize=_TOKEN_CACHE_SIZE)
 def stem(word: str) -> str:
-    """Porter-stem one lowercase word; words with digits or ≤ 2 letters are kept as is."""
+    """The index's stem of one lowercase word, as an opaque term ("#<id>").
+
+    The lexical signals (relevance, duplicates, the offline answerer) thus match words
+    exactly as the BM25 index does. Words with digits, ≤ 2 letters, or dropped by the
+    index's stop-word list are kept as they are.
+    """
     if len(word) <= 2 or not word.isalpha():
         return word
-    return _porter(word)
+    ids = _analyser().embed_query(word).indices
+    return f"#{ids[0]}" if len(ids) else word
 
 
 # ---------------------------------------------------------------------------------------
@@ -519,7 +426,7 @@ _VOWELS = frozenset("aeiou")
 def light_stem(word: str) -> str:
     """Inflection-only stemming: plurals, -ing, -ed and a final -e ("tuning" = "tune").
 
-    Porter conflates derivations ("transformer" and "transforms", "predictive" and
+    Snowball conflates derivations ("transformer" and "transforms", "predictive" and
     "predict"), which is right for ranking but wrong for deciding whether the book talks
     about the question's exact subject; the relevance decision uses both.
     """

@@ -224,10 +224,10 @@ class AnswerPipeline:
         by two?") is about the selection itself, so it is covered.
         """
         text = f"{selected_text}\n{where}"
-        porter, light = term_set(text), light_term_set(text)
+        stems, light = term_set(text), light_term_set(text)
         evidence = judge(
-            question, [], candidate_terms=porter, candidate_light=light, hit_terms=porter,
-            hit_light=light, each_hit=[(porter, light)],
+            question, [], candidate_terms=stems, candidate_light=light, hit_terms=stems,
+            hit_light=light, each_hit=[(stems, light)],
         )  # fmt: skip
         return evidence.weight < self.min_selection_topic or evidence.verdict != "refuse"
 

@@ -85,15 +85,13 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
     dense_best: float | None  # best dense cosine among the hits (None: BM25 only)
 
 
-PORTER_ONLY_CREDIT = 0.5  # found only through Porter conflation ("predictive" ~ "predict")
+STEM_ONLY_CREDIT = 0.5  # found only through stemming ("predictive" ~ "predict")
 
 
-def _credit(
-    word: str, light: frozenset[str] | set[str], porter: frozenset[str] | set[str]
-) -> float:
+def _credit(word: str, light: frozenset[str] | set[str], stems: frozenset[str] | set[str]) -> float:
     if light_stem(word) in light:
         return 1.0
-    return PORTER_ONLY_CREDIT if stem(word) in porter else 0.0
+    return STEM_ONLY_CREDIT if stem(word) in stems else 0.0
 
 
 def judge(
@@ -109,9 +107,9 @@ def judge(
 ) -> Evidence:
     """The verdict for `question` given the candidates' and the hits' stems.
 
-    `*_terms` are Porter stems, `*_light` inflection-only stems (`text.light_stem`): a
-    word found only through Porter conflation earns `PORTER_ONLY_CREDIT`. `each_hit` is
-    (Porter, light) per returned hit; `expansion` holds follow-up words (weigh half).
+    `*_terms` are the index's stems, `*_light` inflection-only stems (`text.light_stem`): a
+    word found only through stem conflation earns `STEM_ONLY_CREDIT`. `each_hit` is
+    (stems, light stems) per returned hit; `expansion` holds follow-up words (weigh half).
     """
     weighted: dict[str, float] = {}
     own = content_words(question)
@@ -138,8 +136,8 @@ def judge(
     share = missing_mass / total if total else 1.0
     best_hit = max(
         (
-            sum(v * _credit(w, light, porter) for w, v in weighted.items())
-            for porter, light in each_hit
+            sum(v * _credit(w, light, stems) for w, v in weighted.items())
+            for stems, light in each_hit
         ),
         default=0.0,
     )
