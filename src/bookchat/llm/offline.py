@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator, Sequence
+from functools import lru_cache
 
 import msgspec
 
@@ -120,6 +121,54 @@ def _previous_prose(segs: Sequence[Segment], idx: int) -> Segment | None:
     return None
 
 
+class _Unit(msgspec.Struct, frozen=True):
+    """A segment as the answer may show it, with the terms it is scored on."""
+
+    segment: Segment
+    terms: frozenset[str]  # its own words: context added for reading is not scored
+    bullets: tuple[Segment, ...] = ()
+
+
+@lru_cache(maxsize=4096)
+def _readable_units(text: str) -> tuple[_Unit, ...]:
+    """The candidate units of a chunk (memoised: the same chunks recur across answers).
+
+    Headings are dropped; a sentence cut before a formula keeps a short formula line; one
+    that points back ("prevents this:") is read with the sentence before it, or dropped;
+    an intro line ending in ":" carries the list it introduces.
+    """
+    segs = segments(text)
+    units: list[_Unit] = []
+    for idx, seg in enumerate(segs):
+        if seg.kind == "heading":
+            continue
+        introduces_list = (
+            seg.kind == "prose"
+            and seg.text.endswith(":")
+            and idx + 1 < len(segs)
+            and segs[idx + 1].kind == "bullet"
+        )
+        terms = term_set(seg.text)
+        if seg.kind == "prose" and not introduces_list and _DANGLING_RE.search(seg.text):
+            # "the distance is" introduces a formula: keep a short one with it.
+            formula = _formula_after(segs, idx)
+            if formula is None:
+                continue
+            seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula}")
+        if seg.kind == "prose" and _BACK_REFERENCE_RE.match(seg.text):
+            # "Anti-windup prevents this:" / "This is why…": read with what precedes.
+            before = _previous_prose(segs, idx)
+            if before is None:
+                continue
+            seg = msgspec.structs.replace(seg, text=f"{before.text} {seg.text}")
+        bullets: tuple[Segment, ...] = ()
+        if seg.kind == "prose" and seg.text.endswith(":"):
+            # An intro line reads well only with the list it introduces.
+            bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
+        units.append(_Unit(segment=seg, terms=terms, bullets=bullets))
+    return tuple(units)
+
+
 class _Candidate:
     __slots__ = ("block", "bullets", "penalised", "rank", "score", "segment", "terms", "words")
 
@@ -171,33 +220,11 @@ class OfflineGenerator:
         why = _WHY_Q_RE.match(question) is not None
         pool: list[_Candidate] = []
         for rank, block in enumerate(context):
-            segs = segments(block.text)
-            for idx, seg in enumerate(segs):
-                if seg.kind == "heading" or (seg.kind == "code" and not wants_code):
+            for unit in _readable_units(block.text):
+                if unit.segment.kind == "code" and not wants_code:
                     continue
-                introduces_list = (
-                    seg.kind == "prose"
-                    and seg.text.endswith(":")
-                    and idx + 1 < len(segs)
-                    and segs[idx + 1].kind == "bullet"
-                )
-                own_terms = term_set(seg.text)  # scored on its own words, shown with context
-                if seg.kind == "prose" and not introduces_list and _DANGLING_RE.search(seg.text):
-                    # "the distance is" introduces a formula: keep a short one with it.
-                    formula = _formula_after(segs, idx)
-                    if formula is None:
-                        continue
-                    seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula}")
-                if seg.kind == "prose" and _BACK_REFERENCE_RE.match(seg.text):
-                    # "Anti-windup prevents this:" / "This is why…": read with what precedes.
-                    before = _previous_prose(segs, idx)
-                    if before is None:
-                        continue
-                    seg = msgspec.structs.replace(seg, text=f"{before.text} {seg.text}")
-                cand = _Candidate(block, rank, seg, own_terms)
-                if seg.kind == "prose" and seg.text.endswith(":"):
-                    # An intro line reads well only with the list it introduces.
-                    cand.bullets = [s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4]
+                cand = _Candidate(block, rank, unit.segment, unit.terms)
+                cand.bullets = list(unit.bullets)
                 pool.append(cand)
         if not q_terms:
             return pool, q_terms
