@@ -41,10 +41,11 @@ async def ask(
     message: str,
     *,
     token: str | None = None,
+    headers: dict[str, str] | None = None,
     **body: Any,
 ) -> SSEAnswer:
     """POST /api/v1/chat and collect every SSE event (or the error envelope)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
     async with aconnect_sse(
         client, "POST", "/api/v1/chat", json={"message": message, **body}, headers=headers
     ) as source:

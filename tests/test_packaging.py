@@ -99,6 +99,7 @@ def test_directly_imported_packages_are_declared() -> None:
     import_names = {  # import name -> distribution name, where they differ
         "yaml": "pyyaml",
         "dotenv": "python-dotenv",
+        "jwt": "pyjwt",
         "qdrant_edge": "qdrant-edge-py",
         "markdown_it": "markdown-it-py",
         "mdit_py_plugins": "mdit-py-plugins",

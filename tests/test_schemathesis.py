@@ -99,6 +99,7 @@ OPERATIONS = [
     "DELETE /api/v1/sessions/{session_id}",
     "POST /api/v1/messages/{message_id}/feedback",
     "POST /api/v1/chat",
+    "POST /api/v1/auth/migrate-sessions",
 ]
 INPUTLESS = {"GET /healthz", "GET /api/v1/health"}  # nothing to make invalid
 POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bookchat import __version__
 from bookchat.chat.controller import ChatController, SessionsController
 from bookchat.chat.openapi import chat_components, document_request_rules
+from bookchat.chat.signin import AuthController
 from bookchat.db.config import make_alchemy_config
 from bookchat.errors import (
     JsonBodyRequest,
@@ -160,6 +161,7 @@ def create_app(
             HealthController,
             SessionsController,
             ChatController,
+            AuthController,
             MetricsController,
             docs_redirect,
             demo_page,

@@ -82,7 +82,7 @@ class Runtime:
             settings=settings,
             engine=engine,
             store=store,
-            identities=IdentityResolver(settings),
+            identities=IdentityResolver(settings, engine),
             limiter=make_limiter(settings),
             chat=chat,
             genai_client=client,

@@ -47,6 +47,19 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     redis_url: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     api_keys: tuple[str, ...] = ()
+    # The book's existing widget never sends a token: let a session created without one be
+    # continued from the same client IP (see chat/identity.py and docs/SECURITY.md).
+    tokenless_sessions: bool = True
+    # Key of the HMAC that binds a tokenless session to its client IP; when unset, one is
+    # generated once and kept in the database (table `server_secrets`), shared by replicas.
+    session_binding_secret: str | None = None
+    # Signed-in readers: a JWT from the site's identity provider, verified with its JWKS
+    # (RS256/ES256/EdDSA) or a shared HS256 secret; issuer and audience checked when set.
+    auth_jwks_url: str | None = None
+    auth_jwt_secret: str | None = None
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwks_cache_seconds: int = 300
     rate_limit_anonymous: int = 10
     rate_limit_token: int = 20
     rate_limit_ip: int = 60
@@ -84,6 +97,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             "RATE_LIMIT_WINDOW": self.rate_limit_window,
             "MAX_BODY_BYTES": self.max_body_bytes,
             "DATABASE_POOL_SIZE": self.database_pool_size,
+            "AUTH_JWKS_CACHE_SECONDS": self.auth_jwks_cache_seconds,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -102,6 +116,20 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             )
         if not self.site_url.startswith(("http://", "https://")):
             raise SettingsError(f"SITE_URL: expected an http(s) URL, got {self.site_url!r}")
+        if self.auth_jwks_url and not self.auth_jwks_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"AUTH_JWKS_URL: expected an http(s) URL, got {self.auth_jwks_url!r}"
+            )
+        if self.session_binding_secret is not None and len(self.session_binding_secret) < 32:
+            raise SettingsError("SESSION_BINDING_SECRET: use at least 32 random characters")
+        if self.auth_jwt_secret is not None and len(self.auth_jwt_secret) < 32:
+            # RFC 7518 §3.2: an HS256 key must be at least 256 bits.
+            raise SettingsError("AUTH_JWT_SECRET: an HS256 secret needs at least 32 bytes")
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Signed-in readers' JWTs are accepted (a JWKS URL or an HS256 secret is set)."""
+        return bool(self.auth_jwks_url or self.auth_jwt_secret)
 
     @property
     def is_sqlite(self) -> bool:

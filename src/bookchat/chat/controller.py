@@ -67,10 +67,10 @@ def message_out(message: Message) -> MessageOut:
 
 
 async def require_user(request: Request[Any, Any, Any], state: State, db: AsyncSession) -> User:
-    """The token's user; 401 without a token (the history endpoints are per user)."""
-    identity: Identity = await state.runtime.identities.resolve(request, db)
-    if identity.user is None:
-        raise ApiError(401, "unauthorized", "a bearer token is required for this endpoint")
+    """The token's (or signed-in reader's) user; 401 without a valid bearer: the history
+    endpoints are per user, and tokenless readers have no history to list."""
+    identity: Identity = await state.runtime.identities.resolve(request, db, require_user=True)
+    assert identity.user is not None
     return identity.user
 
 
@@ -238,8 +238,15 @@ SSE_DESCRIPTION = """Server-Sent Events (default) or, with `Accept: application/
   `generation_blocked`, `rate_limited`, `internal_error`)
 
 Comment lines (`: ping`) keep idle connections open every 15 s. Everything that can be
-decided before streaming is an HTTP status with the error envelope instead: 400, 401,
-404, 429 (with `Retry-After`), 503."""
+decided before streaming is an HTTP status with the error envelope instead: 400, 404,
+429 (with `Retry-After`), 503. Refused requests (400, 404) do not count against the rate
+limit.
+
+Identity: a bookchat token, an API key or a verified JWT of the site's identity provider
+as `Authorization: Bearer …`; any other bearer (unknown, expired, malformed) is treated
+as anonymous here, never a 401. Without a token, a `session_id` created without a token
+may be continued from the same client IP (`TOKENLESS_SESSIONS`). `source_section` and
+`source_doc_path` longer than 300 / 512 characters are cut at a word boundary."""
 
 
 class ChatController(Controller):
@@ -252,7 +259,8 @@ class ChatController(Controller):
         description=SSE_DESCRIPTION,
         status_code=200,
         responses={
-            **ERRORS,
+            # No 401: a bearer bookchat cannot verify is answered as anonymous.
+            **{status: spec for status, spec in ERRORS.items() if status != 401},
             **JSON_BODY_ERRORS,
             429: ResponseSpec(ErrorEnvelope, description="rate_limit_exceeded (Retry-After)"),
             503: ResponseSpec(ErrorEnvelope, description="retrieval_failed / service_unavailable"),
@@ -278,6 +286,9 @@ class ChatController(Controller):
             identity: Identity = await runtime.identities.resolve(request, db_session)
         except DB_ERRORS as exc:
             raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        service: ChatService = runtime.chat
+        # 404 (and every other refusal) before counting: only accepted chats cost a hit.
+        opened = await service.open_session(data, identity, db_session)
         decision = await runtime.limiter.hit(
             _windows(identity, runtime.settings), runtime.settings.rate_limit_window
         )
@@ -290,8 +301,7 @@ class ChatController(Controller):
                 f"too many messages; try again in {wait} s",
                 headers=decision.headers(),
             )
-        service: ChatService = runtime.chat
-        turn = await service.begin(data, identity, db_session)
+        turn = await service.begin(data, identity, db_session, opened)
         headers = decision.headers()
         if turn.token:
             headers["X-Bookchat-Token"] = turn.token

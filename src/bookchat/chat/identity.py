@@ -1,20 +1,48 @@
-"""Who is asking: the bearer token's user (or an API key's), and the client IP."""
+"""Who is asking: the bearer's user (a bookchat token, an API key or a signed-in reader's
+JWT) or an anonymous reader, and the client IP.
+
+Tokenless continuation (BRIEF §9, issue 13): the book's deployed widget never sends a
+credential, only `session_id`. A session created without a token stores
+`HMAC-SHA256(key, client IP)` (`chat_sessions.client_binding`, never the IP itself), and an
+anonymous request from the same IP may continue it while it is active. The key is
+SESSION_BINDING_SECRET, or one generated on first use and kept in the database table
+`server_secrets` (so every worker and replica shares it). TOKENLESS_SESSIONS=false turns
+it off.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import logging
+import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
+from uuid import UUID
 
 from litestar import Request
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from uuid_utils.compat import uuid7
 
-from bookchat.db.models import User, utcnow
+from bookchat.chat.idp_tokens import (
+    IdpTokenVerifier,
+    IdpUnavailable,
+    InvalidIdpToken,
+    looks_like_jwt,
+)
+from bookchat.db.models import ServerSecret, User, utcnow
 from bookchat.db.services import UserService, hash_token
 from bookchat.errors import ApiError
 from bookchat.settings import Settings
+
+logger = logging.getLogger("bookchat.identity")
+
+BINDING_SECRET_NAME = "session_binding_v1"
 
 Tier = Literal["anonymous", "token", "api_key"]
 
@@ -26,6 +54,10 @@ class Identity:
     client_ip: str
     # Stable, non-secret key for rate limiting: the token's hash, never the token.
     subject: str
+    # A verified JWT of the site's identity provider (only then may sessions migrate).
+    signed_in: bool = False
+    # Anonymous requests with tokenless sessions on: HMAC of the client IP.
+    client_binding: str | None = None
 
 
 class TrustedProxies:
@@ -57,9 +89,17 @@ class TrustedProxies:
         return hops[0] if hops else peer
 
 
+def _insert_ignoring_conflict(db: AsyncSession, model: type[Any], **values: Any) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING, in the dialect of `db` (SQLite or PostgreSQL)."""
+    insert = pg_insert if db.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert(model).values(**values).on_conflict_do_nothing()
+
+
 @dataclass
 class IdentityResolver:
     settings: Settings
+    engine: AsyncEngine | None = None  # for the generated binding key (own connection)
+    _binding_key: bytes | None = None
 
     @cached_property
     def proxies(self) -> TrustedProxies:
@@ -69,17 +109,78 @@ class IdentityResolver:
     def api_key_hashes(self) -> frozenset[str]:
         return frozenset(hash_token(key) for key in self.settings.api_keys)
 
-    async def resolve(self, request: Request[Any, Any, Any], db: AsyncSession) -> Identity:
-        """Anonymous without a token; 401 for a token we do not know."""
+    @cached_property
+    def idp(self) -> IdpTokenVerifier | None:
+        return IdpTokenVerifier(self.settings) if self.settings.jwt_enabled else None
+
+    async def resolve(
+        self, request: Request[Any, Any, Any], db: AsyncSession, *, require_user: bool = False
+    ) -> Identity:
+        """The caller. With `require_user` (history endpoints) a missing, unknown or invalid
+        bearer is a 401; without it (chat) such a caller is anonymous, so a site's own
+        sign-in token we cannot verify never logs the reader out of the site."""
         client_ip = self.proxies.client_ip(request)
         header = request.headers.get("authorization")
         if not header:
-            return Identity(
-                user=None, tier="anonymous", client_ip=client_ip, subject=f"ip:{client_ip}"
+            if require_user:
+                raise ApiError(401, "unauthorized", "a bearer token is required for this endpoint")
+            return await self.anonymous(client_ip)
+        try:
+            return await self._from_bearer(header, client_ip, db)
+        except ApiError:
+            if require_user:
+                raise
+            return await self.anonymous(client_ip)
+
+    async def anonymous(self, client_ip: str) -> Identity:
+        binding = await self.binding(client_ip) if self.settings.tokenless_sessions else None
+        return Identity(
+            user=None,
+            tier="anonymous",
+            client_ip=client_ip,
+            subject=f"ip:{client_ip}",
+            client_binding=binding,
+        )
+
+    async def binding(self, client_ip: str) -> str:
+        """HMAC-SHA256 of the client IP under the server's binding key (hex)."""
+        key = self._binding_key or await self._load_binding_key()
+        return hmac.new(key, f"ip:{client_ip}".encode(), hashlib.sha256).hexdigest()
+
+    async def _load_binding_key(self) -> bytes:
+        if self.settings.session_binding_secret:
+            self._binding_key = self.settings.session_binding_secret.encode()
+            return self._binding_key
+        assert self.engine is not None, "IdentityResolver needs the engine for its key"
+        # Insert-if-absent then read: concurrent first requests (any worker, any replica)
+        # all end up with the one key that won.
+        async with AsyncSession(self.engine) as db:
+            await db.execute(
+                _insert_ignoring_conflict(
+                    db,
+                    ServerSecret,
+                    name=BINDING_SECRET_NAME,
+                    value=secrets.token_urlsafe(48),
+                    created_at=utcnow(),
+                )
             )
+            await db.commit()
+            value = await db.scalar(
+                select(ServerSecret.value).where(ServerSecret.name == BINDING_SECRET_NAME)
+            )
+        assert value is not None
+        self._binding_key = value.encode()
+        return self._binding_key
+
+    async def _from_bearer(self, header: str, client_ip: str, db: AsyncSession) -> Identity:
+        """A bookchat token, an API key or a provider JWT; ApiError(401) for anything else."""
         scheme, _, token = header.partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token or len(token) > 512:
+        if scheme.lower() != "bearer" or not token or len(token) > 4096:
+            raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'")
+        if self.idp is not None and looks_like_jwt(token):
+            return await self._from_jwt(token, client_ip, db)
+        if len(token) > 512:
             raise ApiError(401, "unauthorized", "expected 'Authorization: Bearer <token>'")
         token_hash = hash_token(token)
         users = UserService(session=db)
@@ -94,3 +195,52 @@ class IdentityResolver:
         return Identity(
             user=user, tier=tier, client_ip=client_ip, subject=f"user:{token_hash[:32]}"
         )
+
+    async def _from_jwt(self, token: str, client_ip: str, db: AsyncSession) -> Identity:
+        assert self.idp is not None
+        try:
+            claims = await self.idp.verify(token)
+        except InvalidIdpToken as exc:
+            logger.info("sign-in token rejected", extra={"reason": str(exc)})
+            raise ApiError(401, "unauthorized", "invalid or expired sign-in token") from exc
+        except IdpUnavailable as exc:
+            raise IdentityUnavailable(str(exc)) from exc
+        user = await self._idp_user(claims.subject, db)
+        user.last_seen_at = utcnow()
+        return Identity(
+            user=user,
+            tier="token",
+            client_ip=client_ip,
+            subject=f"user:{user.id.hex}",
+            signed_in=True,
+        )
+
+    async def _idp_user(self, subject: str, db: AsyncSession) -> User:
+        """The user keyed by the JWT's `sub`, created on first sign-in (race-safe)."""
+        users = UserService(session=db)
+        user = await users.get_one_or_none(idp_subject=subject)
+        if user is not None:
+            return user
+        new_id: UUID = uuid7()
+        await db.execute(
+            _insert_ignoring_conflict(
+                db,
+                User,
+                id=new_id,
+                idp_subject=subject,
+                token_hash=None,
+                tier="token",
+                created_at=utcnow(),
+                last_seen_at=utcnow(),
+            )
+        )
+        user = await users.get_one_or_none(idp_subject=subject)
+        assert user is not None
+        return user
+
+
+class IdentityUnavailable(ApiError):
+    """The identity provider cannot be asked right now: anonymous on chat, 503 elsewhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "service_unavailable", message)

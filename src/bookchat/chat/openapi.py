@@ -137,6 +137,12 @@ def document_request_rules(schemas: dict[str, Schema]) -> None:
     chat["properties"]["message"]["pattern"] = NOT_BLANK
     chat["properties"]["message"]["description"] = "1–4000 characters, not only whitespace, no NUL"
     chat["properties"]["selected_text"]["anyOf"][0]["pattern"] = NO_NUL
+    chat["properties"]["source_section"]["description"] = (
+        "page hint (e.g. the page title); longer than 300 characters is cut at a word boundary"
+    )
+    chat["properties"]["source_doc_path"]["description"] = (
+        "page path hint; longer than 512 characters is cut at a word boundary"
+    )
     chat["if"] = {"properties": {"mode": {"const": "selected_text_only"}}, "required": ["mode"]}
     chat["then"] = {
         "required": ["selected_text"],

@@ -20,6 +20,18 @@ FilterList = Annotated[list[FilterValue], Meta(max_length=20)]
 
 MAX_MESSAGE_CHARS = 4000
 MAX_SELECTION_CHARS = 10_000
+MAX_DOC_PATH_CHARS = 512  # the column's size
+MAX_SECTION_CHARS = 300
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """`text` if it fits, else its longest prefix of at most `limit` characters that ends
+    at a word boundary (whitespace or `/`); a single over-long word is cut hard."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1]
+    boundary = max(cut.rfind(" "), cut.rfind("\t"), cut.rfind("\n"), cut.rfind("/"))
+    return (cut[:boundary] if boundary > 0 else text[:limit]).rstrip()
 
 
 class ChatFilters(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -39,8 +51,10 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: UUID | None = None
     mode: RetrievalMode = "normal"
     selected_text: Annotated[str, Meta(max_length=MAX_SELECTION_CHARS)] | None = None
-    source_doc_path: Annotated[str, Meta(max_length=512, pattern=NO_NUL)] | None = None
-    source_section: Annotated[str, Meta(max_length=300, pattern=NO_NUL)] | None = None
+    # Page hints (the book's widget sends `document.title`): longer ones are cut at a word
+    # boundary, not refused; the body limit (MAX_BODY_BYTES) bounds them.
+    source_doc_path: Annotated[str, Meta(pattern=NO_NUL)] | None = None
+    source_section: Annotated[str, Meta(pattern=NO_NUL)] | None = None
     filters: ChatFilters | None = None
 
     def __post_init__(self) -> None:
@@ -51,6 +65,10 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("message must not be blank")
         if self.mode == "selected_text_only" and not (self.selected_text or "").strip():
             raise ValueError("selected_text is required when mode is selected_text_only")
+        if self.source_doc_path is not None:
+            self.source_doc_path = cut_at_word(self.source_doc_path, MAX_DOC_PATH_CHARS)
+        if self.source_section is not None:
+            self.source_section = cut_at_word(self.source_section, MAX_SECTION_CHARS)
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -155,3 +173,14 @@ class ErrorEnvelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     session_id: UUID | None = None
     message_id: UUID | None = None
     token: str | None = None
+
+
+class MigrateSessionsRequest(msgspec.Struct, kw_only=True):
+    """A guest's bookchat token; without one (or one bookchat does not know as a guest's),
+    the tokenless sessions bound to the caller's client IP move instead."""
+
+    anonymous_token: Annotated[str, Meta(max_length=512, pattern=NO_NUL)] | None = None
+
+
+class MigrateSessionsResponse(msgspec.Struct, kw_only=True):
+    migrated_count: int

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import anyio
@@ -109,6 +109,13 @@ class StreamOutcome:
 
 
 Event = tuple[str, msgspec.Struct]
+
+
+class OpenedSession(NamedTuple):
+    """The session a question continues (None: a new one) and its prompt history."""
+
+    chat: ChatSession | None
+    history: list[Turn]
 
 
 def _filters(request: ChatRequest) -> tuple[SearchFilters | None, int]:
@@ -231,9 +238,13 @@ class ChatService:
             await asyncio.sleep(self.heartbeat_interval)
             await self._keep_ownership()
 
-    async def begin(self, data: ChatRequest, identity: Identity, db: AsyncSession) -> ChatTurn:
-        """Check, retrieve and save the question; raises ApiError for 404/503."""
-        started = time.perf_counter()
+    async def open_session(
+        self, data: ChatRequest, identity: Identity, db: AsyncSession
+    ) -> OpenedSession:
+        """The session to continue (None: a new one) and its history; 404 if not the caller's.
+
+        Runs before the rate limiter counts the request: a refused request costs nothing.
+        """
         try:
             chat, history = await self._load_session(data, identity, db)
             if db.in_transaction():
@@ -242,6 +253,18 @@ class ChatService:
                 await db.commit()
         except DB_ERRORS as exc:
             raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        return OpenedSession(chat, history)
+
+    async def begin(
+        self,
+        data: ChatRequest,
+        identity: Identity,
+        db: AsyncSession,
+        opened: OpenedSession | None = None,
+    ) -> ChatTurn:
+        """Check, retrieve and save the question; raises ApiError for 404/503."""
+        started = time.perf_counter()
+        chat, history = opened or await self.open_session(data, identity, db)
         filters, top_k = _filters(data)
         try:
             prepared = await self.pipeline.prepare(
@@ -282,9 +305,14 @@ class ChatService:
     ) -> tuple[ChatSession | None, list[Turn]]:
         if data.session_id is None:
             return None, []
-        if identity.user is None:
-            raise ApiError(404, "session_not_found", "no such session")
-        chat = await ChatSessionService(session=db).get_owned(data.session_id, identity.user.id)
+        sessions = ChatSessionService(session=db)
+        if identity.user is not None:
+            chat = await sessions.get_owned(data.session_id, identity.user.id)
+        elif identity.client_binding is not None:
+            # Tokenless continuation: only a session created tokenless from this client IP.
+            chat = await sessions.get_bound(data.session_id, identity.client_binding)
+        else:
+            chat = None
         if chat is None:
             raise ApiError(404, "session_not_found", "no such session")
         recent = await MessageService(session=db).recent_history(chat.id, self.history_messages)
@@ -305,11 +333,17 @@ class ChatService:
         token = None
         user: User | None = identity.user
         rows: list[object] = []
-        if user is None:
-            user, token = new_user_with_token()
-            rows.append(user)
         if chat is None:
-            chat = ChatSession(id=uuid7(), user_id=user.id, title=session_title(data.message))
+            if user is None:
+                user, token = new_user_with_token()
+                rows.append(user)
+            chat = ChatSession(
+                id=uuid7(),
+                user_id=user.id,
+                title=session_title(data.message),
+                # Created tokenless: may be continued tokenless from this client IP.
+                client_binding=identity.client_binding if identity.user is None else None,
+            )
             rows.append(chat)
         else:
             chat.last_activity = utcnow()

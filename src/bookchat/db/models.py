@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from advanced_alchemy.base import UUIDv7Base
+from advanced_alchemy.base import DefaultBase, UUIDv7Base
 from advanced_alchemy.types import GUID, DateTimeUTC, JsonB
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -17,11 +17,13 @@ def utcnow() -> datetime:
 
 
 class User(UUIDv7Base):
-    """An anonymous reader identified by an opaque bearer token (stored hashed)."""
+    """A reader: anonymous with an opaque bearer token (stored hashed), or signed in at the
+    site's identity provider and known by the JWT's `sub` (then without a token)."""
 
     __tablename__ = "users"
 
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    idp_subject: Mapped[str | None] = mapped_column(String(255), unique=True, default=None)
     tier: Mapped[str] = mapped_column(String(16), default="token")
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
@@ -31,13 +33,19 @@ class ChatSession(UUIDv7Base):
     """A conversation; `status` is `active` or `archived` (soft delete)."""
 
     __tablename__ = "chat_sessions"
-    __table_args__ = (Index("ix_chat_sessions_user_activity", "user_id", "last_activity"),)
+    __table_args__ = (
+        Index("ix_chat_sessions_user_activity", "user_id", "last_activity"),
+        Index("ix_chat_sessions_client_binding", "client_binding"),
+    )
 
     user_id: Mapped[UUID] = mapped_column(GUID, ForeignKey("users.id", ondelete="CASCADE"))
     title: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     last_activity: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+    # HMAC of the client IP, set only on sessions created without a token: such a session
+    # may be continued without one from that IP. NULL = token-only.
+    client_binding: Mapped[str | None] = mapped_column(String(64), default=None)
 
     # Declared so one flush inserts a new user before its session (insert order follows
     # relationships, not foreign keys); never loaded.
@@ -102,3 +110,13 @@ class ServerProcess(UUIDv7Base):
     pid_started: Mapped[int | None] = mapped_column(BigInteger, default=None)
     started_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)
+
+
+class ServerSecret(DefaultBase):
+    """Secrets the server generates for itself, shared by every worker and replica."""
+
+    __tablename__ = "server_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)

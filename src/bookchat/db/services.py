@@ -13,7 +13,7 @@ from uuid import UUID
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from uuid_utils.compat import uuid7
 
 from bookchat.db.models import ChatSession, Message, User
@@ -64,6 +64,12 @@ class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
         """The active session if it belongs to `user_id`, else None."""
         return await self.get_one_or_none(id=session_id, user_id=user_id, status="active")
 
+    async def get_bound(self, session_id: UUID, client_binding: str) -> ChatSession | None:
+        """The active session if it was created tokenless from the client of `client_binding`."""
+        return await self.get_one_or_none(
+            id=session_id, client_binding=client_binding, status="active"
+        )
+
     async def list_for_user(
         self, user_id: UUID, *, limit: int, offset: int
     ) -> tuple[list[dict[str, Any]], int]:
@@ -94,6 +100,39 @@ class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
             for chat, count in rows.all()
         ]
         return sessions, int(total or 0)
+
+    async def migrate_guest_sessions(
+        self, to_user_id: UUID, *, guest_token_hash: str | None, client_binding: str | None
+    ) -> int:
+        """Move a guest's sessions to a signed-in user; returns how many moved.
+
+        The guest is the anonymous token holder of `guest_token_hash` (all its sessions),
+        or else the tokenless sessions bound to `client_binding` (active ones). Only
+        anonymous guests' sessions ever move (never an API key's or a signed-in user's).
+        Moved sessions become token-only (their binding is cleared). A second call moves
+        nothing: the sessions are no longer the guest's.
+        """
+        guests = select(User.id).where(
+            User.idp_subject.is_(None), User.tier == "token", User.id != to_user_id
+        )
+        which: ColumnElement[bool]
+        if guest_token_hash is not None:
+            which = ChatSession.user_id.in_(guests.where(User.token_hash == guest_token_hash))
+        elif client_binding is not None:
+            which = (
+                (ChatSession.client_binding == client_binding)
+                & (ChatSession.status == "active")
+                & ChatSession.user_id.in_(guests)
+            )
+        else:
+            return 0
+        result = await self.repository.session.execute(
+            update(ChatSession)
+            .where(which)
+            .values(user_id=to_user_id, client_binding=None)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)
 
     async def archive_idle(self, idle_days: int, *, now: datetime | None = None) -> int:
         """Soft-delete active sessions with no activity for `idle_days`; returns how many."""
