@@ -177,6 +177,6 @@ def test_downgrade_keeps_streaming_answers_as_interrupted(database_url: str) -> 
             await engine.dispose()
 
     assert asyncio.run(seed_and_read(True)) == [("streaming",)]
-    command.downgrade(config, "-1")
+    command.downgrade(config, "19c6ed4a3eee")  # below a7d3c2e91f04, whatever came after
     assert asyncio.run(seed_and_read(False)) == [("interrupted",)]
     command.upgrade(config, "head")
