@@ -274,3 +274,16 @@ def test_a_typo_is_not_a_name() -> None:
     # "shoud" is one edit from "should"; "djikstra" one edit from the book's "dijkstra".
     assert _judge("which node shoud publish the topic?", ROS_BOOK).verdict != "refuse"
     assert _judge("how does djikstra expand a node?", ROS_BOOK).verdict == "answer"
+
+
+async def test_how_a_lidar_measures_distance_includes_the_time_of_flight_sentence(
+    sample_pipeline,  # type: ignore[no-untyped-def]
+) -> None:
+    done = await _ask(sample_pipeline, "How does a lidar measure distance?")
+    assert "the light travels to the target and back, the distance is d = c · t / 2" in done.text
+
+
+async def test_an_answer_does_not_trail_off_into_a_weaker_chunk(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    done = await _ask(sample_pipeline, "What are the limitations of lidar?")
+    assert {c.doc_path for c in done.citations} == {"01-sensors/01-lidar"}
+    assert "Triangulation is accurate up close" not in done.text

@@ -56,6 +56,10 @@ _DEFINITION_S_RE = re.compile(r"\b(is|are|refers? to|means|describes?|stands for
 _MECHANISM_Q_RE = re.compile(r"^\s*how\s+(does|do|is|are|can)\b(?!\s+(i|we|you)\b)", re.I)
 # Sentences that give a mechanism: a cause, a means, or a formula.
 _MECHANISM_S_RE = re.compile(r"\b(because|by\s+\w+ing|so that|therefore|until)\b|\s=\s", re.I)
+# Sections that explain how something works ("Time-of-flight principle", "How SLAM works").
+_MECHANISM_SECTION_RE = re.compile(
+    r"\b(principles?|mechanisms?|how\b.*\bworks?|operation|theory of operation)\b", re.I
+)
 _WHY_Q_RE = re.compile(r"^\s*(why|how\s+come)\b", re.I)
 _REASON_S_RE = re.compile(r"\b(because|since|so that|therefore|which is why|due to)\b", re.I)
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
@@ -319,7 +323,9 @@ class OfflineGenerator:
             scored.remove(lead)
             scored.insert(0, lead)
         floor = scored[0].score * 0.4
-        other_floor = scored[0].score * _OTHER_BLOCK_SHARE
+        # Relative to the best sentence anywhere: a promoted lead must not lower the bar
+        # for sentences from other chunks.
+        other_floor = max(c.score for c in scored) * _OTHER_BLOCK_SHARE
         chosen: list[_Candidate] = []
         used: set[tuple[int, int]] = set()  # (block n, segment position) already in the answer
         words = 0
@@ -356,8 +362,29 @@ class OfflineGenerator:
                 used.add((best.block.n, pos))
                 words += nxt.words
                 pos += 1
+        if _MECHANISM_Q_RE.match(question):
+            self._add_mechanism(chosen, scored, used)
         chosen.sort(key=lambda c: (c.rank, c.segment.position))
         return chosen
+
+    def _add_mechanism(
+        self, chosen: list[_Candidate], scored: list[_Candidate], used: set[tuple[int, int]]
+    ) -> None:
+        """A "how does X work?" answer includes the sentence of the section that explains
+        the principle ("Time-of-flight principle"), when the search retrieved one."""
+        if any(_MECHANISM_SECTION_RE.search(c.block.section) for c in chosen):
+            return
+        for cand in scored:  # best first; every one shares a word with the question
+            if (
+                _MECHANISM_SECTION_RE.search(cand.block.section)
+                and _MECHANISM_S_RE.search(cand.segment.text)
+                and (cand.block.n, cand.segment.position) not in used
+            ):
+                if len(chosen) >= self.max_sentences:
+                    chosen.pop()
+                chosen.append(cand)
+                used.add((cand.block.n, cand.segment.position))
+                return
 
     # -- rendering --------------------------------------------------------------------
 
