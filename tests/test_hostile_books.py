@@ -494,3 +494,29 @@ def test_oversized_pages_are_refused(tmp_path: Path) -> None:
     assert [p.doc_path for p in load_docs(tmp_path, skipped)] == ["fine"]
     assert [(s.rel_path, s.unsafe) for s in skipped] == [("huge.md", True)]
     assert skipped[0].reason == f"{4 * 1024 * 1024 + 8} bytes (pages are at most 4194304)"
+
+
+def test_up_stops_in_one_line_instead_of_wiping_the_book(tmp_path: Path) -> None:
+    """`bookchat up` with DOCS_PATH pointing at an empty folder refuses before serving."""
+    store = tmp_path / "store"
+    assert run_cli(str(SAMPLE_BOOK), store=store, cwd=tmp_path).returncode == 0
+    before = stored_points(store)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {
+        **os.environ,
+        "QDRANT_PATH": str(store),
+        "QDRANT_URL": "",
+        "GEMINI_API_KEY": "",
+        "DOCS_PATH": str(empty),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bookchat.db'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bookchat.cli", "up"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bookchat: refusing to delete 11 of the 11 indexed pages")
+    assert "Traceback" not in result.stderr and "serving on" not in result.stderr
+    assert stored_points(store) == before
