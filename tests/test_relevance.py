@@ -287,3 +287,13 @@ async def test_an_answer_does_not_trail_off_into_a_weaker_chunk(sample_pipeline)
     done = await _ask(sample_pipeline, "What are the limitations of lidar?")
     assert {c.doc_path for c in done.citations} == {"01-sensors/01-lidar"}
     assert "Triangulation is accurate up close" not in done.text
+
+
+def test_a_letter_hyphenated_to_a_word_is_one_thing() -> None:
+    from bookchat.text import tokenize
+
+    assert tokenize("an H-bridge and an e-stop") == ["an", "h-bridge", "and", "an", "e-stop"]
+    book = "A DC motor runs in reverse when its wires are swapped; the bridge of the robot."
+    # "bridge" and "motor" are in the book, an H-bridge is not.
+    evidence = _judge("How do I wire an H-bridge so my DC motor can run in reverse?", book)
+    assert evidence.verdict == "refuse" and "h-bridge" in evidence.missing_words

@@ -75,7 +75,9 @@ STOPWORDS: frozenset[str] = frozenset(
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
 
-_WORD_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?")
+# "H-bridge", "X-ray", "e-stop": a letter hyphenated to a word names one thing, not "h"
+# and "bridge", so it is one token (kept with its hyphen: not a word of any dictionary).
+_WORD_RE = re.compile(r"\b[a-z]-[a-z]{2,}\b|[a-z0-9]+(?:['’][a-z]+)?")
 _TOKEN_CACHE_SIZE = 16384
 
 
@@ -111,7 +113,8 @@ def stem(word: str) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase word tokens (letters/digits); possessive 's and other clitics dropped."""
+    """Lowercase word tokens (letters/digits); possessive 's and other clitics dropped;
+    a single letter hyphenated to a word is one token ("H-bridge" → "h-bridge")."""
     out: list[str] = []
     for tok in _WORD_RE.findall(text.lower()):
         if "'" in tok or "’" in tok:
