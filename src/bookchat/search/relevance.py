@@ -23,23 +23,29 @@ paraphrases are made of and weigh almost nothing.
 - **Best-hit share**: the largest specificity share of the question that one returned hit
   holds. Low means the words found are scattered over unrelated passages.
 
-Verdicts: `refuse` when nothing specific was found or the missing share is at least
-`REFUSE_MISSING_SHARE`; in the band from `GREY_MISSING_SHARE` up, `refuse` when the best
-hit holds less than `SCATTERED_BEST_HIT_SHARE` of the question, else `grey`; below the
-band, `answer`.
-With dense vectors a `refuse` needs the dense side to agree too: the best hit's dense
-cosine below `DENSE_CLEAR_MISS` (the model decides the grey zone under the grounding
-rules, so the gate refuses only clear misses).
+- **Named things**: a question word nearly absent from general English (specificity ≥
+  `NAMED_THING_SPECIFICITY`, zipf ≤ 1.5: "Ubuntu", "PX4", "H-bridge") that the book never
+  uses is the question's subject, and the book lacks it. Readers misspell, so a rare word
+  one edit from a word of the book counts as found, and one one edit from an everyday word
+  ("shoud") is not taken for a name.
 
-Where the numbers come from: `REFUSE_MISSING_SHARE` and `GREY_MISSING_SHARE` were set on
-the calibration part of the sample book's reader questions
-(`sample_book/reader_questions.json`: paraphrases, symptoms, compound and short
+Verdicts: `refuse` when nothing specific was found, a named thing is missing, or the
+missing share is at least `REFUSE_MISSING_SHARE`; in the band from `GREY_MISSING_SHARE`
+up, `refuse` when the best hit holds less than `SCATTERED_BEST_HIT_SHARE` of the
+question, else `grey`; below the band, `answer`. With dense vectors a `refuse` needs the
+dense side to agree too: the best dense cosine in the book below `DENSE_CLEAR_MISS` (the
+model decides the grey zone under the grounding rules, so the gate refuses only clear
+misses).
+
+Where the numbers come from: `REFUSE_MISSING_SHARE`, `GREY_MISSING_SHARE` and
+`SCATTERED_BEST_HIT_SHARE` were set on the calibration part of the sample book's reader
+questions (`sample_book/reader_questions.json`: paraphrases, symptoms, compound and short
 questions, near and far out-of-book ones) and then checked, unchanged, on its held-out
-part and on an unseen book. `DENSE_CLEAR_MISS` could not be calibrated here (no network,
-so no real Gemini embeddings): it is set low (0.5) so that dense evidence can only rescue
-a question from a lexical refusal, never cause one. The cosine of gemini-embedding-001
-between a question and an unrelated passage of the same language is typically well above
-0 — measure it on your book with `bookchat eval` and a key before raising it.
+part and on an unseen book. `NAMED_THING_SPECIFICITY` is where the frequency list leaves
+everyday English (fewer than about 30 occurrences per billion words). `DENSE_CLEAR_MISS`
+could not be calibrated here (no network, so no real Gemini embeddings): it is set so
+that dense evidence can only rescue a question from a lexical refusal, never cause one;
+measure it on your book with `bookchat eval` and a key before relying on it.
 """
 
 from __future__ import annotations
