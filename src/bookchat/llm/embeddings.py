@@ -23,7 +23,8 @@ import msgspec
 from google import genai
 from google.genai import errors as genai_errors
 
-from bookchat.llm.gemini import backoff_delay, is_retryable_error, retry_delay_hint
+from bookchat.llm.gemini import is_retryable_error, retry_delay_hint
+from bookchat.llm.streaming import backoff_delay
 
 logger = logging.getLogger(__name__)
 

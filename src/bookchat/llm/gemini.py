@@ -1,9 +1,8 @@
 """Gemini answer generation over google-genai's async streaming API.
 
-Policy (BRIEF §7): 429/5xx are retried with backoff only before the first token, then
-the fallback model is tried; one first-token deadline and one total deadline bound
-the whole call (retries included); anything after the first token is final, because
-the caller has already shown the partial text.
+Retries, fallback and deadlines are `bookchat.llm.streaming`'s (shared with the
+OpenAI-compatible provider); this module opens Gemini streams, decodes their chunks
+and classifies Gemini's errors.
 
 Closing: google-genai wraps the HTTP response in several nested async generators, and
 closing the outermost one does not close the inner ones (Python leaves them to the
@@ -25,7 +24,6 @@ import asyncio
 import contextvars
 import itertools
 import logging
-import random
 import re
 import weakref
 from collections.abc import AsyncIterator
@@ -37,13 +35,12 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from bookchat.llm.base import (
-    ErrorCode,
-    GenerationError,
-    GenerationEvent,
-    GenerationFinished,
-    GenerationRequest,
-    TokenDelta,
+from bookchat.llm.base import GenerationRequest
+from bookchat.llm.streaming import (
+    MAX_BACKOFF,
+    Route,
+    StreamingGenerator,
+    StreamPiece,
 )
 
 logger = logging.getLogger(__name__)
@@ -51,7 +48,6 @@ logger = logging.getLogger(__name__)
 BLOCKED_FINISH_REASONS = frozenset(
     {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "MODEL_ARMOR"}
 )
-_MAX_BACKOFF = 10.0
 
 
 class _Part(msgspec.Struct, rename="camel"):
@@ -91,8 +87,6 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _OPENED_RESPONSES: contextvars.ContextVar[list[httpx.Response] | None] = contextvars.ContextVar(
     "bookchat_gemini_opened_responses", default=None
 )
-# Close tasks must outlive a cancelled consumer; asyncio only keeps weak references.
-_BACKGROUND: set[asyncio.Task[None]] = set()
 
 try:  # google-genai accepts httpx2 clients too; treat its transport errors alike.
     import httpx2
@@ -196,20 +190,13 @@ def is_retryable_error(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSPORT_ERRORS)
 
 
-def backoff_delay(attempt: int, base: float, hint: float | None, cap: float) -> float:
-    """Exponential backoff with jitter; the server's hint wins when it gives one."""
-    if hint is not None:
-        return min(cap, hint) * random.uniform(1.0, 1.1)
-    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
-
-
 def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, genai_errors.APIError):
         return f"HTTP {exc.code} {exc.status or ''}".strip()
     return type(exc).__name__ if exc is not None else "unknown error"
 
 
-class _ProviderStream:
+class _GeminiStream:
     """One `streamGenerateContent` call plus the HTTP responses it opened."""
 
     def __init__(self, client: genai.Client, model: str, body: dict[str, Any]) -> None:
@@ -219,7 +206,7 @@ class _ProviderStream:
         self._responses: list[httpx.Response] = []
         self._chunks: AsyncIterator[Any] | None = None
 
-    async def next_chunk(self, deadline: float) -> _Chunk:
+    async def next_piece(self, deadline: float) -> StreamPiece:
         """The next chunk; TimeoutError past `deadline` (loop time), StopAsyncIteration at end."""
         token = _OPENED_RESPONSES.set(self._responses)
         try:
@@ -232,7 +219,7 @@ class _ProviderStream:
                 response = await anext(self._chunks)
         finally:
             _OPENED_RESPONSES.reset(token)
-        return _decode_chunk(response.body) if response.body else _Chunk()
+        return _piece_of(_decode_chunk(response.body)) if response.body else StreamPiece()
 
     async def close(self) -> None:
         """Close the HTTP response first (the provider sees the socket close), then the SDK."""
@@ -249,43 +236,40 @@ class _ProviderStream:
                 except Exception:
                     logger.debug("closing the google-genai stream failed", exc_info=True)
 
-    async def close_shielded(self) -> None:
-        """`close()` that completes even when the consumer is being cancelled."""
-        task = asyncio.ensure_future(self.close())
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-        await asyncio.shield(task)
+
+def _piece_of(chunk: _Chunk) -> StreamPiece:
+    feedback = chunk.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        return StreamPiece(prompt_blocked=True)
+    usage = chunk.usage_metadata
+    candidate = chunk.candidates[0] if chunk.candidates else None
+    finish = candidate.finish_reason if candidate is not None else None
+    return StreamPiece(
+        text=_text_of(candidate) if candidate is not None else "",
+        finish_reason=finish.lower() if finish is not None else None,
+        finish_blocked=finish in BLOCKED_FINISH_REASONS,
+        prompt_tokens=(usage.prompt_token_count or 0) if usage else None,
+        completion_tokens=(usage.candidates_token_count or 0) if usage else None,
+    )
 
 
-class GeminiGenerator:
-    """`AnswerGenerator` backed by Gemini streaming, with retries, fallback and deadlines."""
+class GeminiProvider:
+    """`Provider` for the Gemini Developer API (streamGenerateContent, v1beta)."""
+
+    name = "gemini"
 
     def __init__(
         self,
         client: genai.Client,
-        model: str,
-        fallback_model: str | None = None,
         *,
-        first_token_timeout: float,
-        total_timeout: float,
-        max_retries: int = 3,
-        backoff_base: float = 0.5,
-        max_backoff: float = _MAX_BACKOFF,
         temperature: float | None = None,
         max_output_tokens: int | None = None,
     ) -> None:
-        self.name = model
         self._client = client
-        self._models = [model] + ([fallback_model] if fallback_model else [])
-        self._first_token_timeout = first_token_timeout
-        self._total_timeout = total_timeout
-        self._max_retries = max_retries
-        self._backoff_base = backoff_base
-        self._max_backoff = max_backoff
         self._temperature = temperature
         self._max_output_tokens = max_output_tokens
 
-    def _build(self, request: GenerationRequest) -> dict[str, Any]:
+    def build(self, request: GenerationRequest) -> dict[str, Any]:
         """The REST request body of `streamGenerateContent` (Gemini API, v1beta)."""
         contents = [
             {"role": turn.role, "parts": [{"text": turn.text}]} for turn in request.contents or []
@@ -304,131 +288,52 @@ class GeminiGenerator:
             body["generationConfig"] = generation
         return body
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Yield `TokenDelta`s then one `GenerationFinished`, or raise `GenerationError`."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        total_deadline = started + self._total_timeout
-        first_deadline = min(started + self._first_token_timeout, total_deadline)
-        provider, first_chunk = await self._open(self._build(request), first_deadline)
-        try:
-            async for event in self._relay(provider, first_chunk, total_deadline):
-                yield event
-        finally:
-            await provider.close_shielded()
+    def open_stream(self, model: str, request: GenerationRequest) -> _GeminiStream:
+        return _GeminiStream(self._client, model, self.build(request))
 
-    async def _open(self, body: dict[str, Any], deadline: float) -> tuple[_ProviderStream, _Chunk]:
-        """Start a stream that delivered its first chunk, retrying and falling back."""
-        loop = asyncio.get_running_loop()
-        last_error: BaseException | None = None
-        for model in self._models:
-            for attempt in range(self._max_retries + 1):
-                provider = _ProviderStream(self._client, model, body)
-                try:
-                    return provider, await provider.next_chunk(deadline)
-                except TimeoutError:
-                    await provider.close_shielded()
-                    raise GenerationError(
-                        "generation_timeout",
-                        "The model did not start answering in time.",
-                        retryable=True,
-                    ) from None
-                except StopAsyncIteration:
-                    await provider.close_shielded()
-                    raise GenerationError(
-                        "generation_failed", "The model returned an empty answer.", retryable=True
-                    ) from None
-                except asyncio.CancelledError:
-                    await provider.close_shielded()
-                    raise
-                except Exception as exc:
-                    await provider.close_shielded()
-                    if not is_retryable_error(exc):
-                        raise GenerationError(
-                            "generation_failed",
-                            f"The model request was rejected ({_describe(exc)}).",
-                        ) from exc
-                    last_error = exc
-                if attempt == self._max_retries:
-                    break
-                delay = backoff_delay(
-                    attempt, self._backoff_base, retry_delay_hint(last_error), self._max_backoff
-                )
-                if loop.time() + delay >= deadline:
-                    break  # sleeping would pass the deadline: try the fallback now
-                logger.info(
-                    "gemini %s failed with %s; retry %d in %.2fs",
-                    model,
-                    _describe(last_error),
-                    attempt + 1,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            logger.warning("gemini %s exhausted retries (%s)", model, _describe(last_error))
-        assert last_error is not None
-        code: ErrorCode = (
-            "rate_limited"
-            if isinstance(last_error, genai_errors.APIError) and last_error.code == 429
-            else "generation_failed"
-        )
-        message = (
-            "The model is rate limited; try again shortly."
-            if code == "rate_limited"
-            else f"The model is unavailable ({_describe(last_error)})."
-        )
-        raise GenerationError(code, message, retryable=True) from last_error
+    def is_retryable(self, exc: BaseException) -> bool:
+        return is_retryable_error(exc)
 
-    async def _relay(
+    def is_rate_limited(self, exc: BaseException) -> bool:
+        return isinstance(exc, genai_errors.APIError) and exc.code == 429
+
+    def retry_hint(self, exc: BaseException) -> float | None:
+        return retry_delay_hint(exc)
+
+    def describe(self, exc: BaseException) -> str:
+        return _describe(exc)
+
+
+class GeminiGenerator(StreamingGenerator):
+    """`AnswerGenerator` backed by Gemini streaming, with retries, fallback and deadlines."""
+
+    def __init__(
         self,
-        provider: _ProviderStream,
-        chunk: _Chunk,
-        deadline: float,
-    ) -> AsyncIterator[GenerationEvent]:
-        finish: str | None = None
-        usage: _Usage | None = None
-        while True:
-            feedback = chunk.prompt_feedback
-            if feedback is not None and feedback.block_reason is not None:
-                raise GenerationError(
-                    "generation_blocked",
-                    "The question was blocked by the model's safety filters.",
-                )
-            if chunk.usage_metadata is not None:
-                usage = chunk.usage_metadata
-            candidate = chunk.candidates[0] if chunk.candidates else None
-            if candidate is not None:
-                text = _text_of(candidate)
-                if text:
-                    yield TokenDelta(text=text)
-                if candidate.finish_reason is not None:
-                    finish = candidate.finish_reason
-            try:
-                chunk = await provider.next_chunk(deadline)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
-                raise GenerationError(
-                    "generation_timeout", "The answer took too long.", retryable=True
-                ) from None
-            except Exception as exc:
-                raise GenerationError(
-                    "generation_failed",
-                    f"The answer stream broke off ({_describe(exc)}).",
-                    retryable=True,
-                ) from exc
-        if finish is None:
-            raise GenerationError(
-                "generation_failed", "The answer stream ended unexpectedly.", retryable=True
-            )
-        if finish in BLOCKED_FINISH_REASONS:
-            raise GenerationError(
-                "generation_blocked", "The answer was blocked by the model's safety filters."
-            )
-        yield GenerationFinished(
-            finish_reason=finish.lower(),
-            model=provider.model,
-            prompt_tokens=(usage.prompt_token_count or 0) if usage else 0,
-            completion_tokens=(usage.candidates_token_count or 0) if usage else 0,
+        client: genai.Client,
+        model: str,
+        fallback_model: str | None = None,
+        *,
+        first_token_timeout: float,
+        total_timeout: float,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        max_backoff: float = MAX_BACKOFF,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
+    ) -> None:
+        provider = GeminiProvider(
+            client, temperature=temperature, max_output_tokens=max_output_tokens
+        )
+        routes = [Route(provider, model)]
+        if fallback_model:
+            routes.append(Route(provider, fallback_model))
+        super().__init__(
+            routes,
+            first_token_timeout=first_token_timeout,
+            total_timeout=total_timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            max_backoff=max_backoff,
         )
 
 

@@ -1,0 +1,260 @@
+"""Deadlines, retries and fallback for streamed answers, shared by every provider.
+
+Policy (BRIEF §7): 429/5xx are retried with backoff only before the first token, then
+the next route (fallback model, possibly of another provider) is tried; one
+first-token deadline and one total deadline bound the whole call (retries and
+fallbacks included); anything after the first token is final, because the caller has
+already shown the partial text. A provider (`gemini.py`, `openai.py`) only knows how
+to open its stream, decode its chunks into `StreamPiece`s and classify its errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bookchat.llm.base import (
+    ErrorCode,
+    GenerationError,
+    GenerationEvent,
+    GenerationFinished,
+    GenerationRequest,
+    TokenDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BACKOFF = 10.0
+
+# Close tasks must outlive a cancelled consumer; asyncio only keeps weak references.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPiece:
+    """One decoded provider chunk, in provider-neutral terms."""
+
+    text: str = ""
+    finish_reason: str | None = None  # lower case: "stop", "max_tokens", "safety", ...
+    finish_blocked: bool = False  # the finish reason is a safety stop
+    prompt_blocked: bool = False  # the provider refused the prompt itself
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class ProviderStream(Protocol):
+    """One streamed provider call."""
+
+    model: str
+
+    async def next_piece(self, deadline: float) -> StreamPiece:
+        """The next piece; TimeoutError past `deadline` (loop time), StopAsyncIteration at end."""
+        ...
+
+    async def close(self) -> None:
+        """Release the HTTP response at once (the provider sees its connection close)."""
+        ...
+
+
+class Provider(Protocol):
+    """How one provider opens streams and classifies its failures."""
+
+    name: str
+
+    def open_stream(self, model: str, request: GenerationRequest) -> ProviderStream: ...
+
+    def is_retryable(self, exc: BaseException) -> bool: ...
+
+    def is_rate_limited(self, exc: BaseException) -> bool: ...
+
+    def retry_hint(self, exc: BaseException) -> float | None: ...
+
+    def describe(self, exc: BaseException) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A model of a provider; a generator tries its routes in order."""
+
+    provider: Provider
+    model: str
+
+
+def backoff_delay(attempt: int, base: float, hint: float | None, cap: float) -> float:
+    """Exponential backoff with jitter; the server's hint wins when it gives one."""
+    if hint is not None:
+        return min(cap, hint) * random.uniform(1.0, 1.1)
+    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+async def close_shielded(stream: ProviderStream) -> None:
+    """`stream.close()` that completes even when the consumer is being cancelled."""
+
+    async def close() -> None:
+        try:
+            await stream.close()
+        except Exception:  # closing must never mask the caller's outcome
+            logger.debug("closing a provider stream failed", exc_info=True)
+
+    task = asyncio.ensure_future(close())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    await asyncio.shield(task)
+
+
+class StreamingGenerator:
+    """`AnswerGenerator` over routes (provider + model), with retries, fallback, deadlines."""
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        *,
+        first_token_timeout: float,
+        total_timeout: float,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        max_backoff: float = MAX_BACKOFF,
+    ) -> None:
+        if not routes:
+            raise ValueError("a generator needs at least one route")
+        self.name = routes[0].model
+        self.routes = tuple(routes)
+        self._first_token_timeout = first_token_timeout
+        self._total_timeout = total_timeout
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._max_backoff = max_backoff
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Yield `TokenDelta`s then one `GenerationFinished`, or raise `GenerationError`."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        total_deadline = started + self._total_timeout
+        first_deadline = min(started + self._first_token_timeout, total_deadline)
+        provider, first_piece = await self._open(request, first_deadline)
+        try:
+            async for event in self._relay(provider, first_piece, total_deadline):
+                yield event
+        finally:
+            await close_shielded(provider)
+
+    async def _open(
+        self, request: GenerationRequest, deadline: float
+    ) -> tuple[ProviderStream, StreamPiece]:
+        """Start a stream that delivered its first piece, retrying and falling back."""
+        loop = asyncio.get_running_loop()
+        last_error: BaseException | None = None
+        last_route = self.routes[0]
+        for route in self.routes:
+            for attempt in range(self._max_retries + 1):
+                stream = route.provider.open_stream(route.model, request)
+                try:
+                    return stream, await stream.next_piece(deadline)
+                except TimeoutError:
+                    await close_shielded(stream)
+                    raise GenerationError(
+                        "generation_timeout",
+                        "The model did not start answering in time.",
+                        retryable=True,
+                    ) from None
+                except StopAsyncIteration:
+                    await close_shielded(stream)
+                    raise GenerationError(
+                        "generation_failed", "The model returned an empty answer.", retryable=True
+                    ) from None
+                except asyncio.CancelledError:
+                    await close_shielded(stream)
+                    raise
+                except Exception as exc:
+                    await close_shielded(stream)
+                    if not route.provider.is_retryable(exc):
+                        raise GenerationError(
+                            "generation_failed",
+                            f"The model request was rejected ({route.provider.describe(exc)}).",
+                        ) from exc
+                    last_error, last_route = exc, route
+                if attempt == self._max_retries:
+                    break
+                hint = route.provider.retry_hint(last_error)
+                delay = backoff_delay(attempt, self._backoff_base, hint, self._max_backoff)
+                if loop.time() + delay >= deadline:
+                    break  # sleeping would pass the deadline: try the fallback now
+                logger.info(
+                    "%s %s failed with %s; retry %d in %.2fs",
+                    route.provider.name,
+                    route.model,
+                    route.provider.describe(last_error),
+                    attempt + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            logger.warning(
+                "%s %s exhausted retries (%s)",
+                route.provider.name,
+                route.model,
+                route.provider.describe(last_error) if last_error else "no error",
+            )
+        assert last_error is not None
+        provider = last_route.provider
+        code: ErrorCode = (
+            "rate_limited" if provider.is_rate_limited(last_error) else "generation_failed"
+        )
+        message = (
+            "The model is rate limited; try again shortly."
+            if code == "rate_limited"
+            else f"The model is unavailable ({provider.describe(last_error)})."
+        )
+        raise GenerationError(code, message, retryable=True) from last_error
+
+    async def _relay(
+        self, stream: ProviderStream, piece: StreamPiece, deadline: float
+    ) -> AsyncIterator[GenerationEvent]:
+        finish: str | None = None
+        blocked = False
+        prompt_tokens = completion_tokens = 0
+        while True:
+            if piece.prompt_blocked:
+                raise GenerationError(
+                    "generation_blocked",
+                    "The question was blocked by the model's safety filters.",
+                )
+            if piece.prompt_tokens is not None:
+                prompt_tokens = piece.prompt_tokens
+            if piece.completion_tokens is not None:
+                completion_tokens = piece.completion_tokens
+            if piece.text:
+                yield TokenDelta(text=piece.text)
+            if piece.finish_reason is not None:
+                finish, blocked = piece.finish_reason, piece.finish_blocked
+            try:
+                piece = await stream.next_piece(deadline)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise GenerationError(
+                    "generation_timeout", "The answer took too long.", retryable=True
+                ) from None
+            except Exception as exc:
+                raise GenerationError(
+                    "generation_failed",
+                    f"The answer stream broke off ({type(exc).__name__}).",
+                    retryable=True,
+                ) from exc
+        if finish is None:
+            raise GenerationError(
+                "generation_failed", "The answer stream ended unexpectedly.", retryable=True
+            )
+        if blocked:
+            raise GenerationError(
+                "generation_blocked", "The answer was blocked by the model's safety filters."
+            )
+        yield GenerationFinished(
+            finish_reason=finish,
+            model=stream.model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
