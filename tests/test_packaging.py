@@ -86,7 +86,14 @@ def test_runtime_dependencies_have_compatible_ranges() -> None:
     }
     for req in runtime.values():
         assert any(s.operator in (">=", "~=", "==") for s in req.specifier), str(req)
-    for name in ("litestar", "advanced-alchemy", "google-genai", "qdrant-client", "qdrant-edge-py"):
+    for name in (
+        "litestar",
+        "advanced-alchemy",
+        "google-genai",
+        "openai",
+        "qdrant-client",
+        "qdrant-edge-py",
+    ):
         spec = runtime[name].specifier
         assert not any(s.operator == "==" for s in spec), f"{name}: a range, not an exact pin"
         assert any(s.operator in ("<", "~=") for s in spec), f"{name}: no upper bound"

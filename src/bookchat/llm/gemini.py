@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import re
 import weakref
@@ -41,6 +40,7 @@ from bookchat.llm.streaming import (
     Route,
     StreamingGenerator,
     StreamPiece,
+    provider_transport,
 )
 
 logger = logging.getLogger(__name__)
@@ -111,30 +111,6 @@ async def _remember_response(response: httpx.Response) -> None:
         opened.append(response)
 
 
-class _ShardedTransport(httpx.AsyncBaseTransport):
-    """Spreads requests over several connection pools.
-
-    httpcore's pool rescans every connection on each request and response close, so
-    one pool with 500 live streams spends most of its CPU there (measured: raw
-    streaming throughput fell 4x from 100 to 500 concurrent streams). Small pools
-    keep that scan short.
-    """
-
-    def __init__(self, shards: int, limits: httpx.Limits) -> None:
-        # One TLS context for all pools: building one loads the CA bundle (~60 ms).
-        tls = httpx.create_ssl_context()
-        self._pools = [httpx.AsyncHTTPTransport(verify=tls, limits=limits) for _ in range(shards)]
-        self._turn = itertools.count()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        pool = self._pools[next(self._turn) % len(self._pools)]
-        return await pool.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
-
-
 def make_genai_client(api_key: str, base_url: str | None = None) -> genai.Client:
     """A google-genai client on API `v1beta` with no SDK retries (we retry ourselves).
 
@@ -145,9 +121,7 @@ def make_genai_client(api_key: str, base_url: str | None = None) -> genai.Client
     http_client = httpx.AsyncClient(
         # Deadlines are enforced per call by the generator and the embedder.
         timeout=httpx.Timeout(None, connect=10.0),
-        transport=_ShardedTransport(
-            16, httpx.Limits(max_connections=256, max_keepalive_connections=32)
-        ),
+        transport=provider_transport(),
         event_hooks={"response": [_remember_response]},
     )
     options = types.HttpOptions(

@@ -1,0 +1,206 @@
+"""OpenAI-compatible chat completions (OpenAI, OpenRouter, vLLM, llama.cpp, Ollama, LiteLLM).
+
+Retries, fallback and deadlines are `bookchat.llm.streaming`'s, exactly as for Gemini;
+this module opens `POST /chat/completions` streams with the official `openai` SDK's
+async client, decodes their chunks and classifies the SDK's errors.
+
+Decoding: as for Gemini, the SDK's streamed pydantic models cost tens of microseconds
+per chunk on the answer path, so the generator asks for the raw streaming response
+(`with_streaming_response`: the SDK still builds the URL, authenticates and raises its
+`APIStatusError`s) and decodes the documented SSE chunks with msgspec. Holding the raw
+response also lets `close()` drop the connection the moment the consumer stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import openai
+
+from bookchat.llm.base import GenerationRequest
+from bookchat.llm.streaming import StreamPiece, provider_transport
+
+logger = logging.getLogger(__name__)
+
+# The SDK's own list of statuses worth another attempt.
+_RETRYABLE_STATUSES = frozenset({408, 409, 429})
+_FINISH_REASONS = {"length": "max_tokens", "content_filter": "safety"}
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """One `chat.completion.chunk` (the fields bookchat reads)."""
+
+    choices: list[_Choice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    error: dict[str, Any] | None = None  # OpenRouter and vLLM report mid-stream failures so
+
+
+_decode_chunk = msgspec.json.Decoder(_Chunk).decode
+
+
+class StreamFailed(Exception):
+    """The server reported an error inside an already started stream."""
+
+
+def make_openai_client(api_key: str | None, base_url: str | None = None) -> openai.AsyncOpenAI:
+    """An `AsyncOpenAI` with no SDK retries or timeouts (the generator owns both).
+
+    Local servers (Ollama, llama.cpp) ignore the key, but the SDK insists on one.
+    """
+    return openai.AsyncOpenAI(
+        api_key=api_key or "unused",
+        base_url=base_url or None,
+        max_retries=0,
+        # The SDK accepts httpx clients as well as httpx2 ones; its annotation names only
+        # httpx2. One transport stack (and pool sizing) for every provider.
+        http_client=httpx.AsyncClient(  # type: ignore[arg-type]
+            timeout=httpx.Timeout(None, connect=10.0), transport=provider_transport()
+        ),
+    )
+
+
+def is_retryable_error(exc: BaseException) -> bool:
+    """429, 408/409, 5xx, transport failures and in-stream errors; other 4xx are final."""
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in _RETRYABLE_STATUSES or exc.status_code >= 500
+    return isinstance(exc, openai.APIConnectionError | httpx.TransportError | StreamFailed)
+
+
+def retry_delay_hint(exc: BaseException | None) -> float | None:
+    """The server's `retry-after-ms` / `retry-after` (seconds) header, when it sends one."""
+    if not isinstance(exc, openai.APIStatusError):
+        return None
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) * scale
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def describe_error(exc: BaseException | None) -> str:
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}"
+    return type(exc).__name__ if exc is not None else "unknown error"
+
+
+class _OpenAIStream:
+    """One streamed `chat/completions` call."""
+
+    def __init__(self, client: openai.AsyncOpenAI, model: str, body: dict[str, Any]) -> None:
+        self.model = model
+        self._client = client
+        self._body = body
+        self._response: Any = None  # openai.AsyncAPIResponse once the headers arrived
+        self._lines: AsyncIterator[str] | None = None
+
+    async def next_piece(self, deadline: float) -> StreamPiece:
+        async with asyncio.timeout_at(deadline):
+            if self._lines is None:
+                manager = self._client.chat.completions.with_streaming_response.create(
+                    model=self.model, stream=True, **self._body
+                )
+                self._response = await manager.__aenter__()
+                self._lines = self._response.iter_lines()
+            while True:
+                line = await anext(self._lines)
+                # SSE: blank separators, `: comments` (keep-alives) and `event:` lines skip.
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    raise StopAsyncIteration
+                return _piece_of(_decode_chunk(data))
+
+    async def close(self) -> None:
+        if self._response is not None:
+            await self._response.close()
+
+
+def _piece_of(chunk: _Chunk) -> StreamPiece:
+    if chunk.error is not None:
+        raise StreamFailed(str(chunk.error.get("message") or chunk.error))
+    choice = chunk.choices[0] if chunk.choices else None
+    raw_finish = choice.finish_reason if choice is not None else None
+    finish = _FINISH_REASONS.get(raw_finish, raw_finish) if raw_finish else None
+    usage = chunk.usage
+    return StreamPiece(
+        text=(choice.delta.content or "") if choice is not None and choice.delta else "",
+        finish_reason=finish,
+        finish_blocked=raw_finish == "content_filter",
+        prompt_tokens=(usage.prompt_tokens or 0) if usage else None,
+        completion_tokens=(usage.completion_tokens or 0) if usage else None,
+    )
+
+
+class OpenAIProvider:
+    """`Provider` for any server speaking OpenAI's streamed `chat/completions`."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        *,
+        temperature: float | None = None,
+        max_output_tokens: int | None = None,
+    ) -> None:
+        self._client = client
+        self._temperature = temperature
+        self._max_output_tokens = max_output_tokens
+
+    def build(self, request: GenerationRequest) -> dict[str, Any]:
+        """The request body, less `model` and `stream`; usage arrives in a last chunk."""
+        messages: list[dict[str, str]] = []
+        if request.system_instruction:
+            messages.append({"role": "system", "content": request.system_instruction})
+        messages += [
+            {"role": "assistant" if turn.role == "model" else "user", "content": turn.text}
+            for turn in request.contents or []
+        ]
+        if len(messages) == (1 if request.system_instruction else 0):
+            messages.append({"role": "user", "content": request.question})
+        body: dict[str, Any] = {
+            "messages": messages,
+            "stream_options": {"include_usage": True},
+        }
+        if self._temperature is not None:
+            body["temperature"] = self._temperature
+        if self._max_output_tokens is not None:
+            body["max_tokens"] = self._max_output_tokens
+        return body
+
+    def open_stream(self, model: str, request: GenerationRequest) -> _OpenAIStream:
+        return _OpenAIStream(self._client, model, self.build(request))
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return is_retryable_error(exc)
+
+    def is_rate_limited(self, exc: BaseException) -> bool:
+        return isinstance(exc, openai.APIStatusError) and exc.status_code == 429
+
+    def retry_hint(self, exc: BaseException) -> float | None:
+        return retry_delay_hint(exc)
+
+    def describe(self, exc: BaseException) -> str:
+        return describe_error(exc)
