@@ -1,4 +1,6 @@
-"""Dense embeddings with Gemini (`gemini-embedding-001`) through google-genai.
+"""Dense embeddings: the shared batching/retry/cache core, and Gemini through google-genai.
+
+The OpenAI-compatible embedder (`bookchat.llm.openai`) builds on `BatchEmbedder` too.
 
 google-genai sends one `title` per call (EmbedContentConfig applies it to every text of
 `:batchEmbedContents`), so documents are grouped by title and each group is split into
@@ -17,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import OrderedDict
+from typing import Any
 
 import msgspec
 from google import genai
 from google.genai import errors as genai_errors
 
 from bookchat.llm.gemini import is_retryable_error, retry_delay_hint
+from bookchat.llm.query_cache import QueryEmbeddingCache
 from bookchat.llm.streaming import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -56,18 +59,23 @@ def l2_normalise(vector: list[float]) -> list[float]:
     return [v / norm for v in vector] if norm else list(vector)
 
 
-class GeminiEmbedder:
-    """`Embedder` for Gemini: batched, bounded-concurrency, retried, with a query cache.
+class BatchEmbedder:
+    """What every provider's embedder shares: batches, concurrency, retries, query cache.
 
+    A provider subclass sends one batch (`_request`) and classifies its errors.
     `embedding_calls` counts HTTP calls made (retries included) for the ingestion
     summary; `cache_hits` / `cache_misses` describe the query cache.
     """
 
+    provider = ""
+    max_batch = _MAX_BATCH
+    # What to check when the provider refuses a request (named in the error).
+    rejected_hint = "Check the API key, the embedding model name and the dimension."
+
     def __init__(
         self,
-        client: genai.Client,
-        model: str = "gemini-embedding-001",
-        dim: int = 768,
+        model: str,
+        dim: int,
         *,
         batch_size: int = _MAX_BATCH,
         concurrency: int = 4,
@@ -76,23 +84,28 @@ class GeminiEmbedder:
         max_backoff: float = 20.0,
         request_timeout: float = 60.0,
         cache_size: int = 1024,
+        cache: QueryEmbeddingCache | None = None,
     ) -> None:
-        if not 1 <= batch_size <= _MAX_BATCH:
-            raise ValueError(f"batch_size must be 1..{_MAX_BATCH}, got {batch_size}")
+        if not 1 <= batch_size <= self.max_batch:
+            raise ValueError(f"batch_size must be 1..{self.max_batch}, got {batch_size}")
         self.model = model
         self.dim = dim
-        self._client = client
         self._batch_size = batch_size
         self._concurrency = max(1, concurrency)
         self._max_retries = max_retries
         self._backoff_base = backoff_base
         self._max_backoff = max_backoff
         self._request_timeout = request_timeout
-        self._cache_size = cache_size
-        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self.query_cache = cache or QueryEmbeddingCache(size=cache_size)
         self.embedding_calls = 0
-        self.cache_hits = 0
-        self.cache_misses = 0
+
+    @property
+    def cache_hits(self) -> int:
+        return self.query_cache.hits
+
+    @property
+    def cache_misses(self) -> int:
+        return self.query_cache.misses
 
     async def embed_documents(self, texts: list[str], titles: list[str]) -> list[list[float]]:
         """Embed chunks for indexing (`RETRIEVAL_DOCUMENT`, with each chunk's page title)."""
@@ -132,21 +145,105 @@ class GeminiEmbedder:
         return [v for v in vectors if v is not None]
 
     async def embed_query(self, text: str) -> list[float]:
-        """Embed a search query (`RETRIEVAL_QUERY`); repeated queries come from an LRU cache."""
-        cached = self._cache.get(text)
+        """Embed a search query (`RETRIEVAL_QUERY`); repeated queries come from the cache."""
+        namespace = f"{self.provider}:{self.model}:{self.dim}:RETRIEVAL_QUERY"
+        cached = await self.query_cache.get(namespace, text)
         if cached is not None:
-            self._cache.move_to_end(text)
-            self.cache_hits += 1
-            return list(cached)
-        self.cache_misses += 1
+            return cached
         (vector,) = await self._embed([text], "RETRIEVAL_QUERY", None)
-        if self._cache_size > 0:
-            self._cache[text] = vector
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        await self.query_cache.put(namespace, text, vector)
         return list(vector)
 
+    async def _request(
+        self, texts: list[str], task_type: str, title: str | None
+    ) -> list[list[float]]:
+        """One provider call: the raw vectors of `texts`, in order."""
+        raise NotImplementedError
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def _retry_hint(self, exc: BaseException | None) -> float | None:
+        return None
+
+    def _describe(self, exc: BaseException | None) -> str:
+        if isinstance(exc, TimeoutError):
+            return "timeout"
+        return type(exc).__name__ if exc is not None else "unknown"
+
     async def _embed(
+        self, texts: list[str], task_type: str, title: str | None
+    ) -> list[list[float]]:
+        last_error: BaseException | None = None
+        for attempt in range(self._max_retries + 1):
+            if attempt:
+                delay = backoff_delay(
+                    attempt - 1, self._backoff_base, self._retry_hint(last_error), self._max_backoff
+                )
+                logger.info(
+                    "embedding retry %d/%d in %.2fs after %s",
+                    attempt,
+                    self._max_retries,
+                    delay,
+                    self._describe(last_error),
+                )
+                await asyncio.sleep(delay)
+            self.embedding_calls += 1
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    raw = await self._request(texts, task_type, title)
+            except TimeoutError as exc:
+                last_error = exc
+                continue
+            except Exception as exc:
+                if not self._is_retryable(exc):
+                    raise EmbeddingError(
+                        f"Embedding with {self.model} was rejected ({self._describe(exc)}): "
+                        f"{getattr(exc, 'message', None) or exc}. {self.rejected_hint}"
+                    ) from exc
+                last_error = exc
+                continue
+            return self._vectors(raw, len(texts))
+        raise EmbeddingError(
+            f"Embedding {len(texts)} text(s) with {self.model} failed after "
+            f"{self._max_retries + 1} attempts (last error: {self._describe(last_error)}). "
+            f"The {self.provider} embedding service may be overloaded or the quota "
+            "exhausted; try again later."
+        ) from last_error
+
+    def _vectors(self, raw: list[list[float]], expected: int) -> list[list[float]]:
+        if len(raw) != expected:
+            raise EmbeddingError(
+                f"{self.model} returned {len(raw)} embeddings for {expected} texts"
+            )
+        vectors = []
+        for values in raw:
+            if len(values) != self.dim:
+                raise EmbeddingError(
+                    f"{self.model} returned {len(values)} dimensions, expected {self.dim} "
+                    "(set EMBEDDING_DIM to the model's output size)"
+                )
+            vectors.append(l2_normalise(values))
+        return vectors
+
+
+class GeminiEmbedder(BatchEmbedder):
+    """`Embedder` for Gemini (`:batchEmbedContents`, task types, one title per call)."""
+
+    provider = "gemini"
+    rejected_hint = "Check GEMINI_API_KEY, the embedding model name and the dimension."
+
+    def __init__(
+        self,
+        client: genai.Client,
+        model: str = "gemini-embedding-001",
+        dim: int = 768,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, dim, **options)
+        self._client = client
+
+    async def _request(
         self, texts: list[str], task_type: str, title: str | None
     ) -> list[list[float]]:
         model_path = _model_path(self.model)
@@ -159,65 +256,18 @@ class GeminiEmbedder:
                 for text in texts
             ]
         }
-        last_error: BaseException | None = None
-        for attempt in range(self._max_retries + 1):
-            if attempt:
-                delay = backoff_delay(
-                    attempt - 1, self._backoff_base, retry_delay_hint(last_error), self._max_backoff
-                )
-                logger.info(
-                    "embedding retry %d/%d in %.2fs after %s",
-                    attempt,
-                    self._max_retries,
-                    delay,
-                    _describe(last_error),
-                )
-                await asyncio.sleep(delay)
-            self.embedding_calls += 1
-            try:
-                async with asyncio.timeout(self._request_timeout):
-                    response = await self._client.aio._api_client.async_request(
-                        "post", f"{model_path}:batchEmbedContents", body, None
-                    )
-            except TimeoutError as exc:
-                last_error = exc
-                continue
-            except Exception as exc:
-                if not is_retryable_error(exc):
-                    raise EmbeddingError(
-                        f"Embedding with {self.model} was rejected ({_describe(exc)}): "
-                        f"{getattr(exc, 'message', None) or exc}. Check GEMINI_API_KEY, the "
-                        "embedding model name and the dimension."
-                    ) from exc
-                last_error = exc
-                continue
-            return self._vectors(_decode_batch(response.body or "{}"), len(texts))
-        raise EmbeddingError(
-            f"Embedding {len(texts)} text(s) with {self.model} failed after "
-            f"{self._max_retries + 1} attempts (last error: {_describe(last_error)}). "
-            "Gemini may be overloaded or the quota exhausted; try again later."
-        ) from last_error
+        response = await self._client.aio._api_client.async_request(
+            "post", f"{model_path}:batchEmbedContents", body, None
+        )
+        return [e.values for e in _decode_batch(response.body or "{}").embeddings]
 
-    def _vectors(self, response: _BatchResponse, expected: int) -> list[list[float]]:
-        embeddings = response.embeddings
-        if len(embeddings) != expected:
-            raise EmbeddingError(
-                f"{self.model} returned {len(embeddings)} embeddings for {expected} texts"
-            )
-        vectors = []
-        for embedding in embeddings:
-            values = embedding.values
-            if len(values) != self.dim:
-                raise EmbeddingError(
-                    f"{self.model} returned {len(values)} dimensions, expected {self.dim}"
-                )
-            vectors.append(l2_normalise(values))
-        return vectors
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return is_retryable_error(exc)
 
+    def _retry_hint(self, exc: BaseException | None) -> float | None:
+        return retry_delay_hint(exc)
 
-def _describe(exc: BaseException | None) -> str:
-    if isinstance(exc, genai_errors.APIError):
-        return f"HTTP {exc.code} {exc.status or ''}".strip()
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return type(exc).__name__ if exc is not None else "unknown"
+    def _describe(self, exc: BaseException | None) -> str:
+        if isinstance(exc, genai_errors.APIError):
+            return f"HTTP {exc.code} {exc.status or ''}".strip()
+        return super()._describe(exc)

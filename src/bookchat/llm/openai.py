@@ -24,6 +24,7 @@ import openai
 
 from bookchat.llm.base import GenerationRequest
 from bookchat.llm.streaming import StreamPiece, provider_transport
+from bookchat.rag.embeddings import BatchEmbedder
 
 logger = logging.getLogger(__name__)
 
@@ -204,3 +205,53 @@ class OpenAIProvider:
 
     def describe(self, exc: BaseException) -> str:
         return describe_error(exc)
+
+
+class _EmbeddingItem(msgspec.Struct):
+    index: int = 0
+    embedding: list[float] = msgspec.field(default_factory=list)
+
+
+class _EmbeddingsResponse(msgspec.Struct):
+    data: list[_EmbeddingItem] = msgspec.field(default_factory=list)
+
+
+_decode_embeddings = msgspec.json.Decoder(_EmbeddingsResponse).decode
+
+
+class OpenAIEmbedder(BatchEmbedder):
+    """`Embedder` over `POST /embeddings` (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM, ...).
+
+    The API has no task types or titles: a document is embedded as its page title and
+    text, a query as itself. No `dimensions` is sent (most local servers reject it):
+    EMBEDDING_DIM must be the model's output size, and a mismatch is an error naming it.
+    """
+
+    provider = "openai"
+    rejected_hint = "Check OPENAI_API_KEY, OPENAI_BASE_URL, EMBEDDING_MODEL and EMBEDDING_DIM."
+
+    def __init__(self, client: openai.AsyncOpenAI, model: str, dim: int, **options: Any) -> None:
+        super().__init__(model, dim, **options)
+        self._client = client
+
+    async def _request(
+        self, texts: list[str], task_type: str, title: str | None
+    ) -> list[list[float]]:
+        inputs = [f"{title}\n\n{text}" if title else text for text in texts]
+        # Raw response + msgspec, as for chat: the SDK's models cost ~1 ms per vector.
+        response = await self._client.embeddings.with_raw_response.create(
+            model=self.model, input=inputs, encoding_format="float"
+        )
+        items = _decode_embeddings(response.http_response.content).data
+        return [item.embedding for item in sorted(items, key=lambda item: item.index)]
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return is_retryable_error(exc)
+
+    def _retry_hint(self, exc: BaseException | None) -> float | None:
+        return retry_delay_hint(exc)
+
+    def _describe(self, exc: BaseException | None) -> str:
+        if isinstance(exc, openai.APIStatusError):
+            return describe_error(exc)
+        return super()._describe(exc)
