@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import openai
 import pytest
 
-from bookchat.fake_openai import FakeOpenAI
+from bookchat.devtools.fake_openai import FakeOpenAI
 from bookchat.llm.openai import make_openai_client
 
 

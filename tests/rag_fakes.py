@@ -123,7 +123,12 @@ class FakeBM25Store:
         ]
 
     async def ensure_collection(
-        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+        self,
+        *,
+        dense_dim: int | None,
+        embedding_model: str | None,
+        recreate: bool = False,
+        embedding_provider: str | None = None,
     ) -> None:
         return None
 
@@ -169,6 +174,7 @@ class UnavailableStore(FakeBM25Store):
 class RaisingEmbedder:
     """An embedder that fails the test on any use."""
 
+    provider = "fake"
     model = "raising"
     dim = 8
 
@@ -182,6 +188,7 @@ class RaisingEmbedder:
 class CountingEmbedder:
     """Returns a fixed vector and counts calls."""
 
+    provider = "fake"
     model = "counting"
     dim = 4
 

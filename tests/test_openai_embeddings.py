@@ -7,10 +7,10 @@ import math
 import openai
 import pytest
 
-from bookchat.fake_gemini import fake_embedding
-from bookchat.fake_openai import FakeOpenAI, RateLimited, ServerError
+from bookchat.devtools.fake_gemini import fake_embedding
+from bookchat.devtools.fake_openai import FakeOpenAI, RateLimited, ServerError
+from bookchat.llm.embeddings import EmbeddingError
 from bookchat.llm.openai import OpenAIEmbedder, make_openai_client
-from bookchat.rag.embeddings import EmbeddingError
 
 # Fixtures `fake_openai` and `openai_client`.
 pytest_plugins = ["tests.openai_fixtures"]

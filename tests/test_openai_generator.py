@@ -16,8 +16,8 @@ import openai
 import pytest
 from google import genai
 
-from bookchat.fake_gemini import FakeGemini
-from bookchat.fake_openai import (
+from bookchat.devtools.fake_gemini import FakeGemini
+from bookchat.devtools.fake_openai import (
     DEFAULT_ANSWER,
     Blocked,
     Cut,

@@ -9,7 +9,7 @@ import struct
 import openai
 import pytest
 
-from bookchat.fake_openai import FakeOpenAI
+from bookchat.devtools.fake_openai import FakeOpenAI
 from bookchat.llm.openai import OpenAIEmbedder
 from bookchat.llm.query_cache import QueryEmbeddingCache, pack_vector, unpack_vector
 

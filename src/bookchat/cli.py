@@ -201,7 +201,11 @@ def _print_summary(
     mode = (
         "dry run, nothing written"
         if dry_run
-        else ("offline: BM25 only" if settings.offline else f"dense: {settings.embedding_model}")
+        else (
+            "offline: BM25 only"
+            if settings.embeddings_offline
+            else f"dense: {settings.embedding_provider} {settings.embedding_model}"
+        )
     )
     print(f"ingested {docs_root} ({mode})")
     print(f"  {'links':<17} {link_style(docs_root, trailing_slash).source}")

@@ -58,7 +58,7 @@ async def check_health(runtime: Runtime) -> HealthReport:
         db_status = "error"
     elif lost == "index":
         store_status = "error"
-    llm: ComponentStatus = "offline" if runtime.settings.offline else "ok"
+    llm: ComponentStatus = "offline" if runtime.settings.llm_offline else "ok"
     healthy = db_status == "ok" and store_status == "ok"
     return HealthReport(
         status="healthy" if healthy else "degraded",
@@ -78,7 +78,7 @@ class HealthController(Controller):
         "/api/v1/health",
         summary="Readiness: database and vector store probes",
         description="200 `healthy`, or 503 `degraded` within a few seconds even when a "
-        "dependency hangs. `llm` is `offline` when no Gemini key is configured.",
+        "dependency hangs. `llm` is `offline` when LLM_PROVIDER is not configured.",
         responses={503: ResponseSpec(data_container=HealthReport, description="degraded")},
     )
     async def readiness(self, state: State) -> Response[HealthReport]:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-
-if TYPE_CHECKING:
-    from google import genai
 
 from bookchat.answer.grounding import PromptBuilder
 from bookchat.answer.pipeline import AnswerPipeline
@@ -19,7 +16,7 @@ from bookchat.chat.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLim
 from bookchat.chat.service import ChatService
 from bookchat.db.config import DatabaseFileWatch, create_engine
 from bookchat.llm.base import AnswerGenerator, Embedder
-from bookchat.llm.factory import make_embedder, make_genai, make_generator
+from bookchat.llm.factory import ModelClients, make_embedder, make_generator
 from bookchat.search.factory import serving_store_from_settings
 from bookchat.search.retriever import Retriever
 from bookchat.search.types import VectorStore
@@ -44,7 +41,7 @@ class Runtime:
     identities: IdentityResolver
     limiter: RateLimiter
     chat: ChatService
-    genai_client: genai.Client | None = None
+    clients: ModelClients | None = None
     owns_clients: bool = True
     database_file: DatabaseFileWatch | None = None
     # The embedded store's directory, watched once it exists at startup (None: a server).
@@ -64,12 +61,12 @@ class Runtime:
         """Create the clients (no network I/O yet); tests may pass their own parts."""
         engine = engine or create_engine(settings)
         store = store or serving_store_from_settings(settings)
-        client = make_genai(settings) if (embedder is None or generator is None) else None
+        clients = ModelClients(settings)
         if embedder is None:
-            embedder = make_embedder(settings, client)
+            embedder = make_embedder(settings, clients)
         pipeline = AnswerPipeline(
             Retriever(store, embedder),
-            generator or make_generator(settings, client),
+            generator or make_generator(settings, clients),
             PromptBuilder(settings.book_title, history_limit=settings.history_messages),
         )
         chat = ChatService(
@@ -85,7 +82,7 @@ class Runtime:
             identities=IdentityResolver(settings, engine),
             limiter=make_limiter(settings),
             chat=chat,
-            genai_client=client,
+            clients=clients,
             database_file=DatabaseFileWatch(settings.database_url),
             index_dir=None if settings.qdrant_url else Path(settings.qdrant_path),
         )
@@ -123,7 +120,5 @@ class Runtime:
         await self.limiter.close()
         await self.store.close()
         await self.engine.dispose()
-        if self.genai_client is not None:
-            from bookchat.llm.gemini import close_genai_client
-
-            await close_genai_client(self.genai_client)
+        if self.clients is not None:
+            await self.clients.aclose()

@@ -16,6 +16,11 @@ from sqlalchemy.exc import ArgumentError
 SAMPLE_BOOK = Path(__file__).parent / "sample_book" / "docs"
 
 
+Provider = Literal["gemini", "openai"]
+GEMINI_FALLBACK_MODEL = "gemini-2.5-flash-lite"
+GEMINI_EMBEDDING_MODEL = "gemini-embedding-001"
+
+
 class SettingsError(ValueError):
     """A configuration value is invalid; the message names the variable."""
 
@@ -29,13 +34,27 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     qdrant_api_key: str | None = None
     qdrant_collection: str = "bookchat"
     qdrant_path: str = "./var/qdrant"
+    qdrant_prefer_grpc: bool = False
+    qdrant_grpc_port: int = 6334
     gemini_api_key: str | None = None
     # Only for tests and the benchmark: point google-genai at a fake Gemini server.
     gemini_base_url: str | None = None
     chat_model: str = "gemini-2.5-flash"
-    fallback_model: str | None = "gemini-2.5-flash-lite"
-    embedding_model: str = "gemini-embedding-001"
+    fallback_model: str | None = GEMINI_FALLBACK_MODEL
+    llm_provider: Provider = "gemini"
+    # Unset: the same provider as the main model (and the Gemini default model only
+    # applies to Gemini: LLM_PROVIDER=openai has no fallback unless FALLBACK_MODEL is set).
+    fallback_provider: Provider | None = None
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    # An OpenAI-compatible fallback may live elsewhere; unset: OPENAI_API_KEY/BASE_URL.
+    fallback_api_key: str | None = None
+    fallback_base_url: str | None = None
+    embedding_provider: Provider = "gemini"
+    embedding_model: str = GEMINI_EMBEDDING_MODEL
     embedding_dim: int = 768
+    embedding_cache_ttl: int = 86_400
     first_token_timeout: float = 20.0
     total_timeout: float = 120.0
     book_title: str = "this book"
@@ -88,6 +107,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 ) from None
         positive = {
             "EMBEDDING_DIM": self.embedding_dim,
+            "EMBEDDING_CACHE_TTL": self.embedding_cache_ttl,
+            "QDRANT_GRPC_PORT": self.qdrant_grpc_port,
             "PORT": self.port,
             "WORKERS": self.workers,
             "RATE_LIMIT_ANONYMOUS": self.rate_limit_anonymous,
@@ -114,6 +135,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
                 "LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, "
                 f"got {self.log_level!r}"
             )
+        if self.embedding_provider == "openai" and self.embedding_model == GEMINI_EMBEDDING_MODEL:
+            raise SettingsError(
+                "EMBEDDING_MODEL: EMBEDDING_PROVIDER=openai needs the name of an "
+                "OpenAI-compatible embedding model (e.g. text-embedding-3-small, "
+                "nomic-embed-text) and its EMBEDDING_DIM"
+            )
         if not self.site_url.startswith(("http://", "https://")):
             raise SettingsError(f"SITE_URL: expected an http(s) URL, got {self.site_url!r}")
         if self.auth_jwks_url and not self.auth_jwks_url.startswith(("http://", "https://")):
@@ -135,10 +162,44 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
+    def provider_configured(self, provider: Provider) -> bool:
+        """Gemini needs a key; an OpenAI-compatible server a key or a base URL (local ones)."""
+        if provider == "gemini":
+            return bool(self.gemini_api_key)
+        return bool(self.openai_api_key or self.openai_base_url)
+
+    @property
+    def llm_offline(self) -> bool:
+        """The answer provider is not configured: the extractive answerer answers."""
+        return not self.provider_configured(self.llm_provider)
+
+    @property
+    def embeddings_offline(self) -> bool:
+        """The embedding provider is not configured: BM25-only retrieval and ingestion."""
+        return not self.provider_configured(self.embedding_provider)
+
     @property
     def offline(self) -> bool:
-        """No Gemini key: BM25-only retrieval and the extractive answerer."""
-        return not self.gemini_api_key
+        """Neither answers nor embeddings have a provider: fully offline mode."""
+        return self.llm_offline and self.embeddings_offline
+
+    @property
+    def main_model(self) -> str:
+        """The answer model of LLM_PROVIDER (CHAT_MODEL for Gemini, OPENAI_MODEL otherwise)."""
+        return self.chat_model if self.llm_provider == "gemini" else self.openai_model
+
+    @property
+    def fallback(self) -> tuple[Provider, str] | None:
+        """(provider, model) tried when the main model keeps failing, or None."""
+        provider = self.fallback_provider or self.llm_provider
+        model = self.fallback_model
+        if not model or (
+            provider == "openai"
+            and self.fallback_provider is None
+            and model == GEMINI_FALLBACK_MODEL
+        ):
+            return None
+        return provider, model
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated again)."""

@@ -200,7 +200,9 @@ async def ingest_book(
         await _store_write(
             "preparing",
             store.ensure_collection(
-                dense_dim=dense_dim, embedding_model=embedder.model if embedder else None
+                dense_dim=dense_dim,
+                embedding_model=embedder.model if embedder else None,
+                embedding_provider=embedder.provider if embedder else None,
             ),
         )
     stored = await _stored_or_empty(store)
@@ -222,6 +224,7 @@ async def ingest_book(
             store.ensure_collection(
                 dense_dim=dense_dim,
                 embedding_model=embedder.model if embedder else None,
+                embedding_provider=embedder.provider if embedder else None,
                 recreate=True,
             ),
         )
@@ -364,11 +367,12 @@ async def run_ingest(
 
     `trailing_slash=None` means the `TRAILING_SLASH` setting.
     """
-    from bookchat.llm.factory import make_embedder
+    from bookchat.llm.factory import ModelClients, make_embedder
     from bookchat.search.factory import store_from_settings
 
     store = store_from_settings(settings)
-    embedder = make_embedder(settings)
+    clients = ModelClients(settings)
+    embedder = make_embedder(settings, clients)
     try:
         summary = await ingest_book(
             docs_root,
@@ -387,5 +391,7 @@ async def run_ingest(
         with contextlib.suppress(Exception):  # the first failure is the one to report
             await store.close()
         raise
+    finally:
+        await clients.aclose()
     await _store_write("closing the store", store.close())
     return summary

@@ -79,8 +79,9 @@ class AnswerGenerator(Protocol):
 
 
 class Embedder(Protocol):
-    """Dense embeddings (Gemini). Vectors are L2-normalised, `dim` long."""
+    """Dense embeddings (`provider`: gemini, openai). Vectors are L2-normalised, `dim` long."""
 
+    provider: str
     model: str
     dim: int
 

@@ -23,8 +23,8 @@ import msgspec
 import openai
 
 from bookchat.llm.base import GenerationRequest
+from bookchat.llm.embeddings import BatchEmbedder
 from bookchat.llm.streaming import StreamPiece, provider_transport
-from bookchat.rag.embeddings import BatchEmbedder
 
 logger = logging.getLogger(__name__)
 

@@ -38,24 +38,35 @@ class CollectionMeta(msgspec.Struct, kw_only=True, frozen=True):
 
     embedding_model: str | None
     dense_dim: int | None
+    # None with a model: Gemini (collections built before there were providers).
+    embedding_provider: str | None = None
     sparse_model: str = SPARSE_MODEL
     format: int = 1
 
+    def normalised(self) -> CollectionMeta:
+        if self.embedding_provider is None and self.embedding_model is not None:
+            return msgspec.structs.replace(self, embedding_provider="gemini")
+        return self
+
+    def describe(self) -> str:
+        dense = (
+            f"{self.embedding_provider} embedding model {self.embedding_model}"
+            if self.embedding_model
+            else "embedding model none (BM25 only)"
+        )
+        return f"{dense}, dense dim {self.dense_dim}, sparse {self.sparse_model}"
+
 
 def check_compatible(collection: str, found: CollectionMeta | None, wanted: CollectionMeta) -> None:
-    if found == wanted:
+    wanted = wanted.normalised()
+    if found is not None and found.normalised() == wanted:
         return
-    if found is None:
-        built = "without bookchat metadata"
-    else:
-        built = (
-            f"with embedding model {found.embedding_model or 'none (BM25 only)'}, "
-            f"dense dim {found.dense_dim}, sparse {found.sparse_model}"
-        )
+    built = (
+        "without bookchat metadata" if found is None else f"with {found.normalised().describe()}"
+    )
     raise CollectionMismatchError(
         f"vector collection {collection!r} was built {built}, but the settings ask for "
-        f"embedding model {wanted.embedding_model or 'none (BM25 only)'}, dense dim "
-        f"{wanted.dense_dim}, sparse {wanted.sparse_model}. Rebuild it with "
+        f"{wanted.describe()}. Rebuild it with "
         "`bookchat ingest --recreate` (or restore the previous settings)."
     )
 

@@ -215,10 +215,19 @@ class EmbeddedVectorStore:
     # ---- VectorStore
 
     async def ensure_collection(
-        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+        self,
+        *,
+        dense_dim: int | None,
+        embedding_model: str | None,
+        recreate: bool = False,
+        embedding_provider: str | None = None,
     ) -> None:
         """Create the shard if missing; raise CollectionMismatchError if incompatible."""
-        wanted = CollectionMeta(embedding_model=embedding_model, dense_dim=dense_dim)
+        wanted = CollectionMeta(
+            embedding_provider=embedding_provider,
+            embedding_model=embedding_model,
+            dense_dim=dense_dim,
+        )
 
         def ensure() -> None:
             if recreate:

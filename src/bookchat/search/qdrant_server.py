@@ -81,10 +81,19 @@ class QdrantServerStore:
         self._has_dense: bool | None = None  # learnt from the collection's metadata
 
     async def ensure_collection(
-        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+        self,
+        *,
+        dense_dim: int | None,
+        embedding_model: str | None,
+        recreate: bool = False,
+        embedding_provider: str | None = None,
     ) -> None:
         """Create the collection if missing; raise CollectionMismatchError if incompatible."""
-        wanted = CollectionMeta(embedding_model=embedding_model, dense_dim=dense_dim)
+        wanted = CollectionMeta(
+            embedding_provider=embedding_provider,
+            embedding_model=embedding_model,
+            dense_dim=dense_dim,
+        )
         client, name = self._client, self._collection
         with _server_errors("ensure_collection"):
             if recreate:

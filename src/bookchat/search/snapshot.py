@@ -406,7 +406,12 @@ class SnapshotVectorStore:
         )
 
     async def ensure_collection(
-        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+        self,
+        *,
+        dense_dim: int | None,
+        embedding_model: str | None,
+        recreate: bool = False,
+        embedding_provider: str | None = None,
     ) -> None:
         """Refused: the serving store is read-only."""
         self._refuse("ensure_collection")

@@ -146,11 +146,18 @@ class VectorStore(Protocol):
     """The one small interface both the embedded engine and a Qdrant server satisfy."""
 
     async def ensure_collection(
-        self, *, dense_dim: int | None, embedding_model: str | None, recreate: bool = False
+        self,
+        *,
+        dense_dim: int | None,
+        embedding_model: str | None,
+        recreate: bool = False,
+        embedding_provider: str | None = None,
     ) -> None:
         """Create the collection if missing; raise CollectionMismatchError if incompatible.
 
-        dense_dim=None means no dense vectors (offline mode: BM25 only).
+        dense_dim=None means no dense vectors (offline mode: BM25 only). The embedding
+        provider defaults to Gemini when a model is given (collections built before
+        providers existed were all Gemini's).
         """
 
     async def upsert(self, records: Sequence[ChunkRecord]) -> None: ...

@@ -31,6 +31,7 @@ class SleepingEmbedder:
     def __init__(self, delay: float, dim: int = 768, seed: int = 0) -> None:
         self.delay = delay
         self.dim = dim
+        self.provider = "bench"
         self.model = "bench-sleeping"
         self.embedding_calls = 0
         self._rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ log and stream-closure records, so tests read the same for both providers::
         ...
         assert fake.wait_until(lambda f: f.stream_closed_early, timeout=1.0)
 
-From a shell: `python -m bookchat.fake_openai --port 8766 --first-token-ms 300`.
+From a shell: `python -m bookchat.devtools.fake_openai --port 8766 --first-token-ms 300`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from bookchat.fake_gemini import (
+from bookchat.devtools.fake_gemini import (
     DEFAULT_ANSWER,
     DEFAULT_EMBED_DIM,
     Behaviour,
@@ -324,7 +324,7 @@ class FakeOpenAI(FakeGemini):
 def main(argv: list[str] | None = None) -> None:
     """Run the fake from a shell until interrupted."""
     parser = argparse.ArgumentParser(
-        prog="python -m bookchat.fake_openai",
+        prog="python -m bookchat.devtools.fake_openai",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--host", default="127.0.0.1")
