@@ -502,6 +502,13 @@ class FakeGemini:
         """What to pass as `HttpOptions(base_url=...)`."""
         return f"http://{self._host}:{self.port}"
 
+    label = "Gemini"
+
+    @property
+    def api_url(self) -> str:
+        """What a client of this API takes as its base URL."""
+        return self.base_url
+
     # ----------------------------------------------------------------- controls
 
     def configure(
@@ -1060,14 +1067,16 @@ class FakeGemini:
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the fake from a shell until interrupted."""
+def main(
+    argv: list[str] | None = None, *, fake_class: type[FakeGemini] | None = None, port: int = 8765
+) -> None:
+    """Run the fake (or a subclass: the fake OpenAI server) from a shell until interrupted."""
+    fake_class = fake_class or FakeGemini
     parser = argparse.ArgumentParser(
-        prog="python -m bookchat.devtools.fake_gemini",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        prog=f"python -m {fake_class.__module__}", description=f"A fake {fake_class.label} API."
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--first-token-ms", type=float, default=0.0)
     parser.add_argument(
         "--tokens-per-second", type=float, default=0.0, help="0 means as fast as possible"
@@ -1087,7 +1096,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.answer_words > 0:
         words = answer.split()
         answer = " ".join(words[i % len(words)] for i in range(args.answer_words))
-    fake = FakeGemini(
+    fake = fake_class(
         host=args.host,
         port=args.port,
         answer=answer,
@@ -1096,7 +1105,7 @@ def main(argv: list[str] | None = None) -> None:
         words_per_chunk=args.words_per_chunk,
     )
     with fake:
-        print(f"fake Gemini listening on {fake.base_url}", flush=True)
+        print(f"fake {fake.label} listening on {fake.api_url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
 

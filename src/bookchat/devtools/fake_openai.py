@@ -23,19 +23,17 @@ From a shell: `python -m bookchat.devtools.fake_openai --port 8766 --first-token
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import math
 import struct
-import threading
 import time
 import uuid
 from typing import Any
 
 import msgspec
 
+from bookchat.devtools import fake_gemini
 from bookchat.devtools.fake_gemini import (
     DEFAULT_ANSWER,
     DEFAULT_EMBED_DIM,
@@ -117,9 +115,16 @@ class FakeOpenAI(FakeGemini):
         super().__init__(**options)
         self._embed_dim = embed_dim
 
+    label = "OpenAI-compatible"
+
     @property
     def api_base(self) -> str:
+        """What the `openai` client takes as `base_url`."""
         return f"{self.base_url}/v1"
+
+    @property
+    def api_url(self) -> str:
+        return self.api_base
 
     def _record(self, record: RequestRecord, *, generate: bool, embed_texts: int = 0) -> None:
         with self._lock:
@@ -322,28 +327,8 @@ class FakeOpenAI(FakeGemini):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the fake from a shell until interrupted."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bookchat.devtools.fake_openai",
-        description=__doc__.splitlines()[0] if __doc__ else None,
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--first-token-ms", type=float, default=0.0)
-    parser.add_argument("--tokens-per-second", type=float, default=0.0, help="0: no pause")
-    parser.add_argument("--embed-dim", type=int, default=DEFAULT_EMBED_DIM)
-    args = parser.parse_args(argv)
-    fake = FakeOpenAI(
-        host=args.host,
-        port=args.port,
-        first_token_delay=args.first_token_ms / 1000,
-        token_delay=1 / args.tokens_per_second if args.tokens_per_second > 0 else 0.0,
-        embed_dim=args.embed_dim,
-    )
-    with fake:
-        print(f"fake OpenAI listening on {fake.api_base}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+    """Run the fake from a shell until interrupted (the fake Gemini's options)."""
+    fake_gemini.main(argv, fake_class=FakeOpenAI, port=8766)
 
 
 if __name__ == "__main__":

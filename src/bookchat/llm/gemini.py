@@ -265,17 +265,13 @@ class GeminiProvider:
     def open_stream(self, model: str, request: GenerationRequest) -> _GeminiStream:
         return _GeminiStream(self._client, model, self.build(request))
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable_error(exc)
+    is_retryable = staticmethod(is_retryable_error)
+    retry_hint = staticmethod(retry_delay_hint)
+    describe = staticmethod(_describe)
 
-    def is_rate_limited(self, exc: BaseException) -> bool:
+    @staticmethod
+    def is_rate_limited(exc: BaseException) -> bool:
         return isinstance(exc, genai_errors.APIError) and exc.code == 429
-
-    def retry_hint(self, exc: BaseException) -> float | None:
-        return retry_delay_hint(exc)
-
-    def describe(self, exc: BaseException) -> str:
-        return _describe(exc)
 
 
 class GeminiGenerator(StreamingGenerator):

@@ -159,16 +159,8 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(
-        self,
-        client: openai.AsyncOpenAI,
-        *,
-        temperature: float | None = None,
-        max_output_tokens: int | None = None,
-    ) -> None:
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._client = client
-        self._temperature = temperature
-        self._max_output_tokens = max_output_tokens
 
     def build(self, request: GenerationRequest) -> dict[str, Any]:
         """The request body, less `model` and `stream`; usage arrives in a last chunk."""
@@ -181,30 +173,18 @@ class OpenAIProvider:
         ]
         if len(messages) == (1 if request.system_instruction else 0):
             messages.append({"role": "user", "content": request.question})
-        body: dict[str, Any] = {
-            "messages": messages,
-            "stream_options": {"include_usage": True},
-        }
-        if self._temperature is not None:
-            body["temperature"] = self._temperature
-        if self._max_output_tokens is not None:
-            body["max_tokens"] = self._max_output_tokens
-        return body
+        return {"messages": messages, "stream_options": {"include_usage": True}}
 
     def open_stream(self, model: str, request: GenerationRequest) -> _OpenAIStream:
         return _OpenAIStream(self._client, model, self.build(request))
 
-    def is_retryable(self, exc: BaseException) -> bool:
-        return is_retryable_error(exc)
+    is_retryable = staticmethod(is_retryable_error)
+    retry_hint = staticmethod(retry_delay_hint)
+    describe = staticmethod(describe_error)
 
-    def is_rate_limited(self, exc: BaseException) -> bool:
+    @staticmethod
+    def is_rate_limited(exc: BaseException) -> bool:
         return isinstance(exc, openai.APIStatusError) and exc.status_code == 429
-
-    def retry_hint(self, exc: BaseException) -> float | None:
-        return retry_delay_hint(exc)
-
-    def describe(self, exc: BaseException) -> str:
-        return describe_error(exc)
 
 
 class _EmbeddingItem(msgspec.Struct):
