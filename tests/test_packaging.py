@@ -115,6 +115,7 @@ def test_directly_imported_packages_are_declared() -> None:
         "prometheus_client": "prometheus-client",
         "advanced_alchemy": "advanced-alchemy",
         "qdrant_client": "qdrant-client",
+        "grpc": "grpcio",
     }
     declared = {canonicalize_name(r.name) for r in _requirements()}
     stdlib = sys.stdlib_module_names

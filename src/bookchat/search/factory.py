@@ -24,9 +24,15 @@ __all__ = [
 
 
 def make_vector_store(
-    *, qdrant_url: str | None, qdrant_api_key: str | None, collection: str, embedded_path: Path
+    *,
+    qdrant_url: str | None,
+    qdrant_api_key: str | None,
+    collection: str,
+    embedded_path: Path,
+    prefer_grpc: bool = False,
+    grpc_port: int = 6334,
 ) -> VectorStore:
-    """A Qdrant server store when `qdrant_url` is set, else the embedded store."""
+    """A Qdrant server store when `qdrant_url` is set (REST, or gRPC), else the embedded one."""
     if qdrant_url:
         # Imported here: qdrant-client (grpcio, numpy, protobuf) only for a server.
         from qdrant_client import AsyncQdrantClient
@@ -35,14 +41,25 @@ def make_vector_store(
 
         # No version check at construction: it is a blocking request in __init__.
         client = AsyncQdrantClient(
-            url=qdrant_url, api_key=qdrant_api_key, timeout=10, check_compatibility=False
+            url=qdrant_url,
+            api_key=qdrant_api_key,
+            timeout=10,
+            check_compatibility=False,
+            prefer_grpc=prefer_grpc,
+            grpc_port=grpc_port,
         )
         return QdrantServerStore(client, collection)
     return EmbeddedVectorStore(embedded_path, collection)
 
 
 def make_serving_store(
-    *, qdrant_url: str | None, qdrant_api_key: str | None, collection: str, embedded_path: Path
+    *,
+    qdrant_url: str | None,
+    qdrant_api_key: str | None,
+    collection: str,
+    embedded_path: Path,
+    prefer_grpc: bool = False,
+    grpc_port: int = 6334,
 ) -> VectorStore:
     """The store the API reads from: a Qdrant server store, or per-process snapshots.
 
@@ -56,6 +73,8 @@ def make_serving_store(
             qdrant_api_key=qdrant_api_key,
             collection=collection,
             embedded_path=embedded_path,
+            prefer_grpc=prefer_grpc,
+            grpc_port=grpc_port,
         )
     return SnapshotVectorStore(embedded_path, collection)
 
@@ -67,6 +86,8 @@ def store_from_settings(settings: Settings) -> VectorStore:
         qdrant_api_key=settings.qdrant_api_key,
         collection=settings.qdrant_collection,
         embedded_path=Path(settings.qdrant_path),
+        prefer_grpc=settings.qdrant_prefer_grpc,
+        grpc_port=settings.qdrant_grpc_port,
     )
 
 
@@ -77,4 +98,6 @@ def serving_store_from_settings(settings: Settings) -> VectorStore:
         qdrant_api_key=settings.qdrant_api_key,
         collection=settings.qdrant_collection,
         embedded_path=Path(settings.qdrant_path),
+        prefer_grpc=settings.qdrant_prefer_grpc,
+        grpc_port=settings.qdrant_grpc_port,
     )

@@ -1,5 +1,8 @@
 """The collection on a Qdrant server (or qdrant-client's local mode), via AsyncQdrantClient.
 
+REST by default; with QDRANT_PREFER_GRPC the client speaks gRPC (QDRANT_GRPC_PORT), whose
+failures arrive as `grpc.RpcError`s and are mapped like their REST counterparts.
+
 Only this module imports qdrant-client (and with it grpcio, numpy and protobuf): the
 factory imports it when `QDRANT_URL` is set, so the embedded default never loads them.
 """
@@ -10,6 +13,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grpc
 import httpx
 import msgspec
 from qdrant_client import AsyncQdrantClient, models
@@ -41,6 +45,16 @@ from bookchat.search.types import (
 
 __all__ = ["QdrantServerStore"]
 
+# gRPC statuses that are the caller's problem (like REST 4xx), not an outage.
+_GRPC_CALLER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
 
 @contextlib.contextmanager
 def _server_errors(what: str) -> Iterator[None]:
@@ -59,12 +73,22 @@ def _server_errors(what: str) -> Iterator[None]:
         ):
             raise
         raise VectorStoreUnavailableError(f"Qdrant server failed during {what}: {exc}") from exc
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        if code in _GRPC_CALLER_ERRORS:
+            raise
+        raise VectorStoreUnavailableError(
+            f"Qdrant server failed during {what} (gRPC {code}): {exc}"
+        ) from exc
 
 
 def _is_missing_collection(exc: Exception) -> bool:
-    # Local mode raises ValueError("Collection ... not found"); a server answers 404.
+    # Local mode raises ValueError("Collection ... not found"); a server answers 404
+    # (REST) or NOT_FOUND (gRPC).
     if isinstance(exc, UnexpectedResponse):
         return exc.status_code == 404
+    if isinstance(exc, grpc.RpcError):
+        return bool(exc.code() == grpc.StatusCode.NOT_FOUND)
     return isinstance(exc, ValueError) and "not found" in str(exc)
 
 
@@ -226,7 +250,7 @@ class QdrantServerStore:
                 response = await self._client.query_points(
                     self._collection, limit=limit, with_payload=True, **kwargs
                 )
-        except (UnexpectedResponse, ValueError) as exc:
+        except (UnexpectedResponse, grpc.RpcError, ValueError) as exc:
             if _is_missing_collection(exc):
                 return []
             raise
@@ -279,7 +303,7 @@ class QdrantServerStore:
         try:
             with _server_errors("count"):
                 return (await self._client.count(self._collection, exact=True)).count
-        except (UnexpectedResponse, ValueError) as exc:
+        except (UnexpectedResponse, grpc.RpcError, ValueError) as exc:
             if _is_missing_collection(exc):
                 return 0
             raise
