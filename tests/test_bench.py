@@ -63,6 +63,33 @@ def test_bench_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     assert report["ttft_plot"] is None or Path(report["ttft_plot"]).is_file()
 
 
+@pytest.mark.server
+def test_bench_chat_runs_with_llm_provider_openai_against_the_fake(tmp_path: Path) -> None:
+    config = BenchConfig(
+        concurrencies=(2,),
+        profiles=(INSTANT,),
+        duration={"instant": 0.3},
+        warmup=0.0,
+        max_chats=5,
+        distinct_questions=10,
+        sections=("chat",),
+        provider="openai",
+        out_dir=tmp_path,
+        postgres_url=None,
+        workers_compare=False,
+    )
+    report = run_bench(config, log=lambda line: None)
+
+    assert report["config"]["provider"] == "openai"
+    # No floor+genai row: that one measures google-genai against the fake Gemini.
+    assert {row["target"] for row in report["chat"]} == {"floor", "bookchat-sqlite"}
+    for row in report["chat"]:
+        assert row["errors"] == 0, row["error_kinds"]
+        assert row["chats"] >= 1
+    bookchat = next(r for r in report["chat"] if r["target"] == "bookchat-sqlite")
+    assert bookchat["grounded"] == bookchat["chats"]  # answered through the fake OpenAI server
+
+
 async def test_load_generator_counts_connection_failures_as_errors() -> None:
     # Nothing listens on port 9 (discard) here: every chat fails, none is counted as done.
     spec = LoadSpec(

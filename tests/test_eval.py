@@ -88,6 +88,18 @@ def test_eval_cli_prints_one_json_object_with_the_documented_keys(
     assert all(set(q) == QUESTION_KEYS for q in data["questions"])
 
 
+def test_eval_cli_runs_with_llm_provider_openai_against_the_fake(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    code = main(["--fake-openai", "--json"])
+    data = json.loads(capsys.readouterr().out)
+
+    assert code == 0, data["gate"]
+    assert data["summary"]["generator"] == "fake-openai-model"
+    assert data["summary"]["retrieval"] == "hybrid"  # embeddings from the fake's /embeddings
+
+
 def test_eval_cli_prints_a_table_and_fails_above_an_impossible_threshold(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import sys
 import tempfile
@@ -69,7 +70,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
 
@@ -99,6 +100,9 @@ from bookchat.llm.base import AnswerGenerator, Embedder, Turn
 from bookchat.search.retriever import Retriever
 from bookchat.search.types import VectorStore
 from bookchat.text import word_count
+
+if TYPE_CHECKING:
+    from bookchat.settings import Settings
 
 __all__ = ["EvalQuestion", "EvalReport", "evaluate", "load_questions", "main", "register"]
 
@@ -377,6 +381,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--offline", action="store_true", help="BM25 + extractive answers even if Gemini is set"
     )
+    parser.add_argument(
+        "--fake-openai",
+        action="store_true",
+        help="answers and embeddings from an in-process fake OpenAI-compatible server "
+        "(LLM_PROVIDER=openai plumbing; the fake's canned answers say nothing of quality)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -389,6 +399,22 @@ def run(args: argparse.Namespace) -> int:
     except (SettingsError, EvalError) as exc:
         print(f"bookchat eval: {exc}", file=sys.stderr)
         return 2
+    with contextlib.ExitStack() as stack:
+        if args.fake_openai:
+            from bookchat.devtools.fake_openai import FakeOpenAI
+
+            fake = stack.enter_context(FakeOpenAI())
+            settings = settings.replace(
+                llm_provider="openai",
+                openai_base_url=fake.api_base,
+                openai_model="fake-openai-model",
+                embedding_provider="openai",
+                embedding_model="fake-openai-embedding",
+            )
+        return _run(args, settings, questions)
+
+
+def _run(args: argparse.Namespace, settings: Settings, questions: list[EvalQuestion]) -> int:
     embedder: Embedder | None = None
     generator: AnswerGenerator | None = None
     if not (args.offline or settings.offline):

@@ -41,7 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -440,7 +440,7 @@ class FakeGemini:
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self) -> FakeGemini:
+    def start(self) -> Self:
         """Start serving in a background thread; returns once the port is bound."""
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -491,7 +491,7 @@ class FakeGemini:
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
 
-    def __enter__(self) -> FakeGemini:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

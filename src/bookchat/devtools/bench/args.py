@@ -39,4 +39,9 @@ def register(subparsers: Any) -> None:
         help="PostgreSQL admin URL for the PostgreSQL rows; the bench creates and drops its "
         "own database there (default BENCH_POSTGRES_URL or postgres@127.0.0.1:5432; '' skips)",
     )
+    bench.add_argument(
+        "--provider",
+        choices=("gemini", "openai"),
+        help="which fake the server talks to: Gemini (default) or an OpenAI-compatible server",
+    )
     bench.set_defaults(func=_cmd_bench)

@@ -55,6 +55,7 @@ from bookchat.devtools.bench.server import (
     running_server,
 )
 from bookchat.devtools.fake_gemini import DEFAULT_ANSWER, FakeGemini
+from bookchat.devtools.fake_openai import FakeOpenAI
 
 SAMPLE_QUESTIONS = (
     "How does lidar measure distance?",
@@ -117,6 +118,7 @@ class BenchConfig:
     workers_compare: bool = True
     workers_concurrency: int = 100
     headline_concurrency: int = 100
+    provider: str = "gemini"  # or "openai": the fake OpenAI-compatible server answers
 
     @classmethod
     def full(cls) -> BenchConfig:
@@ -343,17 +345,20 @@ def bench_chat(config: BenchConfig, log: Any) -> dict[str, Any]:
             # The fake Gemini is a thread of this process: keep it off the server's CPU.
             os.sched_setaffinity(0, placement.load)
             stack.callback(os.sched_setaffinity, 0, own_cpus)
+        fake_class = FakeOpenAI if config.provider == "openai" else FakeGemini
         fake = stack.enter_context(
-            FakeGemini(answer=_answer(config.answer_tokens), words_per_chunk=config.words_per_chunk)
+            fake_class(answer=_answer(config.answer_tokens), words_per_chunk=config.words_per_chunk)
         )
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bookchat-bench-")))
-        env = bench_env(tmp, fake.base_url)
+        env = bench_env(tmp, fake.api_url, config.provider)
         log(f"bench: ingesting {docs}")
         prepare_data(env, Path(docs))
         serve = partial(running_server, cpus=placement.server)
         targets = [Target("floor", stack.enter_context(serve(env, app=FLOOR_APP)), "")]
-        targets.append(Target("floor+genai", targets[0].server, ""))
-        targets.append(Target("bookchat-sqlite", stack.enter_context(serve(env)), ""))
+        if config.provider == "gemini":  # google-genai's own share needs the fake Gemini
+            targets.append(Target("floor+genai", targets[0].server, ""))
+        sqlite = Target("bookchat-sqlite", stack.enter_context(serve(env)), "")
+        targets.append(sqlite)
         postgres_url = _postgres_database(config, stack, log)
         if postgres_url is not None:
             # Its own copy of the vector store: the embedded engine locks its directory.
@@ -389,7 +394,7 @@ def bench_chat(config: BenchConfig, log: Any) -> dict[str, Any]:
         if config.workers_compare:
             fake.reset()
             fake.configure(first_token_delay=0.0, token_delay=0.0)
-            workers = _compare_workers(env, targets[2], bodies, config, placement, log)
+            workers = _compare_workers(env, sqlite, bodies, config, placement, log)
     return {"placement": placement.describe(), "chat": rows, "workers": workers}
 
 
@@ -548,7 +553,7 @@ def plot_ttft(rows: list[dict[str, Any]], path: Path) -> Path | None:
         ax.set_xscale("log")
         ax.set_xlabel("time to first token (ms, log)")
         ax.set_ylabel("fraction of chats")
-        ax.set_title(f"TTFT, fake Gemini: {profile}")
+        ax.set_title(f"TTFT, fake model: {profile}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(
@@ -701,4 +706,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
         config.words_per_chunk = args.words_per_chunk
     if args.postgres_url is not None:
         config.postgres_url = args.postgres_url or None
+    if args.provider:
+        config.provider = args.provider
     run_bench(config)

@@ -33,16 +33,34 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def bench_env(data_dir: Path, fake_url: str) -> dict[str, str]:
-    """Environment for a server on `data_dir` talking to the fake Gemini at `fake_url`."""
+def bench_env(data_dir: Path, fake_url: str, provider: str = "gemini") -> dict[str, str]:
+    """Environment for a server on `data_dir` talking to the fake at `fake_url`.
+
+    `provider="openai"`: answers and embeddings from the fake OpenAI-compatible server
+    (`fake_url` is its `api_base`), i.e. a fully self-hosted deployment's shape.
+    """
+    models = (
+        {
+            "GEMINI_API_KEY": "bench-key",
+            "GEMINI_BASE_URL": fake_url,
+        }
+        if provider == "gemini"
+        else {
+            "GEMINI_API_KEY": "",
+            "LLM_PROVIDER": "openai",
+            "OPENAI_BASE_URL": fake_url,
+            "OPENAI_MODEL": "bench-model",
+            "EMBEDDING_PROVIDER": "openai",
+            "EMBEDDING_MODEL": "bench-embedding",
+        }
+    )
     return {
         **os.environ,
         "DATABASE_URL": f"sqlite+aiosqlite:///{data_dir / 'bench.db'}",
         "QDRANT_PATH": str(data_dir / "qdrant"),
         "SITE_URL": "https://book.example.org",
         "LOG_LEVEL": "WARNING",
-        "GEMINI_API_KEY": "bench-key",
-        "GEMINI_BASE_URL": fake_url,
+        **models,
         "RATE_LIMIT_ANONYMOUS": UNLIMITED,
         "RATE_LIMIT_IP": UNLIMITED,
         "RATE_LIMIT_TOKEN": UNLIMITED,
