@@ -42,6 +42,6 @@ def register(subparsers: Any) -> None:
     bench.add_argument(
         "--provider",
         choices=("gemini", "openai"),
-        help="which fake the server talks to: Gemini (default) or an OpenAI-compatible server",
+        help="the fake the server talks to (default: LLM_PROVIDER, else gemini)",
     )
     bench.set_defaults(func=_cmd_bench)

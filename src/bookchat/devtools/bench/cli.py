@@ -706,6 +706,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
         config.words_per_chunk = args.words_per_chunk
     if args.postgres_url is not None:
         config.postgres_url = args.postgres_url or None
-    if args.provider:
-        config.provider = args.provider
+    # LLM_PROVIDER=openai bookchat bench: the same as --provider openai.
+    config.provider = args.provider or os.environ.get("LLM_PROVIDER") or "gemini"
     run_bench(config)

@@ -43,6 +43,9 @@ def bench_env(data_dir: Path, fake_url: str, provider: str = "gemini") -> dict[s
         {
             "GEMINI_API_KEY": "bench-key",
             "GEMINI_BASE_URL": fake_url,
+            "LLM_PROVIDER": "gemini",
+            "EMBEDDING_PROVIDER": "gemini",
+            "EMBEDDING_MODEL": "gemini-embedding-001",
         }
         if provider == "gemini"
         else {
