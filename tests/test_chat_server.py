@@ -1,4 +1,7 @@
-"""SSE against a real granian server: incremental delivery, disconnects, pings, workers."""
+"""SSE against a real granian server: incremental delivery, disconnects, pings, workers.
+
+Each test runs twice: Gemini behind the server, then an OpenAI-compatible server.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from bookchat.devtools.fake_gemini import FakeGemini
+from bookchat.devtools.fake_openai import FakeOpenAI
 
 from .servers import prepare_book_env, running_server
 
@@ -23,21 +27,35 @@ ANSWER = "PID control combines proportional, integral and derivative terms [1]. 
 )
 
 
-@pytest.fixture(scope="module")
-def module_fake() -> Iterator[FakeGemini]:
-    with FakeGemini(answer=ANSWER) as gemini:
-        yield gemini
+@pytest.fixture(scope="module", params=["gemini", "openai"])
+def provider(request: pytest.FixtureRequest) -> str:
+    """Each test runs against a Gemini-backed and an OpenAI-compatible-backed server."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, module_fake: FakeGemini) -> Iterator[str]:
-    """One server for the module (startup and ingestion dominate these tests' time)."""
-    env = prepare_book_env(
-        tmp_path_factory.mktemp("server"),
-        GEMINI_API_KEY="test-key",
-        GEMINI_BASE_URL=module_fake.base_url,
-        SSE_PING_INTERVAL="0.2",
+def module_fake(provider: str) -> Iterator[FakeGemini]:
+    fake_class = FakeOpenAI if provider == "openai" else FakeGemini
+    with fake_class(answer=ANSWER) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, module_fake: FakeGemini, provider: str
+) -> Iterator[str]:
+    """One server per module and provider (startup and ingestion dominate the time)."""
+    models = (
+        {"GEMINI_API_KEY": "test-key", "GEMINI_BASE_URL": module_fake.base_url}
+        if provider == "gemini"
+        else {
+            "LLM_PROVIDER": "openai",
+            "OPENAI_BASE_URL": module_fake.api_url,
+            "EMBEDDING_PROVIDER": "openai",
+            "EMBEDDING_MODEL": "fake-embedding",
+        }
     )
+    env = prepare_book_env(tmp_path_factory.mktemp("server"), SSE_PING_INTERVAL="0.2", **models)
     with running_server(env) as base_url:
         yield base_url
 
