@@ -58,6 +58,8 @@ def test_settings_choose_the_answer_routes() -> None:
         ("openai", "gpt-4o-mini"),
         ("openai", "qwen"),
     ]
+    no_model = {**gemini, **openai, "LLM_PROVIDER": "gemini", "FALLBACK_PROVIDER": "openai"}
+    assert routes_of(load_settings(no_model)) == [("gemini", "gemini-2.5-flash")]
     mixed = {
         **gemini,
         "FALLBACK_PROVIDER": "openai",

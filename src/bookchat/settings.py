@@ -42,8 +42,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     chat_model: str = "gemini-2.5-flash"
     fallback_model: str | None = GEMINI_FALLBACK_MODEL
     llm_provider: Provider = "gemini"
-    # Unset: the same provider as the main model (and the Gemini default model only
-    # applies to Gemini: LLM_PROVIDER=openai has no fallback unless FALLBACK_MODEL is set).
+    # Unset: the same provider as the main model. The Gemini default FALLBACK_MODEL only
+    # applies to Gemini: an OpenAI-compatible fallback needs FALLBACK_MODEL set.
     fallback_provider: Provider | None = None
     openai_api_key: str | None = None
     openai_base_url: str | None = None
@@ -193,12 +193,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         """(provider, model) tried when the main model keeps failing, or None."""
         provider = self.fallback_provider or self.llm_provider
         model = self.fallback_model
-        if not model or (
-            provider == "openai"
-            and self.fallback_provider is None
-            and model == GEMINI_FALLBACK_MODEL
-        ):
-            return None
+        if not model or (provider == "openai" and model == GEMINI_FALLBACK_MODEL):
+            return None  # the Gemini default model is no OpenAI-compatible server's
         return provider, model
 
     def replace(self, **changes: Any) -> Settings:
