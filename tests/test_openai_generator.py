@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import httpx
 import openai
+import pytest
 from google import genai
 
 from bookchat.devtools.fake_gemini import FakeGemini
@@ -23,7 +24,14 @@ from bookchat.llm.base import (
     GenerationRequest,
 )
 from bookchat.llm.gemini import GeminiProvider
-from bookchat.llm.openai import OpenAIProvider, retry_delay_hint
+from bookchat.llm.openai import (
+    OpenAIProvider,
+    StreamFailed,
+    _decode_chunk,
+    _piece_of,
+    is_retryable_error,
+    retry_delay_hint,
+)
 from bookchat.llm.streaming import Route, StreamingGenerator
 
 from .generator_helpers import REQUEST, collect, text_of
@@ -121,6 +129,13 @@ async def test_a_cut_stream_is_a_transport_error_after_the_partial_text(
     assert text_of(events) == "Odometry integrates wheel rotations "
     assert error is not None and error.code == "generation_failed"
     assert isinstance(error.__cause__, httpx.TransportError)
+
+
+def test_an_error_chunk_inside_the_stream_is_a_retryable_failure() -> None:
+    # OpenRouter and vLLM report a failure after the 200 as `data: {"error": ...}`.
+    with pytest.raises(StreamFailed, match="upstream overloaded") as failure:
+        _piece_of(_decode_chunk(b'{"error": {"message": "upstream overloaded", "code": 502}}'))
+    assert is_retryable_error(failure.value)
 
 
 def test_retry_delay_hint_reads_retry_after_headers() -> None:

@@ -52,7 +52,7 @@ class _Chunk(msgspec.Struct):
 
     choices: list[_Choice] = msgspec.field(default_factory=list)
     usage: _Usage | None = None
-    error: dict[str, Any] | None = None  # OpenRouter and vLLM report mid-stream failures so
+    error: dict[str, Any] | None = None  # how OpenRouter and vLLM report mid-stream failures
 
 
 _decode_chunk = msgspec.json.Decoder(_Chunk).decode
@@ -67,7 +67,7 @@ def make_openai_client(api_key: str | None, base_url: str | None = None) -> open
 
     Local servers (Ollama, llama.cpp) ignore the key, but the SDK insists on one.
     """
-    return openai.AsyncOpenAI(
+    client = openai.AsyncOpenAI(
         api_key=api_key or "unused",
         base_url=base_url or None,
         max_retries=0,
@@ -77,6 +77,10 @@ def make_openai_client(api_key: str | None, base_url: str | None = None) -> open
             timeout=httpx.Timeout(None, connect=10.0), transport=provider_transport()
         ),
     )
+    # The SDK imports its resources on first use: pay for that at startup, not on the
+    # first reader's question.
+    _ = client.chat.completions, client.embeddings
+    return client
 
 
 def is_retryable_error(exc: BaseException) -> bool:
