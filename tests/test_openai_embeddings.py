@@ -43,6 +43,19 @@ async def test_documents_are_normalised_vectors_in_input_order(
         assert "dimensions" not in record.body
 
 
+async def test_pages_share_calls_since_titles_travel_in_the_text(
+    fake_openai: FakeOpenAI, openai_client: openai.AsyncOpenAI
+) -> None:
+    texts = [f"chunk {i}" for i in range(30)]
+    titles = [f"Page {i % 10}" for i in range(30)]  # ten pages
+
+    vectors = await make_embedder(openai_client).embed_documents(texts, titles)
+
+    assert len(vectors) == 30
+    assert fake_openai.embed_requests == 1  # Gemini would need one call per title
+    assert fake_openai.requests[0].body["input"][3] == "Page 3\n\nchunk 3"
+
+
 async def test_250_texts_with_one_title_take_three_calls(
     fake_openai: FakeOpenAI, openai_client: openai.AsyncOpenAI
 ) -> None:

@@ -69,6 +69,9 @@ class BatchEmbedder:
 
     provider = ""
     max_batch = _MAX_BATCH
+    # Gemini takes one title per call (so texts are grouped by title); False: the
+    # provider has no title field and `_titled` folds the title into each text.
+    title_per_call = True
     # What to check when the provider refuses a request (named in the error).
     rejected_hint = "Check the API key, the embedding model name and the dimension."
 
@@ -113,6 +116,10 @@ class BatchEmbedder:
             raise ValueError(f"got {len(texts)} texts but {len(titles)} titles")
         if not texts:
             return []
+        if not self.title_per_call:
+            # The title goes into each text, so any texts can share a call.
+            texts = [self._titled(text, title) for text, title in zip(texts, titles, strict=True)]
+            titles = [""] * len(texts)
         by_title: dict[str, list[int]] = {}
         for index, title in enumerate(titles):
             by_title.setdefault(title, []).append(index)
@@ -153,6 +160,10 @@ class BatchEmbedder:
         (vector,) = await self._embed([text], "RETRIEVAL_QUERY", None)
         await self.query_cache.put(namespace, text, vector)
         return list(vector)
+
+    @staticmethod
+    def _titled(text: str, title: str) -> str:
+        return f"{title}\n\n{text}" if title else text
 
     async def _request(
         self, texts: list[str], task_type: str, title: str | None

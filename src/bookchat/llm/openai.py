@@ -212,6 +212,7 @@ class OpenAIEmbedder(BatchEmbedder):
     """
 
     provider = "openai"
+    title_per_call = False
     rejected_hint = "Check OPENAI_API_KEY, OPENAI_BASE_URL, EMBEDDING_MODEL and EMBEDDING_DIM."
 
     def __init__(self, client: openai.AsyncOpenAI, model: str, dim: int, **options: Any) -> None:
@@ -221,10 +222,9 @@ class OpenAIEmbedder(BatchEmbedder):
     async def _request(
         self, texts: list[str], task_type: str, title: str | None
     ) -> list[list[float]]:
-        inputs = [f"{title}\n\n{text}" if title else text for text in texts]
         # Raw response + msgspec, as for chat: the SDK's models cost ~1 ms per vector.
         response = await self._client.embeddings.with_raw_response.create(
-            model=self.model, input=inputs, encoding_format="float"
+            model=self.model, input=texts, encoding_format="float"
         )
         items = _decode_embeddings(response.http_response.content).data
         return [item.embedding for item in sorted(items, key=lambda item: item.index)]
