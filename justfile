@@ -66,3 +66,7 @@ container-build TAG="bookchat":
 # Build the image and check it: one-shot migrate, /healthz, healthcheck, non-root, PORT, SIGTERM
 container-test:
     bash container/test.sh
+
+# Author insights: questions per day, content gaps, thumbs-down answers, cited pages
+insights *ARGS:
+    bookchat insights {{ARGS}}

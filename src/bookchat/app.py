@@ -34,6 +34,7 @@ from bookchat.errors import (
     repository_error_handler,
 )
 from bookchat.health import HealthController
+from bookchat.insights.controller import InsightsController, insights_page
 from bookchat.observability import configure_logging, request_id_middleware
 from bookchat.runtime import Runtime
 from bookchat.settings import Settings, get_settings
@@ -162,6 +163,8 @@ def create_app(
             SessionsController,
             ChatController,
             AuthController,
+            InsightsController,
+            insights_page,
             MetricsController,
             docs_redirect,
             demo_page,

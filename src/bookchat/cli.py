@@ -1,4 +1,4 @@
-"""`bookchat serve | migrate | ingest | archive | up | eval | bench`."""
+"""`bookchat serve | migrate | ingest | archive | insights | up | eval | bench`."""
 
 from __future__ import annotations
 
@@ -104,6 +104,53 @@ def cmd_archive(args: argparse.Namespace) -> None:
 
     count = asyncio.run(archive())
     print(f"bookchat: archived {count} session(s) idle for more than {args.idle_days} days")
+
+
+def cmd_insights(args: argparse.Namespace) -> None:
+    import msgspec
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from bookchat.db.config import create_engine
+    from bookchat.insights.report import (
+        InsightsError,
+        InsightsReport,
+        build_report,
+        parse_since,
+        report_csv,
+        report_text,
+    )
+    from bookchat.search.factory import serving_store_from_settings
+    from bookchat.search.types import VectorStoreUnavailableError
+
+    settings = _settings()
+    try:
+        since = parse_since(args.since)
+    except InsightsError as exc:
+        _fail(str(exc))
+        return
+
+    async def build() -> InsightsReport:
+        engine = create_engine(settings)
+        store = serving_store_from_settings(settings)
+        try:
+            points = await store.stored_points()
+            async with async_sessionmaker(engine)() as session:
+                return await build_report(session, points, since=since)
+        finally:
+            await store.close()
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(build())
+    except VectorStoreUnavailableError as exc:
+        _fail(f"the vector store is unavailable: {exc}", 1)
+        return
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    elif args.csv:
+        sys.stdout.write(report_csv(report))
+    else:
+        sys.stdout.write(report_text(report))
 
 
 def _progress_printer(use_bar: bool) -> tuple[Progress | None, Callable[[int, int, str], None]]:
@@ -286,6 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow deleting all or more than half of the indexed pages",
     )
     ingest.set_defaults(func=cmd_ingest)
+
+    insights = sub.add_parser(
+        "insights", help="what readers ask, refused questions, disliked answers, cited pages"
+    )
+    insights.add_argument(
+        "--since", default="30d", help="30d, 12h, 4w or an ISO date (default: %(default)s)"
+    )
+    output = insights.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object")
+    output.add_argument("--csv", action="store_true", help="one CSV table with a kind column")
+    insights.set_defaults(func=cmd_insights)
 
     up = sub.add_parser("up", help="migrate, ingest the sample book and serve (quick start)")
     up.set_defaults(func=cmd_up)

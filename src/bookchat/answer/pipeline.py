@@ -55,6 +55,7 @@ from bookchat.search.types import ChunkPayload, SearchFilters
 from bookchat.text import light_term_set, term_set, word_count
 
 __all__ = [
+    "ABSTAINED",
     "AnswerDone",
     "AnswerEvent",
     "AnswerPipeline",

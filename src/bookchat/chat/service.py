@@ -35,8 +35,9 @@ from tenacity import (
 from uuid_utils.compat import uuid7
 
 from bookchat import metrics
-from bookchat.answer.grounding import Citation
+from bookchat.answer.grounding import Citation, related_sections
 from bookchat.answer.pipeline import (
+    ABSTAINED,
     AnswerDone,
     AnswerPipeline,
     AnswerToken,
@@ -137,6 +138,14 @@ def _history(messages: list[Message]) -> list[Turn]:
         for m in messages
         if m.content
     ]
+
+
+def _related(turn: ChatTurn, outcome: StreamOutcome) -> list[dict[str, Any]] | None:
+    """For a refusal, the closest sections the search found (what author insights show)."""
+    retrieval = turn.prepared.retrieval
+    if outcome.finish_reason != ABSTAINED or retrieval is None:
+        return None
+    return msgspec.to_builtins(related_sections(retrieval.hits))
 
 
 class ChatService:
@@ -510,6 +519,8 @@ class ChatService:
             "completion_tokens": outcome.usage.completion_tokens,
             "ttft_ms": outcome.ttft_ms,
             "latency_ms": int((time.perf_counter() - turn.started) * 1000),
+            "finish_reason": outcome.finish_reason if outcome.status == "complete" else None,
+            "related": _related(turn, outcome),
         }
         attempts = 0
         try:

@@ -67,6 +67,7 @@ class Message(UUIDv7Base):
     __table_args__ = (
         Index("ix_messages_session_created", "session_id", "created_at"),
         Index("ix_messages_status_owner", "status", "owner_id"),
+        Index("ix_messages_role_created", "role", "created_at"),
     )
 
     session_id: Mapped[UUID] = mapped_column(
@@ -88,6 +89,10 @@ class Message(UUIDv7Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
     ttft_ms: Mapped[int | None] = mapped_column(Integer, default=None)
     latency_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The generator's finish reason, or "abstained" when the answer was a refusal.
+    finish_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Refusals only: the closest sections the search found (citation-shaped dicts).
+    related: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonB, default=None)
     feedback_rating: Mapped[str | None] = mapped_column(String(8), default=None)
     feedback_comment: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTimeUTC(timezone=True), default=utcnow)

@@ -28,7 +28,8 @@ RRF_K = 2
 # Each branch of a hybrid query fetches this many candidates per requested hit.
 PREFETCH_FACTOR = 4
 PREFETCH_MIN = 20
-SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index", "payload_hash"]
+# What incremental sync needs, plus the page title and URL (author insights list pages).
+SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index", "payload_hash", "title", "url"]
 SCROLL_PAGE = 1000
 UPSERT_BATCH = 256
 
@@ -99,6 +100,8 @@ def stored_point(point_id: object, payload: dict[str, Any] | None) -> StoredPoin
         content_hash=str(payload.get("content_hash", "")),
         chunk_index=int(payload.get("chunk_index", 0)),
         payload_hash=str(payload.get("payload_hash", "")),
+        title=str(payload.get("title", "")),
+        url=str(payload.get("url", "")),
     )
 
 

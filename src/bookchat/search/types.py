@@ -65,13 +65,15 @@ class ChunkRecord(msgspec.Struct, kw_only=True):
 
 
 class StoredPoint(msgspec.Struct, kw_only=True, frozen=True):
-    """What incremental sync needs to know about a point already in the store."""
+    """What incremental sync (and the list of the book's pages) needs about a stored point."""
 
     id: str
     doc_path: str
     content_hash: str
     chunk_index: int
     payload_hash: str = ""  # "" for points written before payload hashes existed
+    title: str = ""
+    url: str = ""  # the chunk's deep link (page route + "#anchor")
 
 
 def _normalised(text: str) -> str:
