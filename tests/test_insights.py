@@ -256,6 +256,8 @@ def test_since_accepts_durations_and_dates_only() -> None:
     assert parse_since("12h", now) == now - timedelta(hours=12)
     assert parse_since("2w", now) == now - timedelta(weeks=2)
     assert parse_since("2026-11-01", now) == datetime(2026, 11, 1, tzinfo=UTC)
-    for bad in ("soon", "-3d", "2027-01-01", "99999d"):
+    assert parse_since("99999d", now) == parse_since("1900-01-01", now)  # clamped
+    assert now - parse_since("99999d", now) == timedelta(days=3660)
+    for bad in ("soon", "-3d", "2027-01-01", "3x"):
         with pytest.raises(InsightsError):
             parse_since(bad, now)

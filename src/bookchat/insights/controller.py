@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import hmac
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromQuery
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat.chat.identity import Identity
 from bookchat.chat.schemas import ErrorEnvelope
 from bookchat.db.services import hash_token
 from bookchat.errors import ApiError
-from bookchat.insights.report import InsightsError, InsightsReport, build_report, parse_since
+from bookchat.insights.report import (
+    SINCE_PATTERN,
+    InsightsError,
+    InsightsReport,
+    build_report,
+    parse_since,
+)
 from bookchat.search.types import VectorStoreUnavailableError
 
 INSIGHTS_PAGE = Path(__file__).parents[1] / "web" / "static" / "insights.html"
@@ -56,8 +62,8 @@ class InsightsController(Controller):
         summary="Author insights: questions, content gaps, disliked answers, cited pages",
         description="Needs an API key from `API_KEYS` as `Authorization: Bearer <key>`. "
         "Holds question and answer text, feedback comments and page references only: "
-        "no tokens, user or session ids, or IP addresses. `since`: `30d`, `12h`, `4w` or "
-        "an ISO date.",
+        "no tokens, user or session ids, or IP addresses. `since`: `30d`, `12h` or `4w`, "
+        "at most 10 years back.",
         responses={
             400: ResponseSpec(ErrorEnvelope, description="validation_error (bad `since`)"),
             401: ResponseSpec(ErrorEnvelope, description="unauthorized (no or unknown key)"),
@@ -70,7 +76,13 @@ class InsightsController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         db_session: NamedDependency[AsyncSession],
-        since: FromQuery[str] = "30d",
+        since: Annotated[
+            str,
+            QueryParameter(
+                pattern=SINCE_PATTERN,
+                description="how far back: hours, days or weeks (`12h`, `30d`, `4w`)",
+            ),
+        ] = "30d",
     ) -> InsightsReport:
         await require_api_key(request, state, db_session)
         try:

@@ -33,7 +33,8 @@ MAX_EXAMPLES = 5
 MAX_THUMBS_DOWN = 100
 MAX_CITED = 20
 ANSWER_EXCERPT_CHARS = 600
-_SINCE_RE = re.compile(r"^\s*(\d{1,5})\s*([hdw])\s*$")
+SINCE_PATTERN = r"^\d{1,6}[hdw]$"  # the API's form; the CLI also takes ISO dates
+_SINCE_RE = re.compile(r"^\s*(\d{1,6})\s*([hdw])\s*$")
 
 
 class InsightsError(ValueError):
@@ -95,17 +96,17 @@ class InsightsReport(msgspec.Struct, kw_only=True):
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """`30d`, `12h`, `4w` before `now`, or an ISO date/time (UTC when no zone is given)."""
+    """`30d`, `12h`, `4w` before `now`, or an ISO date/time (UTC when no zone is given).
+
+    Reaches back at most MAX_SINCE_DAYS (older starts are clamped, not refused).
+    """
     now = now or datetime.now(UTC)
+    oldest = now - timedelta(days=MAX_SINCE_DAYS)
     match = _SINCE_RE.match(text)
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        delta = {"h": timedelta(hours=amount), "d": timedelta(days=amount)}.get(
-            unit, timedelta(weeks=amount)
-        )
-        if delta > timedelta(days=MAX_SINCE_DAYS):
-            raise InsightsError(f"since: at most {MAX_SINCE_DAYS} days back")
-        return now - delta
+        days = amount / 24 if unit == "h" else amount * (7 if unit == "w" else 1)
+        return oldest if days >= MAX_SINCE_DAYS else now - timedelta(days=days)
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -116,9 +117,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         parsed = parsed.replace(tzinfo=UTC)
     if parsed > now:
         raise InsightsError("since: must be in the past")
-    if now - parsed > timedelta(days=MAX_SINCE_DAYS):
-        raise InsightsError(f"since: at most {MAX_SINCE_DAYS} days back")
-    return parsed
+    return max(parsed, oldest)
 
 
 @dataclass
