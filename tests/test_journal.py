@@ -1,0 +1,216 @@
+"""The resume journal on its own: replay after an id, live follow, the grace period,
+bounded buffers, and (with Redis) a follower on another worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import pytest
+
+from bookchat.chat.journal import (
+    JournalEvent,
+    Owner,
+    ReplayExpiredError,
+    StreamJournal,
+    StreamLostError,
+)
+
+OWNER = Owner(uuid.uuid4(), uuid.uuid4())
+
+
+class Source:
+    """An answer whose events the test releases one by one; records how it ended."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        self.cancelled = False
+        self.closed = asyncio.Event()
+
+    def push(self, *names: str) -> None:
+        for name in names:
+            self.queue.put_nowait((name, f'{{"n":"{name}"}}'))
+
+    def end(self) -> None:
+        self.queue.put_nowait(None)
+
+    async def events(self) -> AsyncIterator[tuple[str, str]]:
+        try:
+            while (item := await self.queue.get()) is not None:
+                yield item
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        finally:
+            self.closed.set()
+
+
+async def take(
+    journal: StreamJournal, message_id: uuid.UUID, after: int, count: int | None = None
+) -> list[JournalEvent]:
+    """Follow from `after`; stop after `count` events (a dropped reader) or at the end."""
+    seen: list[JournalEvent] = []
+    async with aclosing(journal.follow(message_id, after, ping_interval=30)) as events:
+        async for event in events:
+            if event is None:
+                continue
+            seen.append(event)
+            if count is not None and len(seen) == count:
+                break  # leaving closes the follower, like a dropped connection
+    return seen
+
+
+class Follower:
+    """A reader following in a task of its own, so the test can watch it attach."""
+
+    def __init__(self, journal: StreamJournal, message_id: uuid.UUID, after: int) -> None:
+        self.events: list[JournalEvent] = []
+        self.arrived = asyncio.Condition()
+        self.task = asyncio.create_task(self._run(journal, message_id, after))
+
+    async def _run(self, journal: StreamJournal, message_id: uuid.UUID, after: int) -> None:
+        async for event in journal.follow(message_id, after, ping_interval=30):
+            if event is not None:
+                self.events.append(event)
+                async with self.arrived:
+                    self.arrived.notify_all()
+
+    async def until(self, count: int) -> None:
+        """Wait (with a deadline) until `count` events have arrived."""
+        async with asyncio.timeout(5), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.events) >= count)
+
+
+async def test_replay_after_an_id_then_live_to_done_exactly_once() -> None:
+    journal = StreamJournal(grace_period=30, retention=30)
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, OWNER, source.events())
+    source.push("session", "citations", "token", "token", "token")
+    first = await take(journal, message_id, 0, count=5)
+    assert [e.id for e in first] == [1, 2, 3, 4, 5]
+
+    resumed = asyncio.create_task(take(journal, message_id, 3))
+    source.push("token", "token", "done")
+    later = await asyncio.wait_for(resumed, 5)
+    assert [(e.id, e.name) for e in later] == [
+        (4, "token"), (5, "token"), (6, "token"), (7, "token"), (8, "done"),
+    ]  # fmt: skip
+    assert not source.cancelled
+
+    # Finished: a resume replays to done and closes.
+    assert [e.id for e in await take(journal, message_id, 6)] == [7, 8]
+    assert await take(journal, message_id, 8) == []
+    assert await journal.owner(message_id) == OWNER
+    await journal.close()
+
+
+async def test_no_reconnect_stops_the_answer_after_the_grace_period() -> None:
+    grace = 0.2
+    journal = StreamJournal(grace_period=grace, retention=0)
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, OWNER, source.events())
+    source.push("session", "citations", "token", "token", "token")
+    await take(journal, message_id, 0, count=5)
+    left = time.monotonic()
+    await asyncio.wait_for(journal.wait_finished(message_id), 5)
+    assert time.monotonic() - left >= grace * 0.9  # not stopped at once ...
+    assert source.cancelled and source.closed.is_set()  # ... but stopped
+    assert await journal.owner(message_id) is None  # retention 0: freed at the end
+    await journal.close()
+
+
+async def test_a_reconnect_within_the_grace_period_keeps_the_answer_going() -> None:
+    journal = StreamJournal(grace_period=0.2, retention=5)
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, OWNER, source.events())
+    source.push("session", "citations", "token")
+    await take(journal, message_id, 0, count=3)
+    stream = journal._streams[message_id]
+    assert stream.abandon_timer is not None  # the grace period runs ...
+    resumed = Follower(journal, message_id, 3)
+    source.push("token")
+    await resumed.until(1)
+    assert stream.abandon_timer is None  # ... and stops when a reader comes back
+    await journal._check_abandoned(message_id, stream)  # as if the deadline had come
+    assert not stream.task.done()  # type: ignore[union-attr]
+    source.push("token", "done")
+    await asyncio.wait_for(resumed.task, 5)
+    assert [e.id for e in resumed.events] == [4, 5, 6] and not source.cancelled
+    await journal.close()
+
+
+async def test_buffers_are_bounded_and_an_expired_replay_says_so() -> None:
+    journal = StreamJournal(grace_period=30, retention=30, max_events=8)
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, OWNER, source.events())
+    source.push("session", *["token"] * 30, "done")
+    tail = await take(journal, message_id, 31)
+    assert [e.id for e in tail] == [32]
+    with pytest.raises(ReplayExpiredError):
+        await take(journal, message_id, 1)
+    await journal.close()
+
+
+async def test_an_answer_stopped_without_done_ends_its_journal_with_an_error_event() -> None:
+    journal = StreamJournal(grace_period=30, retention=30)
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, OWNER, source.events())
+    source.push("session", "token")
+    await take(journal, message_id, 0, count=2)
+    await journal.close()  # shutdown: the running answer is cancelled
+    assert source.cancelled
+    [final] = [e async for e in journal.follow(message_id, 2, ping_interval=1) if e]
+    assert final.name == "error" and '"interrupted"' in final.data
+
+
+async def test_unknown_message_without_redis_is_lost() -> None:
+    journal = StreamJournal()
+    assert await journal.owner(uuid.uuid4()) is None
+    with pytest.raises(StreamLostError):
+        await take(journal, uuid.uuid4(), 0)
+
+
+@pytest.mark.redis
+async def test_another_worker_resumes_through_redis_and_keeps_the_answer_alive(
+    redis_url: str,
+) -> None:
+    grace = 0.3
+    worker_a = StreamJournal(grace_period=grace, retention=30, redis_url=redis_url)
+    worker_b = StreamJournal(grace_period=grace, retention=30, redis_url=redis_url)
+    source, message_id = Source(), uuid.uuid4()
+    worker_a.start(message_id, OWNER, source.events())
+    source.push("session", "citations", "token", "token", "token")
+    await take(worker_a, message_id, 0, count=5)  # the reader on worker A drops here
+
+    assert not worker_b.is_local(message_id)
+    deadline = time.monotonic() + 5
+    while await worker_b.owner(message_id) is None:  # wait for A's mirror to write
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert await worker_b.owner(message_id) == OWNER
+    resumed = Follower(worker_b, message_id, 3)
+    source.push("token")
+    await resumed.until(2)
+    # A has no local reader; when its grace deadline comes, B's watch keeps the answer going.
+    stream = worker_a._streams[message_id]
+    await worker_a._check_abandoned(message_id, stream)
+    assert not stream.task.done() and stream.abandon_timer is not None  # type: ignore[union-attr]
+    source.push("token", "done")
+    await asyncio.wait_for(resumed.task, 5)
+    assert [(e.id, e.name) for e in resumed.events] == [
+        (4, "token"), (5, "token"), (6, "token"), (7, "token"), (8, "done"),
+    ]  # fmt: skip
+    assert not source.cancelled
+
+    # Nobody comes back for a second answer: A stops it once B's watch has run out too.
+    source2, second = Source(), uuid.uuid4()
+    worker_a.start(second, OWNER, source2.events())
+    source2.push("session", "token")
+    await take(worker_a, second, 0, count=2)
+    await asyncio.wait_for(worker_a.wait_finished(second), 5)
+    assert source2.cancelled
+    await worker_a.close()
+    await worker_b.close()
