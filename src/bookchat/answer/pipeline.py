@@ -56,6 +56,7 @@ from bookchat.text import light_term_set, term_set, word_count
 
 __all__ = [
     "ABSTAINED",
+    "NOT_COVERED",
     "AnswerDone",
     "AnswerEvent",
     "AnswerPipeline",

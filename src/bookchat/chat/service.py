@@ -38,6 +38,7 @@ from bookchat import metrics
 from bookchat.answer.grounding import Citation, related_sections
 from bookchat.answer.pipeline import (
     ABSTAINED,
+    NOT_COVERED,
     AnswerDone,
     AnswerPipeline,
     AnswerToken,
@@ -143,7 +144,7 @@ def _history(messages: list[Message]) -> list[Turn]:
 def _related(turn: ChatTurn, outcome: StreamOutcome) -> list[dict[str, Any]] | None:
     """For a refusal, the closest sections the search found (what author insights show)."""
     retrieval = turn.prepared.retrieval
-    if outcome.finish_reason != ABSTAINED or retrieval is None:
+    if outcome.finish_reason not in (ABSTAINED, NOT_COVERED) or retrieval is None:
         return None
     return msgspec.to_builtins(related_sections(retrieval.hits))
 

@@ -21,11 +21,13 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bookchat.answer.pipeline import ABSTAINED
+from bookchat.answer.pipeline import ABSTAINED, NOT_COVERED
 from bookchat.db.models import Message
 from bookchat.search.types import StoredPoint
 from bookchat.text import jaccard, term_set
 
+# The gate declined (no model call), or the model said the context does not cover it.
+REFUSALS = frozenset({ABSTAINED, NOT_COVERED})
 GROUP_SIMILARITY = 0.5  # Jaccard of content terms at which two refusals are one gap
 MAX_SINCE_DAYS = 3660
 MAX_GROUPS = 50
@@ -280,7 +282,7 @@ async def build_report(
             continue
         answers += 1
         cited = [_page(c) for c in row.citations or []]
-        if row.finish_reason == ABSTAINED and row.retrieval_mode == "normal":
+        if row.finish_reason in REFUSALS and row.retrieval_mode == "normal":
             refused_per_day[day] += 1
             refusals.append((row.question, [_page(c) for c in row.related or []]))
         if row.retrieval_mode == "normal":  # a selection's "citation" is the reader's own text
