@@ -36,7 +36,7 @@ DRONE = [
     "how do i tune the PID of a quadcopter drone motor ESC firmware?",
 ]
 GDP = "What is the GDP of Brazil?"
-BATTERY = "Which battery chemistry should my robot use?"
+WORLD_CUP = "Who won the 1998 football World Cup?"
 OLD_QUESTION = "An old question from forty days ago about lidar range"
 FORWARDED_IP = "203.0.113.77"
 
@@ -72,7 +72,7 @@ async def _seed(settings: Settings) -> Seeded:
         for question in DRONE:
             answer = await ask(client, question, token=token)
             assert answer.first("done")["finish_reason"] == "abstained", question
-        for question in (GDP, GDP, BATTERY):
+        for question in (GDP, GDP, WORLD_CUP):
             answer = await ask(client, question)
             assert answer.first("done")["finish_reason"] == "abstained", question
             tokens.append(answer.first("session")["token"])
@@ -134,7 +134,7 @@ async def test_insights_report_on_a_seeded_database(
     )
     assert response.status_code == 200, response.text
     report = response.json()
-    assert report["questions"] == 8  # 2 answered + 3 drone + 2 GDP + 1 battery
+    assert report["questions"] == 8  # 2 answered + 3 drone + 2 GDP + 1 World Cup
     assert report["refused"] == 6
     today = datetime.now(UTC).date().isoformat()
     days = report["questions_per_day"]
@@ -147,7 +147,7 @@ async def test_insights_report_on_a_seeded_database(
     closest = [p["doc_path"] for p in groups[0]["closest_pages"]]
     assert "02-motion/02-pid-control" in closest
     assert all(p["url"].startswith("https://book.example.org/") for p in groups[0]["closest_pages"])
-    assert [(g["question"], g["count"]) for g in groups[1:]] == [(GDP, 2), (BATTERY, 1)]
+    assert [(g["question"], g["count"]) for g in groups[1:]] == [(GDP, 2), (WORLD_CUP, 1)]
 
     [down] = report["thumbs_down"]
     assert down["question"] == PID and down["comment"] == "too vague about the integral term"
@@ -210,7 +210,7 @@ def test_cli_prints_the_report_as_text_json_and_csv(
     assert report["questions"] == 8 and report["refused_groups"][0]["count"] == 3
     rows = list(csv.DictReader(io.StringIO(outputs["--csv"])))
     refused = [r for r in rows if r["kind"] == "refused"]
-    assert [(r["text"], r["count"]) for r in refused[1:]] == [(GDP, "2"), (BATTERY, "1")]
+    assert [(r["text"], r["count"]) for r in refused[1:]] == [(GDP, "2"), (WORLD_CUP, "1")]
     assert [r["comment"] for r in rows if r["kind"] == "thumbs_down"] == [
         "too vague about the integral term"
     ]
