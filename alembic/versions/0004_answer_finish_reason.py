@@ -1,7 +1,7 @@
 """answers keep their finish reason and, when refused, the closest pages found
 
 Revision ID: 5d2e8f0a9c14
-Revises: a7d3c2e91f04
+Revises: c41e5b0d2a96
 Create Date: 2026-12-01 18:00:00.000000+00:00
 
 """
@@ -16,7 +16,7 @@ sa.JsonB = JsonB  # type: ignore[attr-defined]
 
 # revision identifiers, used by Alembic.
 revision = "5d2e8f0a9c14"
-down_revision = "a7d3c2e91f04"
+down_revision = "c41e5b0d2a96"
 branch_labels = None
 depends_on = None
 
