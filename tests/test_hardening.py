@@ -186,14 +186,45 @@ async def test_huge_selection_in_normal_mode_is_400_not_a_slow_answer(
     [
         {"message": " "},
         {"message": "\n\t\r  \u00a0\u2003\u3000"},  # unicode spaces too
+        {"message": "\u001d"},  # a separator Python calls whitespace (the schema did not)
+        {"message": "\ufeff \u200b"},  # BOM and zero-width space (Python did not)
         {"message": LIDAR, "mode": "selected_text_only", "selected_text": " \n\u2003 "},
     ],
-    ids=["space", "unicode-whitespace", "blank-selection"],
+    ids=["space", "unicode-whitespace", "separator", "bom", "blank-selection"],
 )
 async def test_whitespace_only_text_is_400(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     assert_envelope(
         await client.post("/api/v1/chat", json=body, headers=JSON), 400, "validation_error"
     )
+
+
+async def test_openapi_and_the_server_share_one_definition_of_blank(
+    client: httpx.AsyncClient,
+) -> None:
+    import re
+
+    import msgspec
+
+    from bookchat.chat.schemas import ChatRequest
+
+    schema = (await client.get("/schema/openapi.json")).json()
+    pattern = schema["components"]["schemas"]["ChatRequest"]["properties"]["message"]["pattern"]
+    # Every character of the BMP alone, and between spaces: the documented pattern and
+    # the server's validation agree on each.
+    disagreements = []
+    for code in range(1, 0x10000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # lone surrogates are refused before validation (invalid JSON text)
+        for text in (chr(code), f" {chr(code)} "):
+            documented = re.fullmatch(pattern, text) is not None
+            try:
+                msgspec.convert({"message": text}, ChatRequest)
+                accepted = True
+            except msgspec.ValidationError:
+                accepted = False
+            if documented != accepted:
+                disagreements.append(repr(text))
+    assert disagreements == []
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient, settings: Settings) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import msgspec
 from advanced_alchemy.exceptions import RepositoryError
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, get
@@ -18,7 +20,7 @@ from litestar.plugins import PluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
-from litestar.types import Message, Scope
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
 from bookchat import __version__
@@ -27,8 +29,10 @@ from bookchat.chat.openapi import chat_components, document_request_rules
 from bookchat.chat.signin import AuthController
 from bookchat.db.config import make_alchemy_config
 from bookchat.errors import (
+    ApiError,
     JsonBodyRequest,
     database_error_handler,
+    error_body,
     http_exception_handler,
     internal_error_handler,
     repository_error_handler,
@@ -122,6 +126,68 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
         headers["Cache-Control"] = "no-store"
 
 
+_CORS_REJECTION = "bookchat.cors_rejection"
+
+
+async def cors_rejection_in_envelope(message: Message, scope: Scope) -> None:
+    """Litestar answers a rejected CORS preflight `400 text/plain`; use the error envelope.
+
+    A `before_send` hook, because the CORS middleware builds that response itself.
+    """
+    if scope.get("method") != "OPTIONS":
+        return
+    if message["type"] == "http.response.start" and message["status"] == 400:
+        headers = MutableScopeHeaders.from_message(message)
+        if headers.get("content-type", "").startswith("text/plain"):
+            scope[_CORS_REJECTION] = True  # type: ignore[literal-required]
+            headers["content-type"] = "application/json"
+            del headers["content-length"]  # the body is rewritten below
+    elif message["type"] == "http.response.body" and scope.pop(_CORS_REJECTION, False):  # type: ignore[misc]
+        reason = message.get("body", b"").decode(errors="replace").removeprefix("Disallowed CORS ")
+        message["body"] = msgspec.json.encode(
+            error_body("cors_rejected", f"CORS preflight rejected: {reason} not allowed")
+        )
+
+
+def body_read_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
+    """Middleware: a request body must arrive within `seconds`, else 408.
+
+    granian has no body-read timeout (granian#728, wontfix): a client that stops halfway
+    through its body would hold the request, and its buffer, forever.
+    """
+
+    def middleware_factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            body_done = False
+
+            async def timed_receive() -> ReceiveMessage:
+                nonlocal body_done
+                if body_done:  # e.g. a stream listening for the disconnect: no limit
+                    return await receive()
+                try:
+                    async with asyncio.timeout(seconds):
+                        message = await receive()
+                except TimeoutError:
+                    raise ApiError(
+                        408,
+                        "request_timeout",
+                        f"the request body did not arrive within {seconds:g} s",
+                        headers={"Connection": "close"},
+                    ) from None
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    body_done = True
+                return message
+
+            await app(scope, timed_receive, send)
+
+        return middleware
+
+    return middleware_factory
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -174,8 +240,12 @@ def create_app(
             ),
         ],
         plugins=[SQLAlchemyPlugin(config=alchemy), *plugins],
-        middleware=[request_id_middleware, prometheus.middleware],
-        before_send=[add_security_headers],
+        middleware=[
+            request_id_middleware,
+            body_read_timeout(settings.http_body_timeout),
+            prometheus.middleware,
+        ],
+        before_send=[add_security_headers, cors_rejection_in_envelope],
         openapi_config=_openapi_config(),
         cors_config=_cors_config(settings),
         exception_handlers={

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -55,6 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if value is not None:
             os.environ[name.upper()] = str(value)
     settings = _settings()  # validate in the parent: a bad value is one line, not N tracebacks
+    address = _resolve_host(settings.host, settings.port)
+    _check_port_free(address, settings.port)
+    for warning in startup_warnings(settings):
+        print(f"bookchat: warning: {warning}", file=sys.stderr)
     metrics_dir = None
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers are processes: they share metrics through files, so /metrics on any
@@ -62,24 +68,65 @@ def cmd_serve(args: argparse.Namespace) -> None:
         metrics_dir = tempfile.mkdtemp(prefix="bookchat-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        _run_granian(settings, getattr(args, "app", None) or DEFAULT_APP)
+        _run_granian(settings, address, getattr(args, "app", None) or DEFAULT_APP)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run_granian(settings: Settings, target: str) -> None:
+def startup_warnings(settings: Settings) -> list[str]:
+    """Configurations that work but surprise: said once, at startup."""
+    warnings = []
+    if settings.workers > 1 and not settings.redis_url:
+        warnings.append(
+            f"WORKERS={settings.workers} without REDIS_URL: each worker keeps its own rate "
+            f"limits, so every limit is {settings.workers}x higher; set REDIS_URL to share them"
+        )
+    return warnings
+
+
+def _resolve_host(host: str, port: int) -> str:
+    """The address to bind: an IP as given, or the first address of a host name."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        _fail(f"HOST: {host!r} is not an IP address or a host name this machine can resolve")
+        raise  # unreachable
+    return str(found[0][4][0])
+
+
+def _check_port_free(address: str, port: int) -> None:
+    """Fail with one line when another process listens on the port.
+
+    granian binds with SO_REUSEPORT, so a second server would silently share the port
+    (and split requests between two databases); a plain bind here refuses instead.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                _fail(f"port {port} on {address} is already in use by another process", 1)
+            _fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}", 1)
+
+
+def _run_granian(settings: Settings, address: str, target: str) -> None:
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     Granian(
         target,
         factory=True,
-        address=settings.host,
+        address=address,
         port=settings.port,
         workers=settings.workers,
         interface=Interfaces.ASGI,
         log_access=False,
+        # Also bounds an idle keep-alive connection's wait for its next request.
+        http1_settings=HTTP1Settings(header_read_timeout=int(settings.http_header_timeout * 1000)),
         # Granian stops accepting and drains in-flight requests on SIGTERM/SIGINT.
         workers_kill_timeout=30,
     ).serve()

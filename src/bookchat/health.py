@@ -11,8 +11,9 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from sqlalchemy import text
+from sqlalchemy import update
 
+from bookchat.db.models import ServerProcess
 from bookchat.runtime import Runtime
 
 ComponentStatus = Literal["ok", "error", "offline"]
@@ -34,11 +35,21 @@ class Liveness(msgspec.Struct, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
+# Probes cut off by the timeout finish in the background (a SQLite write waiting in its
+# busy handler cannot be interrupted); held here so they are not garbage-collected.
+_abandoned: set[asyncio.Task[object]] = set()
+
+
 async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> ComponentStatus:
-    try:
-        await asyncio.wait_for(check(), limit)
-    except Exception:  # any failure or the timeout: the component is not usable
+    task: asyncio.Task[object] = asyncio.ensure_future(check())
+    done, _ = await asyncio.wait({task}, timeout=limit)
+    if not done:  # the timeout: answer now, do not wait for the cancellation to land
+        task.cancel()
+        _abandoned.add(task)
+        task.add_done_callback(_abandoned.discard)
         return "error"
+    if task.cancelled() or task.exception() is not None:
+        return "error"  # any failure: the component is not usable
     return "ok"
 
 
@@ -46,15 +57,28 @@ async def check_health(runtime: Runtime) -> HealthReport:
     """Probe the database and the vector store concurrently, each under the health timeout."""
 
     async def database() -> None:
+        # Chats write, so the probe writes too (this process's heartbeat row, rewritten
+        # as it is) in a transaction that is rolled back: a database that answers reads
+        # but refuses writes (read-only, immutable, locked) is not ready.
         async with runtime.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+            transaction = await connection.begin()
+            try:
+                await connection.execute(
+                    update(ServerProcess)
+                    .where(ServerProcess.id == runtime.chat.owner.id)
+                    .values(heartbeat_at=ServerProcess.heartbeat_at)
+                )
+            finally:
+                await transaction.rollback()
 
     timeout = runtime.settings.health_timeout
     lost = await runtime.storage_lost()
     db_status, store_status = await asyncio.gather(
         _probe(database, timeout), _probe(runtime.store.ping, timeout)
     )
-    if lost == "database":
+    if lost == "database" or runtime.chat.last_write_failed:
+        # The last write of a chat or heartbeat failed (e.g. a full disk, which a rolled-
+        # back write does not reach): not ready until a write succeeds again.
         db_status = "error"
     elif lost == "index":
         store_status = "error"

@@ -34,3 +34,6 @@ RATE_LIMITED = Counter("bookchat_rate_limited_total", "Requests refused with 429
 PERSISTENCE_FAILURES = Counter(
     "bookchat_persistence_failures_total", "Answers streamed but not saved"
 )
+SLOW_READERS = Counter(
+    "bookchat_slow_readers_total", "Streams ended because the client stopped reading"
+)

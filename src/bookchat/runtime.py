@@ -118,7 +118,12 @@ class Runtime:
         if not self.owns_clients:
             return
         await self.limiter.close()
-        await self.store.close()
+        try:
+            await self.store.close()
+        except Exception as exc:  # e.g. its files were deleted under it: exit anyway
+            logger.warning(
+                "vector store did not close cleanly", extra={"error": type(exc).__name__}
+            )
         await self.engine.dispose()
         if self.clients is not None:
             await self.clients.aclose()

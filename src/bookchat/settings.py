@@ -87,6 +87,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     history_messages: int = 10
     max_body_bytes: int = 131_072
     sse_ping_interval: float = 15.0
+    # A client that reads nothing for this long is gone: its answer ends `interrupted`.
+    sse_write_timeout: float = 30.0
+    # Seconds to send the request headers (and an idle keep-alive connection's next ones).
+    http_header_timeout: float = 10.0
+    # Seconds to send a request body; granian has none of its own.
+    http_body_timeout: float = 15.0
     health_timeout: float = 2.0
     # How often a serving process proves it is alive; 3 missed beats and another process
     # marks its unfinished answers `interrupted`.
@@ -123,11 +129,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for name, value in positive.items():
             if value <= 0:
                 raise SettingsError(f"{name}: must be a positive number, got {value}")
-        if self.stream_heartbeat_interval <= 0:
-            raise SettingsError(
-                f"STREAM_HEARTBEAT_INTERVAL: must be a positive number, got "
-                f"{self.stream_heartbeat_interval}"
-            )
+        durations = {
+            "STREAM_HEARTBEAT_INTERVAL": self.stream_heartbeat_interval,
+            "SSE_WRITE_TIMEOUT": self.sse_write_timeout,
+            "HTTP_HEADER_TIMEOUT": self.http_header_timeout,
+            "HTTP_BODY_TIMEOUT": self.http_body_timeout,
+        }
+        for name, seconds in durations.items():
+            if seconds <= 0:
+                raise SettingsError(f"{name}: must be a positive number, got {seconds}")
         if self.port > 65535:
             raise SettingsError(f"PORT: must be at most 65535, got {self.port}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -166,31 +166,47 @@ class SessionsController(Controller):
         return FeedbackOut(message_id=message.id, rating=data.rating, comment=data.comment)
 
 
+STREAM_BUFFER_EVENTS = 32  # events queued for a client before the answer stops pulling
+
+
 async def sse_messages(
-    service: ChatService, turn: ChatTurn, ping_interval: float
+    service: ChatService, turn: ChatTurn, ping_interval: float, write_timeout: float
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Encode the answer's events as SSE, with a comment ping after `ping_interval` idle.
 
-    The answer runs in a task feeding a queue so that waiting for the next event can time
-    out (for the ping) without cancelling the answer itself; Litestar's ServerSentEvent
-    has no keep-alive of its own.
+    The answer runs in a task feeding a bounded queue, so that waiting for the next event
+    can time out (for the ping) without cancelling the answer itself; Litestar's
+    ServerSentEvent has no keep-alive of its own. The bound is the backpressure: a client
+    that does not drain its socket blocks granian's `send` (granian ≥ 2.8 bounds its
+    body channel), the queue fills, and the answer stops pulling from the provider. If the
+    queue stays full for `write_timeout`, the client is treated as gone: the answer is
+    saved `interrupted` and the stuck send is cancelled, which ends the response.
     """
-    queue: asyncio.Queue[tuple[str, msgspec.Struct] | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[str, msgspec.Struct] | None] = asyncio.Queue(STREAM_BUFFER_EVENTS)
+    writer = asyncio.current_task()  # the task that sends this response's body
 
     async def produce() -> None:
+        answer = service.run(turn)
         try:
-            async for event in service.run(turn):
-                queue.put_nowait(event)
+            async for event in answer:
+                async with asyncio.timeout(write_timeout):
+                    await queue.put(event)
+        except TimeoutError:
+            metrics.SLOW_READERS.inc()
+            logger.warning("client stopped reading; stream ended", extra={"timeout": write_timeout})
+            await answer.aclose()  # interrupted, saved
+            if writer is not None:
+                writer.cancel()  # unblock the send that waits on the client
+            return
         except Exception:
             logger.exception("chat stream failed")
-            queue.put_nowait(
+            await queue.put(
                 (
                     "error",
                     ErrorEvent(code="internal_error", message="internal error", retryable=True),
                 )
             )
-        finally:
-            queue.put_nowait(None)
+        await queue.put(None)
 
     task = asyncio.create_task(produce())
     event_id = 0
@@ -315,5 +331,11 @@ class ChatController(Controller):
             return Response(answer, headers=headers)
         headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
         return ServerSentEvent(
-            sse_messages(service, turn, runtime.settings.sse_ping_interval), headers=headers
+            sse_messages(
+                service,
+                turn,
+                runtime.settings.sse_ping_interval,
+                runtime.settings.sse_write_timeout,
+            ),
+            headers=headers,
         )

@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from typing import Any, Literal
 from uuid import UUID
@@ -45,6 +46,10 @@ logger = logging.getLogger("bookchat.identity")
 BINDING_SECRET_NAME = "session_binding_v1"
 
 Tier = Literal["anonymous", "token", "api_key"]
+
+
+# `last_seen_at` is kept to this resolution (one write per user per hour at most).
+LAST_SEEN_RESOLUTION = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,10 @@ class IdentityResolver:
             user = await users.create(User(token_hash=token_hash, tier="api_key"))
         if user is None:
             raise ApiError(401, "unauthorized", "unknown or revoked token")
-        user.last_seen_at = utcnow()
+        now = utcnow()
+        if now - user.last_seen_at >= LAST_SEEN_RESOLUTION:
+            # Throttled: refreshing it on every request made every GET a write.
+            user.last_seen_at = now
         tier: Tier = "api_key" if user.tier == "api_key" else "token"
         return Identity(
             user=user, tier=tier, client_ip=client_ip, subject=f"user:{token_hash[:32]}"

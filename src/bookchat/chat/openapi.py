@@ -22,6 +22,7 @@ from litestar.openapi.spec import (
 
 from bookchat.chat.schemas import (
     NO_NUL,
+    NOT_BLANK,
     ChatFilters,
     ChatRequest,
     ChatResponse,
@@ -41,8 +42,6 @@ EVENTS = {
     "error": ErrorEvent,
 }
 _REF = "#/components/schemas/{name}"
-# Some character that is neither whitespace nor NUL, and no NUL anywhere.
-NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"
 REQUEST_STRUCTS = (ChatRequest, ChatFilters, FeedbackRequest)
 _KEYWORDS = {"if": "schema_if", "else": "schema_else"}  # Python keywords in Litestar's Schema
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")

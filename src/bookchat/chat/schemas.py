@@ -18,6 +18,23 @@ NO_NUL = r"^[^\x00]*$"
 FilterValue = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 FilterList = Annotated[list[FilterValue], Meta(max_length=20)]
 
+# The one definition of "blank", shared by the server and the OpenAPI document: every
+# character Python's str.isspace() accepts, plus the zero-width ones JSON Schema's \s
+# (ECMAScript) or a reader would also see as nothing (BOM, zero-width space).
+BLANK_CHARACTERS = frozenset(
+    [chr(c) for c in range(0x110000) if chr(c).isspace()] + ["\ufeff", "\u200b"]
+)
+_BLANK_CLASS = "".join(f"\\u{ord(c):04x}" for c in sorted(BLANK_CHARACTERS))
+# Some character that is neither blank nor NUL, and no NUL anywhere (ECMAScript and
+# Python regex alike: \uXXXX escapes only).
+NOT_BLANK = rf"^[^\x00]*[^{_BLANK_CLASS}\x00][^\x00]*$"
+
+
+def is_blank(text: str) -> bool:
+    """Only blank characters (or nothing): the server's rule, documented as `NOT_BLANK`."""
+    return all(c in BLANK_CHARACTERS for c in text)
+
+
 MAX_MESSAGE_CHARS = 4000
 MAX_SELECTION_CHARS = 10_000
 MAX_DOC_PATH_CHARS = 512  # the column's size
@@ -61,9 +78,9 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         # msgspec turns a ValueError here into a validation error (HTTP 400).
         if "\x00" in self.message or (self.selected_text and "\x00" in self.selected_text):
             raise ValueError("text must not contain NUL characters")
-        if not self.message.strip():
+        if is_blank(self.message):
             raise ValueError("message must not be blank")
-        if self.mode == "selected_text_only" and not (self.selected_text or "").strip():
+        if self.mode == "selected_text_only" and is_blank(self.selected_text or ""):
             raise ValueError("selected_text is required when mode is selected_text_only")
         if self.source_doc_path is not None:
             self.source_doc_path = cut_at_word(self.source_doc_path, MAX_DOC_PATH_CHARS)

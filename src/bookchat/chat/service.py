@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -167,6 +167,8 @@ class ChatService:
         self.owner = ownership.ProcessIdentity.current()
         self.heartbeat_interval = heartbeat_interval
         self.save_timeout = SAVE_TIMEOUT  # tests shorten it
+        # Whether this process's last database write failed (readiness reports it).
+        self.last_write_failed = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         # Completions in flight: strong references, so a cancelled stream cannot drop one.
         self._saves: set[asyncio.Task[str | None]] = set()
@@ -235,8 +237,10 @@ class ChatService:
                     session, self.owner, dead_after=self.dead_after
                 )
         except DB_ERRORS as exc:
+            self.last_write_failed = True
             logger.warning("stream heartbeat failed", extra={"error": type(exc).__name__})
             return
+        self.last_write_failed = False
         if repaired:
             metrics.CHAT_OUTCOMES.labels("interrupted").inc(repaired)
             logger.warning(
@@ -298,7 +302,9 @@ class ChatService:
             async with self._writing():
                 saved = await self._save_question(data, identity, chat, db)
         except DB_ERRORS as exc:
+            self.last_write_failed = True
             raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        self.last_write_failed = False
         token, chat, answer_id = saved
         return ChatTurn(
             request=data,
@@ -394,7 +400,7 @@ class ChatService:
         await db.commit()
         return token, chat, answer_id
 
-    async def run(self, turn: ChatTurn) -> AsyncIterator[Event]:
+    async def run(self, turn: ChatTurn) -> AsyncGenerator[Event, None]:
         """The events of one answer; completes its row before `done`, or when cancelled."""
         outcome = StreamOutcome()
         warning: str | None = None
@@ -540,6 +546,7 @@ class ChatService:
                         attempts += 1
                         await self._write_answer(turn, values)
         except (*DB_ERRORS, TimeoutError) as exc:
+            self.last_write_failed = True
             metrics.PERSISTENCE_FAILURES.inc()
             logger.error(
                 "could not save answer",
@@ -555,6 +562,7 @@ class ChatService:
                 "answer saved after retries",
                 extra={"message_id": str(turn.message_id), "attempts": attempts},
             )
+        self.last_write_failed = False
         # Counted once the row says so: `chat_outcomes` equals the stored rows.
         metrics.CHAT_OUTCOMES.labels(label).inc()
         return None

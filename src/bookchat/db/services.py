@@ -74,15 +74,17 @@ class ChatSessionService(SQLAlchemyAsyncRepositoryService[ChatSession]):
         self, user_id: UUID, *, limit: int, offset: int
     ) -> tuple[list[dict[str, Any]], int]:
         """Active sessions, newest activity first, with their message counts, and the total."""
-        counts = (
-            select(Message.session_id, func.count(Message.id).label("n"))
-            .group_by(Message.session_id)
-            .subquery()
+        # Correlated: counts only the listed sessions' messages through their index (a
+        # grouped subquery aggregated the whole `messages` table on every call).
+        count = (
+            select(func.count(Message.id))
+            .where(Message.session_id == ChatSession.id)
+            .correlate(ChatSession)
+            .scalar_subquery()
         )
         owned = (ChatSession.user_id == user_id) & (ChatSession.status == "active")
         rows = await self.repository.session.execute(
-            select(ChatSession, func.coalesce(counts.c.n, 0))
-            .outerjoin(counts, counts.c.session_id == ChatSession.id)
+            select(ChatSession, count)
             .where(owned)
             .order_by(ChatSession.last_activity.desc(), ChatSession.id.desc())
             .limit(limit)
