@@ -210,18 +210,13 @@ def test_bad_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
 
 
 def test_migrations_up_down_up_and_no_drift(database_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
+    from bookchat.db.migrate import migration_commands
 
-    from bookchat.db.migrate import find_alembic_ini
-
-    config = Config(str(find_alembic_ini()))
-    config.set_main_option("sqlalchemy.url", database_url)
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
-    command.downgrade(config, "base")
-    command.upgrade(config, "head")
-    command.check(config)  # raises if the models and the migrations disagree
+    commands = migration_commands(database_url)
+    commands.upgrade("head")
+    commands.downgrade("base")
+    commands.upgrade("head")
+    commands.check()  # raises if the models and the migrations disagree
 
 
 def test_event_loop_free_check() -> None:

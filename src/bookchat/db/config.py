@@ -6,11 +6,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from advanced_alchemy.extensions.litestar import AsyncSessionConfig, SQLAlchemyAsyncConfig
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    SQLAlchemyAsyncConfig,
+)
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bookchat.db.migrate import MIGRATIONS_DIR, VERSION_TABLE
 from bookchat.db.models import UUIDv7Base
 from bookchat.settings import Settings
 
@@ -90,6 +95,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def make_alembic_config() -> AlembicAsyncConfig:
+    """Where the migrations live (inside the package) and the version table they record in,
+    for `litestar database …` and `bookchat migrate` alike."""
+    return AlembicAsyncConfig(
+        script_location=str(MIGRATIONS_DIR),
+        version_table_name=VERSION_TABLE,
+        # No ini file: env.py configures logging only when one is given (the root alembic.ini).
+        script_config="",
+        render_as_batch=True,
+        user_module_prefix="sa.",
+    )
+
+
 def make_alchemy_config(
     settings: Settings, engine: AsyncEngine | None = None
 ) -> SQLAlchemyAsyncConfig:
@@ -100,6 +118,7 @@ def make_alchemy_config(
         metadata=UUIDv7Base.metadata,
         before_send_handler="autocommit",
         create_all=False,
+        alembic_config=make_alembic_config(),
         # bookchat.errors maps RepositoryError (envelope; 503 when the database is down).
         set_default_exception_handler=False,
     )

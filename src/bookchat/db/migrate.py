@@ -1,35 +1,44 @@
-"""Database migrations: `alembic upgrade` against a URL, from code (the CLI, tests, tools)."""
+"""Database migrations, shipped inside the package (`bookchat/db/migrations`).
+
+`bookchat migrate`, `litestar --app bookchat.app:create_app database upgrade` (the
+advanced-alchemy plugin's CLI) and plain `alembic upgrade head` (the root alembic.ini, for
+developers) all run the same scripts, through the same env.py, into the same
+`alembic_version` table.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["find_alembic_ini", "run_migrations"]
+if TYPE_CHECKING:
+    from advanced_alchemy.alembic.commands import AlembicCommands
+
+__all__ = ["MIGRATIONS_DIR", "VERSION_TABLE", "migration_commands", "run_migrations"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+VERSION_TABLE = "alembic_version"
 
 
-def find_alembic_ini() -> Path:
-    """alembic.ini in the working directory, else the one beside the source tree."""
-    for candidate in (
-        Path.cwd() / "alembic.ini",
-        Path(__file__).resolve().parents[3] / "alembic.ini",
-    ):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        "alembic.ini not found: run from the project directory (or the container's /app)"
+def migration_commands(database_url: str) -> AlembicCommands:
+    """advanced-alchemy's Alembic commands against `database_url`: the code path behind
+    `litestar database …`, with a throwaway engine (no pool to outlive the command)."""
+    # Imported here: advanced-alchemy costs 0.6 s, and the CLI imports this module.
+    from advanced_alchemy.alembic.commands import AlembicCommands
+    from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    from bookchat.db.config import ensure_sqlite_directory, make_alembic_config
+
+    ensure_sqlite_directory(database_url)
+    config = SQLAlchemyAsyncConfig(
+        engine_instance=create_async_engine(database_url, poolclass=NullPool),
+        alembic_config=make_alembic_config(),
     )
+    return AlembicCommands(config)
 
 
 def run_migrations(database_url: str, revision: str = "head") -> None:
     """`alembic upgrade <revision>` against `database_url`."""
-    from alembic import command
-    from alembic.config import Config
-
-    # Imported here: advanced-alchemy costs 0.6 s, and the CLI imports this module.
-    from bookchat.db.config import ensure_sqlite_directory
-
-    ensure_sqlite_directory(database_url)
-    config = Config(str(find_alembic_ini()))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, revision)
+    migration_commands(database_url).upgrade(revision)

@@ -1,4 +1,9 @@
-"""Alembic environment: async engine, batch mode so SQLite and PostgreSQL migrate alike."""
+"""Alembic environment: async engine, batch mode so SQLite and PostgreSQL migrate alike.
+
+Run three ways, all the same: `bookchat migrate` and `litestar database upgrade` (through
+advanced-alchemy's AlembicCommands, whose config carries an `engine`), and plain `alembic`
+with the root alembic.ini (a URL from `sqlalchemy.url` or DATABASE_URL).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ from advanced_alchemy.types import GUID
 from alembic import context
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bookchat.db import models
 from bookchat.settings import load_settings
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+if config.config_file_name and config.attributes.get("configure_logging", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = models.UUIDv7Base.metadata
@@ -23,7 +28,12 @@ target_metadata = models.UUIDv7Base.metadata
 
 def _database_url() -> str:
     # `bookchat migrate` passes the URL explicitly; plain `alembic` reads DATABASE_URL.
-    return config.get_main_option("sqlalchemy.url") or load_settings().database_url
+    # (advanced-alchemy's config carries `db_url`, for `litestar database upgrade --sql`.)
+    return (
+        getattr(config, "db_url", None)
+        or config.get_main_option("sqlalchemy.url")
+        or load_settings().database_url
+    )
 
 
 def _compare_type(
@@ -42,6 +52,7 @@ def _compare_type(
 def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=target_metadata,
+        version_table=getattr(config, "version_table_name", "alembic_version"),
         compare_type=_compare_type,
         # ALTER on SQLite needs table rebuilds; batch mode is a no-op wrapper on PostgreSQL.
         render_as_batch=True,
@@ -63,9 +74,13 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def run_migrations_online() -> None:
-    engine = create_async_engine(_database_url(), poolclass=pool.NullPool)
+    # advanced-alchemy's command config brings the app's engine; plain alembic brings a URL.
+    engine: AsyncEngine = getattr(config, "engine", None) or create_async_engine(
+        _database_url(), poolclass=pool.NullPool
+    )
     async with engine.connect() as connection:
         await connection.run_sync(_run_sync)
+    # Also for a borrowed engine: its pooled connections belong to this event loop.
     await engine.dispose()
 
 
