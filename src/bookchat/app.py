@@ -10,7 +10,6 @@ import msgspec
 from advanced_alchemy.exceptions import RepositoryError
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, get
-from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.exceptions import HTTPException
@@ -25,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bookchat import __version__
 from bookchat.chat.controller import ChatController, SessionsController
-from bookchat.chat.openapi import chat_components, document_request_rules
+from bookchat.chat.openapi import finish_document, operation_id
 from bookchat.chat.signin import AuthController
 from bookchat.db.config import make_alchemy_config
 from bookchat.errors import (
@@ -66,6 +65,7 @@ def _openapi_config() -> OpenAPIConfig:
         "citations that deep-link into the book. Errors are always "
         '`{"error": {"code", "message"}}`.',
         path="/schema",
+        operation_id_creator=operation_id,
         render_plugins=[
             ScalarRenderPlugin(
                 path="/scalar",
@@ -209,13 +209,9 @@ def create_app(
 
     def add_event_schemas(app: Litestar) -> None:
         # Litestar rebuilds `components.schemas` from its registry, dropping configured
-        # ones, so the SSE event schemas are merged into the built document instead.
-        openapi = app.plugins.get(OpenAPIPlugin).provide_openapi()
-        schemas = openapi.components.schemas if openapi.components else None
-        if schemas is not None:
-            for name, schema in chat_components().items():
-                schemas.setdefault(name, schema)
-            document_request_rules(schemas)
+        # ones, so the SSE event schemas (and headers, examples, security) are added to the
+        # built document instead.
+        finish_document(app.openapi_schema)
 
     async def start_runtime() -> None:
         await runtime.start()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bookchat import metrics
 from bookchat.answer.grounding import Citation
 from bookchat.chat.identity import Identity
-from bookchat.chat.openapi import ChatOperation
+from bookchat.chat.openapi import TOKEN_OPTIONAL, TOKEN_REQUIRED, ChatOperation
 from bookchat.chat.ratelimit import Window
 from bookchat.chat.schemas import (
     ChatRequest,
@@ -96,6 +96,7 @@ async def commit_or_503(db: AsyncSession) -> None:
 class SessionsController(Controller):
     path = "/api/v1"
     tags = ["sessions"]
+    security = TOKEN_REQUIRED
 
     @get("/sessions", summary="My sessions, newest activity first", responses=ERRORS)
     async def list_sessions(
@@ -268,6 +269,7 @@ may be continued from the same client IP (`TOKENLESS_SESSIONS`). `source_section
 class ChatController(Controller):
     path = "/api/v1"
     tags = ["chat"]
+    security = TOKEN_OPTIONAL
 
     @post(
         "/chat",
