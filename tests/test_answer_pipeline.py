@@ -85,7 +85,10 @@ async def test_unrelated_question_about_selection_says_so_without_any_call() -> 
         pipeline, "What is the GDP of Brazil?", mode="selected_text_only", selected_text=SELECTION
     )
     done = _done(events)
-    assert done.text == SELECTION_NOT_COVERED and "full-book mode" in done.text
+    # It tells the reader what to do with what the widget has (there is no mode control:
+    # a question asked without a selection searches the whole book).
+    assert done.text == SELECTION_NOT_COVERED and "without selecting any text" in done.text
+    assert "mode" not in done.text
     assert not done.grounded and done.citations == [] and done.finish_reason == "abstained"
     assert isinstance(events[0], Retrieved) and not events[0].grounded_candidate
     assert generator.requests == []

@@ -230,6 +230,14 @@ def test_ask_about_selection_sends_only_the_selected_passage(page: Page) -> None
     assert body["source_section"] == "Time-of-flight principle"
     last_answer(page)
     assert page.locator(".bkc-user .bkc-quote").inner_text().startswith("The sensor emits")
+    # What SELECTION_NOT_COVERED tells the reader works: asked again without selecting
+    # text, the question goes to the whole book.
+    assert page.locator(".bkc-attached").is_hidden()
+    with page.expect_request("**/api/v1/chat") as again:
+        ask(page, "Why must the timing be so precise?")
+    assert again.value.post_data_json["mode"] == "normal"
+    assert "selected_text" not in again.value.post_data_json
+    last_answer(page)
 
 
 def test_reload_restores_the_conversation_and_new_chat_starts_over(page: Page) -> None:
@@ -360,3 +368,71 @@ def test_widget_script_is_small_cacheable_javascript(server: str) -> None:
     )
     assert again.status_code == 304
     assert b"innerHTML" not in response.content
+
+
+def _fully_visible_in_log(page: Page, selector: str) -> tuple[bool, dict[str, float]]:
+    box = page.evaluate(
+        """(sel) => {
+          const log = document.querySelector('.bkc-log').getBoundingClientRect();
+          const all = document.querySelectorAll(sel);
+          const el = all[all.length - 1].getBoundingClientRect();
+          return {top: el.top, bottom: el.bottom, logTop: log.top, logBottom: log.bottom,
+                  vh: window.innerHeight};
+        }""",
+        selector,
+    )
+    visible = box["top"] >= box["logTop"] and box["bottom"] <= min(box["logBottom"], box["vh"])
+    return visible, box
+
+
+@pytest.mark.parametrize(
+    "size",
+    [{"width": 1280, "height": 800}, {"width": 390, "height": 844}],
+    ids=["desktop", "mobile"],
+)
+def test_feedback_buttons_are_fully_visible_after_each_answer(
+    browser: Browser, server: str, fake: FakeGemini, size: dict[str, int]
+) -> None:
+    fake.reset()
+    context = browser.new_context(
+        viewport=size, is_mobile=size["width"] < 500, has_touch=size["width"] < 500
+    )
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(server + "/")
+    page.wait_for_selector(".bkc-launcher")
+    name = "desktop" if size["width"] > 500 else "mobile"
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        for turn, question in enumerate(
+            ["How does a lidar measure distance?", "Why can a lidar miss obstacles?"], start=1
+        ):
+            ask(page, question)
+            last_answer(page)
+            page.wait_for_selector(".bkc-bot:nth-last-child(1) .bkc-actions")
+            page.screenshot(path=str(ARTIFACTS / f"feedback-{name}-{turn}.png"))
+            visible, box = _fully_visible_in_log(page, ".bkc-bot .bkc-actions")
+            assert visible, f"turn {turn}: the feedback buttons are cut off: {box}"
+    finally:
+        context.close()
+
+
+def test_api_reference_has_no_document_validation_errors(browser: Browser, server: str) -> None:
+    # Scalar validates the OpenAPI document as it loads it and logs what it rejects.
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    console: list[tuple[str, str]] = []
+    page.on("console", lambda m: console.append((m.type, m.text)))
+    page.on("pageerror", lambda exc: console.append(("pageerror", str(exc))))
+    try:
+        page.goto(server + "/docs")
+        # Rendered operations come after the document was loaded and validated.
+        page.get_by_role("heading", name="bookchat API").first.wait_for()
+        assert any("addDocument" in text for _, text in console), console  # Scalar's log ran
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "api-reference.png"))
+    finally:
+        context.close()
+    problems = [(kind, text) for kind, text in console if kind in ("warning", "error", "pageerror")]
+    assert problems == [], problems

@@ -477,7 +477,7 @@ def declines(text: str) -> bool:
 
 SELECTION_NOT_COVERED = (
     "The selected passage does not cover this question, so I can't answer it from the "
-    "selection alone. Ask again in full-book mode to search the whole book."
+    "selection alone. Ask it again without selecting any text to search the whole book."
 )
 
 

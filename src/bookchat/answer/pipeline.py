@@ -18,7 +18,7 @@ Decisions made in `prepare()`:
 - `selected_text_only`: the store and embedder are never touched. The selection is the
   only source (`[1]`). When the question is clearly about something else (the relevance
   test of `search/relevance.py` with the selection as the book), the answer says so and
-  offers full-book mode (`grounded=False`, no generator call). A selection under
+  suggests asking without a selection (`grounded=False`, no generator call). A selection under
   `min_selection_words` words is answered, followed by a note that more text would help.
 """
 

@@ -361,9 +361,11 @@ input.addEventListener("input", () => {
   input.style.height = Math.min(input.scrollHeight + 2, 140) + "px";
 });
 
+function atBottom() {
+  return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
+}
 function scrollDown(force) {
-  const near = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-  if (force || near) log.scrollTop = log.scrollHeight;
+  if (force || atBottom()) log.scrollTop = log.scrollHeight;
 }
 function setBusy(busy) {
   const hadFocus = document.activeElement === stop;
@@ -481,6 +483,9 @@ Answer.prototype.settle = function (state, note) {
   scrollDown(false);
 };
 Answer.prototype.finish = function (done, messageStatus) {
+  // Following the stream? Then the sources, note and feedback buttons added below (often
+  // taller than the 80 px slack of scrollDown) must come into view too.
+  const follow = atBottom();
   this.setCitations(done.citations);
   this.messageId = done.message_id || this.messageId;
   const cited = (done.citations || []).slice().sort((a, b) => a.n - b.n);
@@ -496,6 +501,7 @@ Answer.prototype.finish = function (done, messageStatus) {
     : done.persistence_warning ? "Note: this answer could not be saved to your history." : "";
   this.settle(messageStatus === "failed" ? "error" : "done", note);
   if (this.messageId && stored().token) this.bubble.append(feedbackButtons(this.messageId));
+  scrollDown(follow);
 };
 
 function feedbackButtons(messageId) {
