@@ -15,9 +15,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bookchat.db.migrate import MIGRATIONS_DIR, VERSION_TABLE
 from bookchat.db.models import UUIDv7Base
 from bookchat.settings import Settings
+
+# The migrations ship inside the package; the version table is Alembic's usual name (the
+# plugin's own default, `alembic_versions`, would not see databases migrated so far).
+MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
+VERSION_TABLE = "alembic_version"
 
 
 def ensure_sqlite_directory(database_url: str) -> None:

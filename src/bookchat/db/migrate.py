@@ -8,16 +8,12 @@ developers) all run the same scripts, through the same env.py, into the same
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from advanced_alchemy.alembic.commands import AlembicCommands
 
-__all__ = ["MIGRATIONS_DIR", "VERSION_TABLE", "migration_commands", "run_migrations"]
-
-MIGRATIONS_DIR = Path(__file__).resolve().with_name("migrations")
-VERSION_TABLE = "alembic_version"
+__all__ = ["migration_commands", "run_migrations"]
 
 
 def migration_commands(database_url: str) -> AlembicCommands:
