@@ -14,9 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bookchat.db.models import UUIDv7Base
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TABLES = {"alembic_version", "chat_sessions", "messages", "users"}
+# Every table the models declare, plus Alembic's own.
+TABLES = {*UUIDv7Base.metadata.tables, "alembic_version"}
 
 
 def _head() -> str:

@@ -154,16 +154,12 @@ async def test_shutdown_interrupts_only_this_process_answers(
 def test_downgrade_keeps_streaming_answers_as_interrupted(database_url: str) -> None:
     import asyncio
 
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
-    from bookchat.db.migrate import find_alembic_ini
+    from bookchat.db.migrate import migration_commands
 
-    config = Config(str(find_alembic_ini()))
-    config.set_main_option("sqlalchemy.url", database_url)
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
+    commands = migration_commands(database_url)
+    commands.upgrade("head")
 
     async def seed_and_read(seed: bool) -> list[tuple[str, ...]]:
         engine = create_async_engine(database_url)
@@ -177,6 +173,6 @@ def test_downgrade_keeps_streaming_answers_as_interrupted(database_url: str) -> 
             await engine.dispose()
 
     assert asyncio.run(seed_and_read(True)) == [("streaming",)]
-    command.downgrade(config, "19c6ed4a3eee")  # below a7d3c2e91f04, whatever came after
+    commands.downgrade("19c6ed4a3eee")  # below a7d3c2e91f04, whatever came after
     assert asyncio.run(seed_and_read(False)) == [("interrupted",)]
-    command.upgrade(config, "head")
+    commands.upgrade("head")

@@ -9,15 +9,16 @@ from pathlib import Path
 import msgspec
 from advanced_alchemy.exceptions import RepositoryError
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
-from litestar import Litestar, get
+from litestar import Litestar, get, route
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import MutableScopeHeaders, State
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.params import FromPath
 from litestar.plugins import PluginProtocol
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.response import Redirect
+from litestar.response import File, Redirect
 from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
@@ -57,6 +58,27 @@ async def docs_redirect() -> Redirect:
     return Redirect("/schema/scalar")
 
 
+@get("/favicon.ico", include_in_schema=False, cache=86400)
+async def favicon() -> File:
+    """The demo page's and the API reference's icon (an SVG; browsers take it here too)."""
+    return File(
+        STATIC_DIR / "favicon.svg", media_type="image/svg+xml", content_disposition_type="inline"
+    )
+
+
+@route(
+    ["/{unmatched:path}", "/api/v1/{unmatched:path}"],
+    http_method=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+async def not_found(unmatched: FromPath[str]) -> None:
+    """Unknown paths end here rather than in the router, so that they pass through the
+    middleware: the access log and the request metrics see the 404 (one series, not one
+    per probed URL). Litestar's router does not fall back from a matched prefix to the
+    root, hence the second path for everything under /api/v1."""
+    raise NotFoundException()
+
+
 def _openapi_config() -> OpenAPIConfig:
     return OpenAPIConfig(
         title="bookchat API",
@@ -77,7 +99,7 @@ def _openapi_config() -> OpenAPIConfig:
                     "hideClientButton": True,
                     "agent": {"disabled": True},
                 },
-                favicon="<link rel='icon' href='data:,'>",
+                favicon="<link rel='icon' href='/favicon.ico' type='image/svg+xml'>",
             )
         ],
     )
@@ -231,6 +253,8 @@ def create_app(
             docs_redirect,
             demo_page,
             widget_js,
+            favicon,
+            not_found,
             create_static_files_router(
                 path="/static", directories=[STATIC_DIR], include_in_schema=False
             ),

@@ -1,4 +1,4 @@
-"""`bookchat serve | migrate | ingest | archive | insights | up | eval | bench`."""
+"""bookchat: chat with your Docusaurus book (migrate, ingest, serve, and the dev tools)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bookchat import __version__
 from bookchat.db.migrate import run_migrations
 from bookchat.settings import Settings, SettingsError, load_settings
 
@@ -27,6 +28,29 @@ if TYPE_CHECKING:
 
 
 DEFAULT_APP = "bookchat.app:create_app"
+
+
+def _whole_number(text: str, *, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}{upper}, got {value}")
+    return value
+
+
+def _days(text: str) -> int:
+    return _whole_number(text, minimum=0)
+
+
+def _port(text: str) -> int:
+    return _whole_number(text, minimum=1, maximum=65535)
+
+
+def _workers(text: str) -> int:
+    return _whole_number(text, minimum=1)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -117,9 +141,14 @@ def _run_granian(settings: Settings, address: str, target: str) -> None:
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
+    from bookchat.observability import granian_log_config
+
     Granian(
         target,
         factory=True,
+        # granian's own lines ("Listening at", worker starts and stops) in the JSON format
+        # of every other log line.
+        log_dictconfig=granian_log_config(),
         address=address,
         port=settings.port,
         workers=settings.workers,
@@ -321,29 +350,55 @@ def cmd_up(args: argparse.Namespace) -> None:
     from bookchat.ingest.pipeline import IngestError, run_ingest
     from bookchat.search.types import CollectionMismatchError, VectorStoreUnavailableError
 
+    bar, progress = _progress_printer(sys.stderr.isatty())
     try:
-        summary = asyncio.run(run_ingest(settings, docs_root, site_url=settings.site_url))
+        with bar if bar is not None else contextlib.nullcontext():
+            summary = asyncio.run(
+                run_ingest(
+                    settings,
+                    docs_root,
+                    site_url=settings.site_url,
+                    progress=progress,
+                    trailing_slash=settings.trailing_slash,
+                )
+            )
     except (IngestError, CollectionMismatchError, VectorStoreUnavailableError, OSError) as exc:
         _fail(str(exc), 1)
         return
     _report_skipped(summary)  # the quick start serves the rest of the book anyway
-    print(f"bookchat: ingested {docs_root}: {summary}", file=sys.stderr)
-    print(
-        f"bookchat: serving on http://{settings.host}:{settings.port}/ "
-        f"(demo page /, API docs /docs); Ctrl-C stops",
-        file=sys.stderr,
+    _print_summary(
+        summary, docs_root, settings, dry_run=False, trailing_slash=settings.trailing_slash
     )
+    print(ready_line(settings), flush=True)
     cmd_serve(argparse.Namespace(host=None, port=None, workers=None))
 
 
+def ready_line(settings: Settings) -> str:
+    """The one line `bookchat up` prints once the book is in: where to click."""
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # reachable from this machine; the server listens on every address
+    elif ":" in host:
+        host = f"[{host}]"
+    base = f"http://{host}:{settings.port}"
+    return f"bookchat: demo page {base}/ · API docs {base}/docs · Ctrl-C stops"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bookchat", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="bookchat",
+        description=__doc__,
+        epilog="Every command is also a just recipe: just --list.",
+    )
+    parser.add_argument("--version", action="version", version=f"bookchat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the API on granian")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--workers", type=int)
+    serve.add_argument("--host", help="address to listen on (default: HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: PORT, else 8000)")
+    serve.add_argument(
+        "--workers", type=_workers, help="granian worker processes (default: WORKERS, else 1)"
+    )
     serve.add_argument(
         "--app",
         default=DEFAULT_APP,
@@ -352,11 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (alembic upgrade)")
-    migrate.add_argument("--revision", default="head")
+    migrate.add_argument(
+        "--revision",
+        default="head",
+        help="the revision to upgrade to (default: %(default)s, the newest)",
+    )
     migrate.set_defaults(func=cmd_migrate)
 
     archive = sub.add_parser("archive", help="soft-delete sessions idle for N days")
-    archive.add_argument("--idle-days", type=int, default=30)
+    archive.add_argument(
+        "--idle-days",
+        type=_days,
+        default=30,
+        metavar="DAYS",
+        help="archive sessions with no message for more than DAYS days (default: %(default)s)",
+    )
     archive.set_defaults(func=cmd_archive)
 
     ingest = sub.add_parser("ingest", help="(re-)ingest a Docusaurus docs/ tree")
@@ -392,7 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true", help="one CSV table with a kind column")
     insights.set_defaults(func=cmd_insights)
 
-    up = sub.add_parser("up", help="migrate, ingest the sample book and serve (quick start)")
+    up = sub.add_parser(
+        "up",
+        help="migrate, ingest the sample book and serve (quick start)",
+        description="Apply the migrations, ingest DOCS_PATH (default: the bundled sample book) "
+        "and serve on HOST:PORT. Takes no options: every setting comes from the environment "
+        "or .env (see README).",
+    )
     up.set_defaults(func=cmd_up)
 
     _register_devtools(sub)

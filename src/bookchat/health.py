@@ -17,18 +17,27 @@ from bookchat.db.models import ServerProcess
 from bookchat.runtime import Runtime
 
 ComponentStatus = Literal["ok", "error", "offline"]
+LLMStatus = Literal["ok", "failing", "not_checked", "offline"]
+
+
+class LLMReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The model's last real outcome in this process (no probe calls the model)."""
+
+    since: datetime | None = None  # when `llm` last changed to its current state
+    error: str | None = None  # the latest failure, while `failing`
 
 
 class HealthComponents(msgspec.Struct, kw_only=True):
     database: ComponentStatus
     vector_store: ComponentStatus
-    llm: ComponentStatus
+    llm: LLMStatus
 
 
-class HealthReport(msgspec.Struct, kw_only=True):
+class HealthReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: Literal["healthy", "degraded"]
     components: HealthComponents
     timestamp: datetime
+    llm: LLMReport | None = None
 
 
 class Liveness(msgspec.Struct, kw_only=True):
@@ -82,12 +91,19 @@ async def check_health(runtime: Runtime) -> HealthReport:
         db_status = "error"
     elif lost == "index":
         store_status = "error"
-    llm: ComponentStatus = "offline" if runtime.settings.llm_offline else "ok"
+    tracked = runtime.llm_health
+    llm: LLMStatus = "offline" if runtime.settings.llm_offline else tracked.state
+    detail = None
+    if llm in ("ok", "failing") and tracked.since is not None:
+        detail = LLMReport(since=tracked.since, error=tracked.error)
+    # The model does not decide readiness: a failing key is not fixed by restarting or by
+    # routing traffic elsewhere, and offline mode answers without it.
     healthy = db_status == "ok" and store_status == "ok"
     return HealthReport(
         status="healthy" if healthy else "degraded",
         components=HealthComponents(database=db_status, vector_store=store_status, llm=llm),
         timestamp=datetime.now(UTC),
+        llm=detail,
     )
 
 
@@ -102,7 +118,10 @@ class HealthController(Controller):
         "/api/v1/health",
         summary="Readiness: database and vector store probes",
         description="200 `healthy`, or 503 `degraded` within a few seconds even when a "
-        "dependency hangs. `llm` is `offline` when LLM_PROVIDER is not configured.",
+        "dependency hangs. `llm` is the model's last real outcome in this worker, never a "
+        "probe call: `ok`, `failing` (`llm.since`, `llm.error`), `not_checked` before the "
+        "first question, `offline` when LLM_PROVIDER is not configured. It does not affect "
+        "`status`.",
         responses={503: ResponseSpec(data_container=HealthReport, description="degraded")},
     )
     async def readiness(self, state: State) -> Response[HealthReport]:

@@ -57,6 +57,29 @@ def configure_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
+def granian_log_config() -> dict[str, Any]:
+    """granian's `log_dictconfig`: its own loggers through `JsonFormatter` on stderr.
+
+    granian configures its loggers (`_granian`, `granian.access`) itself, in its main
+    process and in every worker, with a plain `[INFO] ...` format on stdout by default.
+    """
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"console": handler, "access": dict(handler)},
+        "loggers": {
+            "_granian": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "granian.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Accept a sane `X-Request-ID` or make one; echo it; write one access line per request."""
 

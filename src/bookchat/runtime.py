@@ -17,6 +17,7 @@ from bookchat.chat.service import ChatService
 from bookchat.db.config import DatabaseFileWatch, create_engine
 from bookchat.llm.base import AnswerGenerator, Embedder
 from bookchat.llm.factory import ModelClients, make_embedder, make_generator
+from bookchat.llm.health import LLMHealth, TrackedEmbedder, TrackedGenerator
 from bookchat.search.factory import serving_store_from_settings
 from bookchat.search.retriever import Retriever
 from bookchat.search.types import VectorStore
@@ -43,6 +44,7 @@ class Runtime:
     chat: ChatService
     clients: ModelClients | None = None
     owns_clients: bool = True
+    llm_health: LLMHealth = field(default_factory=LLMHealth)
     database_file: DatabaseFileWatch | None = None
     # The embedded store's directory, watched once it exists at startup (None: a server).
     index_dir: Path | None = None
@@ -64,9 +66,15 @@ class Runtime:
         clients = ModelClients(settings)
         if embedder is None:
             embedder = make_embedder(settings, clients)
+        # Every real model call records its outcome for /api/v1/health (llm/health.py).
+        llm_health = LLMHealth()
+        tracked_generator = TrackedGenerator(
+            generator or make_generator(settings, clients), llm_health
+        )
+        tracked_embedder = TrackedEmbedder(embedder, llm_health) if embedder is not None else None
         pipeline = AnswerPipeline(
-            Retriever(store, embedder),
-            generator or make_generator(settings, clients),
+            Retriever(store, tracked_embedder),
+            tracked_generator,
             PromptBuilder(settings.book_title, history_limit=settings.history_messages),
         )
         chat = ChatService(
@@ -83,6 +91,7 @@ class Runtime:
             limiter=make_limiter(settings),
             chat=chat,
             clients=clients,
+            llm_health=llm_health,
             database_file=DatabaseFileWatch(settings.database_url),
             index_dir=None if settings.qdrant_url else Path(settings.qdrant_path),
         )

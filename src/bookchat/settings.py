@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -268,17 +269,28 @@ def load_settings(environ: dict[str, str] | None = None, env_file: str | None = 
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        raise SettingsError(_describe(exc, raw)) from None
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _describe(exc: msgspec.ValidationError, raw: dict[str, Any]) -> str:
     message = str(exc)
-    # msgspec says "Expected `int`, got `str` - at `$.port`": name the variable instead.
-    if " - at `$." in message:
-        text, _, path = message.rpartition(" - at `$.")
-        name = path.rstrip("`").split("[")[0].upper()
-        return f"{name}: {text}"
-    return message
+    # msgspec says "Expected `int`, got `str` - at `$.port`": name the variable and show the
+    # value it got instead ("PORT: expected an integer, got 'abc'").
+    if " - at `$." not in message:
+        return message
+    text, _, path = message.rpartition(" - at `$.")
+    field = path.rstrip("`").split("[")[0]
+    wrong_type = re.fullmatch(r"Expected `(\w+)`, got `\w+`", text)
+    if wrong_type:
+        text = "expected " + _EXPECTED.get(wrong_type.group(1), wrong_type.group(1))
+    else:
+        text = text[:1].lower() + text[1:].replace("`", "")
+    if field in raw:
+        text += f", got {raw[field]!r}"
+    return f"{field.upper()}: {text}"
 
 
 @lru_cache(maxsize=1)

@@ -118,6 +118,7 @@ def demo_html(settings: Settings) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · bookchat demo</title>
+<link rel="icon" href="/favicon.ico" type="image/svg+xml">
 <style>
   :root {{ color-scheme: light; }}
   body {{ margin: 0; font: 17px/1.65 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
