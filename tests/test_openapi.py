@@ -20,6 +20,7 @@ OPERATION_IDS = {
     ("get", "/api/v1/sessions/{session_id}/messages"): "listMessages",
     ("delete", "/api/v1/sessions/{session_id}"): "archiveSession",
     ("post", "/api/v1/messages/{message_id}/feedback"): "feedback",
+    ("post", "/api/v1/auth/migrate-sessions"): "migrateSessions",
 }
 
 
@@ -48,7 +49,7 @@ async def test_bearer_security_scheme_on_the_operations_that_take_a_token(
     operations = _operations(spec)
     for key, op in operations.items():
         path = key[1]
-        if path.startswith("/api/v1/sessions") or path.startswith("/api/v1/messages"):
+        if path.startswith(("/api/v1/sessions", "/api/v1/messages", "/api/v1/auth")):
             assert op["security"] == [{"bearerToken": []}], key  # 401 without a token
         elif path == "/api/v1/chat":
             assert op["security"] == [{}, {"bearerToken": []}]  # anonymous works too

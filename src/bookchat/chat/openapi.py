@@ -189,10 +189,11 @@ SECURITY_SCHEMES = {
     BEARER: SecurityScheme(
         type="http",
         scheme="bearer",
-        bearer_format="bc_… (from X-Bookchat-Token) or an API key",
+        bearer_format="bc_… (from X-Bookchat-Token), an API key, or a sign-in JWT",
         description="The token `POST /api/v1/chat` returns in `X-Bookchat-Token` (and in "
-        "the `session` event) the first time an anonymous reader asks, or an API key from "
-        "`API_KEYS`. Send it as `Authorization: Bearer <token>`.",
+        "the `session` event) the first time an anonymous reader asks, an API key from "
+        "`API_KEYS`, or a signed-in reader's verified JWT (required by `/api/v1/auth/…`). "
+        "Send it as `Authorization: Bearer <token>`.",
     )
 }
 # Controllers' `security`: the history needs a token; chat works without one (anonymous).

@@ -12,6 +12,7 @@ from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat.chat.identity import Identity
+from bookchat.chat.openapi import TOKEN_REQUIRED
 from bookchat.chat.schemas import ErrorEnvelope, MigrateSessionsRequest, MigrateSessionsResponse
 from bookchat.chat.service import DB_ERRORS
 from bookchat.db.services import ChatSessionService, UserService, hash_token
@@ -31,6 +32,7 @@ RESPONSES = {
 class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["auth"]
+    security = TOKEN_REQUIRED  # the reader's verified JWT as the bearer
 
     @post(
         "/migrate-sessions",
