@@ -15,16 +15,13 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bookchat.db.migrate import find_alembic_ini
+from bookchat.db.migrate import migration_commands
 
 BEFORE, AFTER = "a7d3c2e91f04", "c41e5b0d2a96"
 
 
 def _config(database_url: str) -> Config:
-    config = Config(str(find_alembic_ini()))
-    config.set_main_option("sqlalchemy.url", database_url)
-    config.attributes["configure_logging"] = False
-    return config
+    return migration_commands(database_url).config
 
 
 def _id(database_url: str, value: uuid.UUID) -> Any:

@@ -23,8 +23,10 @@ LLMStatus = Literal["ok", "failing", "not_checked", "offline"]
 class LLMReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The model's last real outcome in this process (no probe calls the model)."""
 
-    since: datetime | None = None  # when `llm` last changed to its current state
-    error: str | None = None  # the latest failure, while `failing`
+    since: datetime  # when `llm` last changed to its current state
+    # The latest failure, while `failing` (not nullable: Scalar's validator rejects a
+    # nullable field in this all-optional object).
+    error: str = ""
 
 
 class HealthComponents(msgspec.Struct, kw_only=True):
@@ -95,7 +97,7 @@ async def check_health(runtime: Runtime) -> HealthReport:
     llm: LLMStatus = "offline" if runtime.settings.llm_offline else tracked.state
     detail = None
     if llm in ("ok", "failing") and tracked.since is not None:
-        detail = LLMReport(since=tracked.since, error=tracked.error)
+        detail = LLMReport(since=tracked.since, error=tracked.error or "")
     # The model does not decide readiness: a failing key is not fixed by restarting or by
     # routing traffic elsewhere, and offline mode answers without it.
     healthy = db_status == "ok" and store_status == "ok"

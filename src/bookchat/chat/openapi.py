@@ -9,7 +9,7 @@ msgspec Structs, so `finish_document` adds them to the built document.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -327,6 +327,28 @@ def _operations(openapi: OpenAPI) -> list[tuple[str, Operation]]:
     return found
 
 
+def _null_as_type(node: Schema | Reference) -> Schema | Reference:
+    """Litestar's `oneOf: [T, null]` as `type: [T, null]` (see `_nullable`), recursively."""
+    if not isinstance(node, Schema):
+        return node
+    variants = node.one_of or node.any_of
+    if variants and len(variants) == 2:
+        nulls = [v for v in variants if isinstance(v, Schema) and v.type == OpenAPIType.NULL]
+        others = [v for v in variants if v not in nulls]
+        if len(nulls) == 1 and len(others) == 1 and isinstance(others[0], Schema):
+            other = others[0]
+            if isinstance(other.type, OpenAPIType) and other.type != OpenAPIType.NULL:
+                merged = replace(other, type=[other.type, OpenAPIType.NULL])
+                if node.description and not merged.description:
+                    merged.description = node.description
+                return merged
+    if node.properties:
+        node.properties = {k: _null_as_type(v) for k, v in node.properties.items()}
+    if isinstance(node.items, (Schema, Reference)):
+        node.items = _null_as_type(node.items)
+    return node
+
+
 def finish_document(openapi: OpenAPI) -> None:
     """Add what Litestar cannot express to the built document (see the module docstring)."""
     components = openapi.components
@@ -336,6 +358,8 @@ def finish_document(openapi: OpenAPI) -> None:
     for name, schema in chat_components().items():
         schemas.setdefault(name, schema)
     document_request_rules(schemas)
+    for name, schema in list(schemas.items()):
+        schemas[name] = _null_as_type(schema)  # type: ignore[assignment]
     components.security_schemes = {**(components.security_schemes or {}), **SECURITY_SCHEMES}
     for name, examples in EXAMPLES.items():
         target = schemas.get(name)

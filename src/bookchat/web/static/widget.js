@@ -364,8 +364,16 @@ input.addEventListener("input", () => {
 function atBottom() {
   return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
 }
+// Follow the conversation unless the reader scrolled up to read: decided by the reader's
+// scrolling, not by how far the last addition pushed the bottom (a burst of tokens, the
+// sources list or the feedback row can each be taller than any fixed slack).
+let following = true;
+log.addEventListener("scroll", () => { following = atBottom(); });
 function scrollDown(force) {
-  if (force || atBottom()) log.scrollTop = log.scrollHeight;
+  if (force || following) {
+    log.scrollTop = log.scrollHeight;
+    following = true;
+  }
 }
 function setBusy(busy) {
   const hadFocus = document.activeElement === stop;
@@ -483,9 +491,6 @@ Answer.prototype.settle = function (state, note) {
   scrollDown(false);
 };
 Answer.prototype.finish = function (done, messageStatus) {
-  // Following the stream? Then the sources, note and feedback buttons added below (often
-  // taller than the 80 px slack of scrollDown) must come into view too.
-  const follow = atBottom();
   this.setCitations(done.citations);
   this.messageId = done.message_id || this.messageId;
   const cited = (done.citations || []).slice().sort((a, b) => a.n - b.n);
@@ -501,7 +506,7 @@ Answer.prototype.finish = function (done, messageStatus) {
     : done.persistence_warning ? "Note: this answer could not be saved to your history." : "";
   this.settle(messageStatus === "failed" ? "error" : "done", note);
   if (this.messageId && stored().token) this.bubble.append(feedbackButtons(this.messageId));
-  scrollDown(follow);
+  scrollDown(false); // the sources, note and feedback row come into view if following
 };
 
 function feedbackButtons(messageId) {
