@@ -21,6 +21,7 @@ OPERATION_IDS = {
     ("delete", "/api/v1/sessions/{session_id}"): "archiveSession",
     ("post", "/api/v1/messages/{message_id}/feedback"): "feedback",
     ("post", "/api/v1/auth/migrate-sessions"): "migrateSessions",
+    ("get", "/api/v1/admin/insights"): "insights",
 }
 
 
