@@ -8,10 +8,10 @@ batches of at most `batch_size`; a page's chunks share its title, so this costs 
 one call per page. Vectors are L2-normalised here because Gemini only normalises the
 full 3072-dimension output.
 
-As for streaming (see `bookchat.llm.gemini`), the SDK's API client sends the request
-(URL, authentication, `APIError`s) and msgspec decodes the documented REST response:
-the SDK's pydantic models cost about a millisecond per 768-float vector, on the query
-path of every chat.
+As for streaming (see `bookchat.llm.gemini`), the documented REST endpoint is called with
+the httpx client and configuration of the google-genai client (`gemini_rest`), errors
+are the SDK's `APIError`s, and msgspec decodes the response: the SDK's pydantic models
+cost about a millisecond per 768-float vector, on the query path of every chat.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import msgspec
 from google import genai
 from google.genai import errors as genai_errors
 
-from bookchat.llm.gemini import is_retryable_error, retry_delay_hint
+from bookchat.llm.gemini import gemini_rest, is_retryable_error, retry_delay_hint
 from bookchat.llm.query_cache import QueryEmbeddingCache
 from bookchat.llm.streaming import backoff_delay
 
@@ -252,7 +252,7 @@ class GeminiEmbedder(BatchEmbedder):
         **options: Any,
     ) -> None:
         super().__init__(model, dim, **options)
-        self._client = client
+        self._rest = gemini_rest(client)
 
     async def _request(
         self, texts: list[str], task_type: str, title: str | None
@@ -267,10 +267,10 @@ class GeminiEmbedder(BatchEmbedder):
                 for text in texts
             ]
         }
-        response = await self._client.aio._api_client.async_request(
-            "post", f"{model_path}:batchEmbedContents", body, None
+        response = await self._rest.post(
+            self.model, "batchEmbedContents", msgspec.json.encode(body), stream=False
         )
-        return [e.values for e in _decode_batch(response.body or "{}").embeddings]
+        return [e.values for e in _decode_batch(response.content or b"{}").embeddings]
 
     def _is_retryable(self, exc: BaseException) -> bool:
         return is_retryable_error(exc)
