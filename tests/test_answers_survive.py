@@ -339,7 +339,7 @@ async def test_kill_9_mid_stream_then_restart_leaves_no_question_without_answer(
                         async for event in source.aiter_sse():
                             if event.event == "session":
                                 session_id = msgspec.json.decode(event.data)["session_id"]
-                            elif event.event == "token":
+                            elif event.event == "token" and session_id:
                                 first_tokens.put_nowait(session_id)
                                 session_id = ""  # once per stream
 
