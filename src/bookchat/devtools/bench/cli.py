@@ -182,8 +182,10 @@ def _run_load(spec: LoadSpec) -> LoadResult:
         capture_output=True,
         check=False,
     )
-    if completed.returncode != 0:
-        raise RuntimeError(f"load generator failed: {completed.stderr.decode()[-2000:]}")
+    if completed.returncode != 0 or not completed.stdout:
+        raise RuntimeError(
+            f"load generator failed ({completed.returncode}): {completed.stderr.decode()[-2000:]}"
+        )
     return msgspec.json.decode(completed.stdout, type=LoadResult)
 
 
