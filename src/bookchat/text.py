@@ -474,6 +474,7 @@ def edits1(word: str) -> set[str]:
     return set(deletes + transposes + replaces + inserts)
 
 
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
 def everyday_spelling(word: str, *, min_zipf: float = 3.0) -> str | None:
     """The common English word `word` is one typo away from ("shoud" → "should"), if any."""
     if not word.isalpha() or len(word) < 4:
