@@ -310,3 +310,13 @@ def test_sparse_encoding_stems_and_weights_documents_not_queries() -> None:
     humanoid = encode_query("humanoid").indices[0]
     assert weights[robot] > weights[humanoid]  # term frequency 2 beats 1
     assert encode_query("the of and").is_empty()
+
+
+async def test_dense_search_returns_the_cosine_of_the_nearest_chunks(store: VectorStore) -> None:
+    search_dense = store.search_dense  # type: ignore[attr-defined]
+    hits = await search_dense(dense=_unit(2), filters=None, limit=2)
+    assert hits[0].payload.text == TEXTS[2] and hits[0].score == pytest.approx(1.0)
+    assert hits[1].score == pytest.approx(0.0, abs=1e-6)  # orthogonal unit vectors
+    only_code = SearchFilters(content_types=["code"])
+    (code,) = await search_dense(dense=_unit(2), filters=only_code, limit=5)
+    assert code.payload.text == TEXTS[1]

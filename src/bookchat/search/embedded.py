@@ -100,6 +100,30 @@ def _publish_generation(root: Path, collection: str) -> None:
     tmp.replace(marker)
 
 
+def _payload_filter(filters: SearchFilters | None) -> edge.Filter | None:
+    """The engine filter for the non-empty filter lists (None when there are none)."""
+    terms = filter_terms(filters)
+    if not terms:
+        return None
+    return edge.Filter(
+        must=[edge.FieldCondition(field, match=edge.MatchAny(values)) for field, values in terms]
+    )
+
+
+def _hits(shard: edge.EdgeShard, request: edge.QueryRequest) -> list[SearchHit]:
+    """Run a query on the shard; an engine failure is VectorStoreUnavailableError."""
+    try:
+        points = shard.query(request)
+    except Exception as exc:
+        raise VectorStoreUnavailableError(f"embedded vector store query failed: {exc}") from exc
+    return [
+        SearchHit(
+            id=str(p.id), score=float(p.score), payload=msgspec.convert(p.payload, ChunkPayload)
+        )
+        for p in points
+    ]
+
+
 class EmbeddedVectorStore:
     """The collection as a qdrant-edge shard in this process, under `path/<collection>/`.
 
@@ -336,17 +360,7 @@ class EmbeddedVectorStore:
     def _query_request(
         self, query_text: str, dense: list[float] | None, filters: SearchFilters | None, limit: int
     ) -> edge.QueryRequest | None:
-        terms = filter_terms(filters)
-        payload_filter = (
-            edge.Filter(
-                must=[
-                    edge.FieldCondition(field, match=edge.MatchAny(values))
-                    for field, values in terms
-                ]
-            )
-            if terms
-            else None
-        )
+        payload_filter = _payload_filter(filters)
         sparse = encode_query(query_text)
         # A BM25-only collection (built offline) cannot answer a dense query.
         if self._meta is not None and self._meta.dense_dim is None:
@@ -396,22 +410,7 @@ class EmbeddedVectorStore:
             if shard is None:
                 return []
             request = self._query_request(query_text, dense, filters, limit)
-            if request is None:
-                return []
-            try:
-                points = shard.query(request)
-            except Exception as exc:
-                raise VectorStoreUnavailableError(
-                    f"embedded vector store query failed: {exc}"
-                ) from exc
-            return [
-                SearchHit(
-                    id=str(p.id),
-                    score=float(p.score),
-                    payload=msgspec.convert(p.payload, ChunkPayload),
-                )
-                for p in points
-            ]
+            return [] if request is None else _hits(shard, request)
 
         return await self._read(query)
 
@@ -428,32 +427,13 @@ class EmbeddedVectorStore:
             shard = self._shard_for_read()
             if shard is None or (self._meta is not None and self._meta.dense_dim is None):
                 return []
-            terms = filter_terms(filters)
-            payload_filter = (
-                edge.Filter(must=[edge.FieldCondition(f, match=edge.MatchAny(v)) for f, v in terms])
-                if terms
-                else None
-            )
             request = edge.QueryRequest(
                 limit=limit,
                 query=edge.Query.Nearest(dense, using=DENSE),
-                filter=payload_filter,
+                filter=_payload_filter(filters),
                 with_payload=True,
             )
-            try:
-                points = shard.query(request)
-            except Exception as exc:
-                raise VectorStoreUnavailableError(
-                    f"embedded vector store query failed: {exc}"
-                ) from exc
-            return [
-                SearchHit(
-                    id=str(p.id),
-                    score=float(p.score),
-                    payload=msgspec.convert(p.payload, ChunkPayload),
-                )
-                for p in points
-            ]
+            return _hits(shard, request)
 
         return await self._read(query)
 

@@ -96,6 +96,16 @@ def _server_sparse(vector: SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=vector.indices, values=vector.values)
 
 
+def _payload_filter(filters: SearchFilters | None) -> models.Filter | None:
+    """The server filter for the non-empty filter lists (None when there are none)."""
+    terms = filter_terms(filters)
+    if not terms:
+        return None
+    return models.Filter(
+        must=[models.FieldCondition(key=f, match=models.MatchAny(any=v)) for f, v in terms]
+    )
+
+
 class QdrantServerStore:
     """The collection on a Qdrant server (or qdrant-client local mode) via AsyncQdrantClient."""
 
@@ -211,14 +221,7 @@ class QdrantServerStore:
         limit: int,
     ) -> list[SearchHit]:
         """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
-        terms = filter_terms(filters)
-        payload_filter = (
-            models.Filter(
-                must=[models.FieldCondition(key=f, match=models.MatchAny(any=v)) for f, v in terms]
-            )
-            if terms
-            else None
-        )
+        payload_filter = _payload_filter(filters)
         sparse = encode_query(query_text)
         use_dense = dense is not None and self._has_dense is not False
         kwargs: dict[str, Any]
@@ -245,47 +248,16 @@ class QdrantServerStore:
                 "using": SPARSE,
                 "query_filter": payload_filter,
             }
+        return await self._query(limit=limit, **kwargs)
+
+    async def _query(self, **kwargs: Any) -> list[SearchHit]:
+        """`query_points` as hits; a missing collection is no hits."""
         try:
             with _server_errors("search"):
                 response = await self._client.query_points(
-                    self._collection, limit=limit, with_payload=True, **kwargs
+                    self._collection, with_payload=True, **kwargs
                 )
         except (UnexpectedResponse, grpc.RpcError, ValueError) as exc:
-            if _is_missing_collection(exc):
-                return []
-            raise
-        return [
-            SearchHit(
-                id=str(p.id), score=float(p.score), payload=msgspec.convert(p.payload, ChunkPayload)
-            )
-            for p in response.points
-        ]
-
-    async def search_dense(
-        self, *, dense: list[float], filters: SearchFilters | None, limit: int
-    ) -> list[SearchHit]:
-        """Dense-only search with cosine scores (the relevance signal); [] without dense."""
-        if self._has_dense is False:
-            return []
-        terms = filter_terms(filters)
-        payload_filter = (
-            models.Filter(
-                must=[models.FieldCondition(key=f, match=models.MatchAny(any=v)) for f, v in terms]
-            )
-            if terms
-            else None
-        )
-        try:
-            with _server_errors("search"):
-                response = await self._client.query_points(
-                    self._collection,
-                    query=dense,
-                    using=DENSE,
-                    query_filter=payload_filter,
-                    limit=limit,
-                    with_payload=True,
-                )
-        except (UnexpectedResponse, ValueError) as exc:
             if _is_missing_collection(exc):
                 return []
             raise
@@ -297,6 +269,16 @@ class QdrantServerStore:
             )
             for p in response.points
         ]
+
+    async def search_dense(
+        self, *, dense: list[float], filters: SearchFilters | None, limit: int
+    ) -> list[SearchHit]:
+        """Dense-only search with cosine scores (the relevance signal); [] without dense."""
+        if self._has_dense is False:
+            return []
+        return await self._query(
+            query=dense, using=DENSE, query_filter=_payload_filter(filters), limit=limit
+        )
 
     async def count(self) -> int:
         """Number of points in the collection (0 when it does not exist)."""

@@ -64,7 +64,6 @@ __all__ = [
     "Evidence",
     "Verdict",
     "judge",
-    "specificity",
 ]
 
 Verdict = Literal["answer", "grey", "refuse"]
@@ -88,7 +87,7 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
     found: float  # specificity of question words found in the returned hits
     best_hit_share: float  # the largest specificity share one hit holds (co-location)
     missing_words: list[str]  # the specific question words found in no candidate
-    dense_best: float | None  # best dense cosine among the hits (None: BM25 only)
+    dense_best: float | None  # best dense cosine in the book (None: BM25 only, or not needed)
 
 
 STEM_ONLY_CREDIT = 0.5  # found only through stemming ("predictive" ~ "predict")

@@ -12,25 +12,18 @@ On top of the store's ranking this module adds what the store cannot know:
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
-- **Relevance** (the abstention signal). Fused RRF scores are rank-based and say nothing
-  about whether anything matched, so relevance is lexical. Each question term gets a
-  weight `1 + ln((N + 1) / (df + 1))` where `df` is how many of the N candidates contain
-  it: terms present in every candidate weigh 1, terms absent from all of them weigh the
-  most, so a question whose distinctive words the book lacks scores low. The question's
-  own terms count double relative to follow-up expansion terms. A hit's `relevance` is
-  the weighted fraction of question terms found in its text, title and breadcrumb;
-  `coverage` is the same fraction over the union of the returned hits. The result is
-  `relevant` when `coverage ≥ min_coverage` (BM25 only) or `≥ min_coverage_hybrid`
-  (dense vectors used: the LLM is told to say when the context lacks the answer, and
-  paraphrased questions match fewer words) **and** the best hit has
-  `relevance ≥ min_hit_relevance`.
-
-A dense cosine signal would need the store to return the dense similarity of a hit;
-`SearchHit.score` is the fused RRF score, so it is not used for relevance.
+- **Relevance** (the abstention signal): `search/relevance.py` judges whether the book
+  has the question's subject, from the stems of the candidates and of the hits. Fused RRF
+  scores are rank-based and say nothing about relevance, so when a lexical refusal is
+  possible the best dense cosine (a dense-only query, `search_dense`) is asked for too.
+  A hit's `relevance` (the IDF-weighted fraction of question terms in its text, title and
+  breadcrumb) and `coverage` (the same over the union of hits) remain as diagnostics and
+  as the prompt builder's order for dropping sources.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -123,9 +116,6 @@ class Retriever:
         embedder: Embedder | None,
         *,
         candidates: int = 20,
-        min_coverage: float = 0.6,
-        min_coverage_hybrid: float = 0.5,
-        min_hit_relevance: float = 0.5,
         duplicate_jaccard: float = 0.7,
         cross_page_duplicate_jaccard: float = 0.9,
         follow_up_depth: int = 2,
@@ -137,9 +127,6 @@ class Retriever:
             store: the vector store (embedded engine or Qdrant server).
             embedder: dense query embedder; `None` means BM25 only (offline mode).
             candidates: hits fetched from the store before de-duplication (≥ top_k).
-            min_coverage: minimum weighted question-term coverage (BM25 only) to answer.
-            min_coverage_hybrid: the same when the search used dense vectors.
-            min_hit_relevance: the best single hit must reach this relevance too.
             duplicate_jaccard: token Jaccard above which two hits of a page are duplicates.
             cross_page_duplicate_jaccard: the same for hits from different pages.
             follow_up_depth: how many earlier user questions may expand a follow-up.
@@ -148,9 +135,6 @@ class Retriever:
         self.store = store
         self.embedder = embedder
         self.candidates = candidates
-        self.min_coverage = min_coverage
-        self.min_coverage_hybrid = min_coverage_hybrid
-        self.min_hit_relevance = min_hit_relevance
         self.duplicate_jaccard = duplicate_jaccard
         self.cross_page_duplicate_jaccard = cross_page_duplicate_jaccard
         self.follow_up_depth = follow_up_depth
@@ -322,7 +306,8 @@ class Retriever:
         candidates: set[str] = set().union(*pool_terms) if pool_terms else set()
         pool_light = [self._hit_light(h.payload) for h in pool]
         chosen_light = pool_light[:top_k]
-        evidence = judge(
+        judge_hits = functools.partial(
+            judge,
             query,
             extra_words,
             candidate_terms=candidates,
@@ -330,8 +315,11 @@ class Retriever:
             hit_terms=union,
             hit_light=set().union(*chosen_light) if chosen_light else set(),
             each_hit=list(zip(chosen_terms, chosen_light, strict=True)),
-            dense_best=await self._dense_best(dense, filters, hits) if dense else None,
         )
+        evidence = judge_hits()
+        if evidence.verdict == "refuse" and dense is not None:
+            # Only a lexical refusal can be rescued by dense evidence: ask for it then.
+            evidence = judge_hits(dense_best=await self._dense_best(dense, filters, hits))
         return RetrievalResult(
             hits=hits,
             relevant=bool(hits) and evidence.verdict != "refuse",
