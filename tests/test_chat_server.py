@@ -55,7 +55,14 @@ def server(
             "EMBEDDING_MODEL": "fake-embedding",
         }
     )
-    env = prepare_book_env(tmp_path_factory.mktemp("server"), SSE_PING_INTERVAL="0.2", **models)
+    # No grace period: a client that leaves stops its answer at once (resuming has its
+    # own tests in test_resume_server.py).
+    env = prepare_book_env(
+        tmp_path_factory.mktemp("server"),
+        SSE_PING_INTERVAL="0.2",
+        RESUME_GRACE_SECONDS="0",
+        **models,
+    )
     with running_server(env) as base_url:
         yield base_url
 

@@ -8,36 +8,48 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import NamedTuple
 
 import pytest
 
-from bookchat.chat.journal import (
-    JournalEvent,
-    Owner,
-    ReplayExpiredError,
-    StreamJournal,
-    StreamLostError,
-)
+from bookchat.chat.journal import ReplayExpiredError, StreamJournal, StreamLostError
 
-OWNER = Owner(uuid.uuid4(), uuid.uuid4())
+
+class JournalEvent(NamedTuple):
+    id: int
+    name: str
+    data: str
+
+
+def parse(chunk: bytes) -> list[JournalEvent]:
+    """The events in one or more SSE events' bytes (pings skipped)."""
+    found = []
+    for block in chunk.split(b"\r\n\r\n"):
+        if not block or block.startswith(b":"):
+            continue
+        fields = dict(line.split(b": ", 1) for line in block.split(b"\r\n"))
+        found.append(
+            JournalEvent(int(fields[b"id"]), fields[b"event"].decode(), fields[b"data"].decode())
+        )
+    return found
 
 
 class Source:
     """An answer whose events the test releases one by one; records how it ended."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, dict[str, str]] | None] = asyncio.Queue()
         self.cancelled = False
         self.closed = asyncio.Event()
 
     def push(self, *names: str) -> None:
         for name in names:
-            self.queue.put_nowait((name, f'{{"n":"{name}"}}'))
+            self.queue.put_nowait((name, {"n": name}))
 
     def end(self) -> None:
         self.queue.put_nowait(None)
 
-    async def events(self) -> AsyncIterator[tuple[str, str]]:
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
         try:
             while (item := await self.queue.get()) is not None:
                 yield item
@@ -53,12 +65,10 @@ async def take(
 ) -> list[JournalEvent]:
     """Follow from `after`; stop after `count` events (a dropped reader) or at the end."""
     seen: list[JournalEvent] = []
-    async with aclosing(journal.follow(message_id, after, ping_interval=30)) as events:
-        async for event in events:
-            if event is None:
-                continue
-            seen.append(event)
-            if count is not None and len(seen) == count:
+    async with aclosing(journal.follow(message_id, after, ping_interval=30)) as chunks:
+        async for chunk in chunks:
+            seen.extend(parse(chunk))
+            if count is not None and len(seen) >= count:
                 break  # leaving closes the follower, like a dropped connection
     return seen
 
@@ -72,11 +82,10 @@ class Follower:
         self.task = asyncio.create_task(self._run(journal, message_id, after))
 
     async def _run(self, journal: StreamJournal, message_id: uuid.UUID, after: int) -> None:
-        async for event in journal.follow(message_id, after, ping_interval=30):
-            if event is not None:
-                self.events.append(event)
-                async with self.arrived:
-                    self.arrived.notify_all()
+        async for chunk in journal.follow(message_id, after, ping_interval=30):
+            self.events.extend(parse(chunk))
+            async with self.arrived:
+                self.arrived.notify_all()
 
     async def until(self, count: int) -> None:
         """Wait (with a deadline) until `count` events have arrived."""
@@ -87,7 +96,7 @@ class Follower:
 async def test_replay_after_an_id_then_live_to_done_exactly_once() -> None:
     journal = StreamJournal(grace_period=30, retention=30)
     source, message_id = Source(), uuid.uuid4()
-    journal.start(message_id, OWNER, source.events())
+    journal.start(message_id, source.events())
     source.push("session", "citations", "token", "token", "token")
     first = await take(journal, message_id, 0, count=5)
     assert [e.id for e in first] == [1, 2, 3, 4, 5]
@@ -100,10 +109,26 @@ async def test_replay_after_an_id_then_live_to_done_exactly_once() -> None:
     ]  # fmt: skip
     assert not source.cancelled
 
-    # Finished: a resume replays to done and closes.
-    assert [e.id for e in await take(journal, message_id, 6)] == [7, 8]
-    assert await take(journal, message_id, 8) == []
-    assert await journal.owner(message_id) == OWNER
+    # Every reader got the end: the buffer is freed at done.
+    assert not journal.is_local(message_id)
+    await journal.close()
+
+
+async def test_an_answer_that_ends_while_nobody_reads_is_kept_for_a_resume_then_freed() -> None:
+    journal = StreamJournal(grace_period=30, retention=30)
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, source.events())
+    source.push("session", "citations", "token")
+    await take(journal, message_id, 0, count=3)  # the reader drops ...
+    source.push("token", "done")  # ... and the answer ends without it
+    source.end()
+    await asyncio.wait_for(journal.wait_finished(message_id), 5)
+    assert journal.is_local(message_id) and not source.cancelled
+    # Finished: a resume replays to done and closes; then nothing is kept.
+    assert [(e.id, e.name) for e in await take(journal, message_id, 3)] == [
+        (4, "token"), (5, "done"),
+    ]  # fmt: skip
+    assert not journal.is_local(message_id)
     await journal.close()
 
 
@@ -111,21 +136,21 @@ async def test_no_reconnect_stops_the_answer_after_the_grace_period() -> None:
     grace = 0.2
     journal = StreamJournal(grace_period=grace, retention=0)
     source, message_id = Source(), uuid.uuid4()
-    journal.start(message_id, OWNER, source.events())
+    journal.start(message_id, source.events())
     source.push("session", "citations", "token", "token", "token")
     await take(journal, message_id, 0, count=5)
     left = time.monotonic()
     await asyncio.wait_for(journal.wait_finished(message_id), 5)
     assert time.monotonic() - left >= grace * 0.9  # not stopped at once ...
     assert source.cancelled and source.closed.is_set()  # ... but stopped
-    assert await journal.owner(message_id) is None  # retention 0: freed at the end
+    assert not journal.is_local(message_id)  # retention 0: freed at the end
     await journal.close()
 
 
 async def test_a_reconnect_within_the_grace_period_keeps_the_answer_going() -> None:
     journal = StreamJournal(grace_period=0.2, retention=5)
     source, message_id = Source(), uuid.uuid4()
-    journal.start(message_id, OWNER, source.events())
+    journal.start(message_id, source.events())
     source.push("session", "citations", "token")
     await take(journal, message_id, 0, count=3)
     stream = journal._streams[message_id]
@@ -145,30 +170,33 @@ async def test_a_reconnect_within_the_grace_period_keeps_the_answer_going() -> N
 async def test_buffers_are_bounded_and_an_expired_replay_says_so() -> None:
     journal = StreamJournal(grace_period=30, retention=30, max_events=8)
     source, message_id = Source(), uuid.uuid4()
-    journal.start(message_id, OWNER, source.events())
+    journal.start(message_id, source.events())
     source.push("session", *["token"] * 30, "done")
-    tail = await take(journal, message_id, 31)
-    assert [e.id for e in tail] == [32]
+    source.end()
+    await asyncio.wait_for(journal.wait_finished(message_id), 5)
+    assert len(journal._streams[message_id].events) <= 8
     with pytest.raises(ReplayExpiredError):
         await take(journal, message_id, 1)
+    tail = await take(journal, message_id, 31)
+    assert [e.id for e in tail] == [32]
     await journal.close()
 
 
 async def test_an_answer_stopped_without_done_ends_its_journal_with_an_error_event() -> None:
     journal = StreamJournal(grace_period=30, retention=30)
     source, message_id = Source(), uuid.uuid4()
-    journal.start(message_id, OWNER, source.events())
+    journal.start(message_id, source.events())
     source.push("session", "token")
     await take(journal, message_id, 0, count=2)
     await journal.close()  # shutdown: the running answer is cancelled
     assert source.cancelled
-    [final] = [e async for e in journal.follow(message_id, 2, ping_interval=1) if e]
+    [final] = [e async for c in journal.follow(message_id, 2, ping_interval=1) for e in parse(c)]
     assert final.name == "error" and '"interrupted"' in final.data
 
 
 async def test_unknown_message_without_redis_is_lost() -> None:
     journal = StreamJournal()
-    assert await journal.owner(uuid.uuid4()) is None
+    assert not journal.is_local(uuid.uuid4())
     with pytest.raises(StreamLostError):
         await take(journal, uuid.uuid4(), 0)
 
@@ -181,16 +209,16 @@ async def test_another_worker_resumes_through_redis_and_keeps_the_answer_alive(
     worker_a = StreamJournal(grace_period=grace, retention=30, redis_url=redis_url)
     worker_b = StreamJournal(grace_period=grace, retention=30, redis_url=redis_url)
     source, message_id = Source(), uuid.uuid4()
-    worker_a.start(message_id, OWNER, source.events())
+    worker_a.start(message_id, source.events())
     source.push("session", "citations", "token", "token", "token")
     await take(worker_a, message_id, 0, count=5)  # the reader on worker A drops here
 
     assert not worker_b.is_local(message_id)
+    assert worker_b._mirror is not None
     deadline = time.monotonic() + 5
-    while await worker_b.owner(message_id) is None:  # wait for A's mirror to write
+    while await worker_b._mirror.first_id(message_id) is None:  # A's mirror writes ...
         assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-    assert await worker_b.owner(message_id) == OWNER
+        await asyncio.sleep(0.01)  # ... in the background: poll Redis until it has
     resumed = Follower(worker_b, message_id, 3)
     source.push("token")
     await resumed.until(2)
@@ -207,7 +235,7 @@ async def test_another_worker_resumes_through_redis_and_keeps_the_answer_alive(
 
     # Nobody comes back for a second answer: A stops it once B's watch has run out too.
     source2, second = Source(), uuid.uuid4()
-    worker_a.start(second, OWNER, source2.events())
+    worker_a.start(second, source2.events())
     source2.push("session", "token")
     await take(worker_a, second, 0, count=2)
     await asyncio.wait_for(worker_a.wait_finished(second), 5)

@@ -103,6 +103,7 @@ OPERATIONS = [
     "GET /api/v1/sessions/{session_id}/messages",
     "DELETE /api/v1/sessions/{session_id}",
     "POST /api/v1/messages/{message_id}/feedback",
+    "GET /api/v1/messages/{message_id}/events",
     "POST /api/v1/chat",
     "POST /api/v1/auth/migrate-sessions",
     "GET /api/v1/admin/insights",

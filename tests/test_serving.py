@@ -158,6 +158,7 @@ def test_several_workers_without_redis_warn_that_limits_multiply(tmp_path: Path)
     settings = make_settings(tmp_path, WORKERS="3")
     (warning,) = startup_warnings(settings)
     assert "WORKERS=3" in warning and "REDIS_URL" in warning and "3x" in warning
+    assert "resumed on the worker that writes it" in warning
     assert startup_warnings(make_settings(tmp_path, WORKERS="3", REDIS_URL="redis://r")) == []
     assert startup_warnings(make_settings(tmp_path)) == []
 

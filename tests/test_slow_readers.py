@@ -14,8 +14,9 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from bookchat.chat.controller import STREAM_BUFFER_EVENTS, sse_messages
+from bookchat.chat.controller import sse_messages
 from bookchat.chat.identity import Identity
+from bookchat.chat.journal import StreamJournal
 from bookchat.chat.schemas import ChatRequest
 from bookchat.chat.service import ChatService, ChatTurn
 from bookchat.db.models import Message
@@ -36,13 +37,14 @@ def fake() -> Iterator[FakeGemini]:
         yield gemini
 
 
-async def write_until_stuck(chat: ChatService, turn: ChatTurn, *, events: int) -> None:
+async def write_until_stuck(
+    journal: StreamJournal, chat: ChatService, turn: ChatTurn, *, events: int, taken: list[int]
+) -> None:
     """Like Litestar's stream task: sends events until a send blocks on the client."""
     stuck = asyncio.get_running_loop().create_future()
-    taken = 0
-    async for _message in sse_messages(chat, turn, ping_interval=60, write_timeout=1.0):
-        taken += 1
-        if taken == events:
+    async for message in sse_messages(journal, chat, turn, ping_interval=60):
+        taken[0] += message.count(b"\r\nevent: ")  # pending events go out in one write
+        if taken[0] >= events:
             await stuck  # the client's socket is full: this send never returns
 
 
@@ -60,8 +62,11 @@ async def test_a_client_that_stops_reading_stops_generation_and_ends_after_the_w
                 Identity(user=None, tier="anonymous", client_ip="127.0.0.1", subject="ip"),
                 db,
             )
+        # No grace period: the stuck client's answer stops at once (as before resuming).
+        journal = StreamJournal(grace_period=0, write_timeout=1.0)
+        taken = [0]
         started = time.perf_counter()
-        task = asyncio.create_task(write_until_stuck(chat, turn, events=5))
+        task = asyncio.create_task(write_until_stuck(journal, chat, turn, events=5, taken=taken))
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 15)
         elapsed = time.perf_counter() - started
@@ -74,8 +79,8 @@ async def test_a_client_that_stops_reading_stops_generation_and_ends_after_the_w
             assert answer is not None
             words = answer.content.split()
         assert answer.status == "interrupted"
-        # At most the queue and the few events taken were generated, far from the 2000 words.
-        assert len(words) <= 5 + STREAM_BUFFER_EVENTS + 4
+        # At most the buffer and the events taken were generated, far from the 2000 words.
+        assert len(words) <= taken[0] + journal.buffer_events + 4
 
 
 # --------------------------------------------------------------------------- real server

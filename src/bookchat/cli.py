@@ -104,7 +104,8 @@ def startup_warnings(settings: Settings) -> list[str]:
     if settings.workers > 1 and not settings.redis_url:
         warnings.append(
             f"WORKERS={settings.workers} without REDIS_URL: each worker keeps its own rate "
-            f"limits, so every limit is {settings.workers}x higher; set REDIS_URL to share them"
+            f"limits, so every limit is {settings.workers}x higher, and a dropped stream can "
+            "only be resumed on the worker that writes it; set REDIS_URL to share them"
         )
     return warnings
 

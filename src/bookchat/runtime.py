@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from bookchat.answer.grounding import PromptBuilder
 from bookchat.answer.pipeline import AnswerPipeline
 from bookchat.chat.identity import IdentityResolver
+from bookchat.chat.journal import StreamJournal
 from bookchat.chat.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from bookchat.chat.service import ChatService
 from bookchat.db.config import DatabaseFileWatch, create_engine
@@ -32,6 +33,17 @@ def make_limiter(settings: Settings) -> RateLimiter:
     return MemoryRateLimiter()
 
 
+def make_journal(settings: Settings) -> StreamJournal:
+    """Resumable streams: in process, mirrored to Redis when `REDIS_URL` is set."""
+    return StreamJournal(
+        grace_period=settings.resume_grace_seconds,
+        write_timeout=settings.sse_write_timeout,
+        redis_url=settings.redis_url,
+        # Redis keeps a live answer's events at least as long as it may run.
+        live_ttl=settings.total_timeout + settings.resume_grace_seconds + 60,
+    )
+
+
 @dataclass
 class Runtime:
     """Everything a request needs that outlives it: engine, store, pipeline, limiter."""
@@ -42,6 +54,7 @@ class Runtime:
     identities: IdentityResolver
     limiter: RateLimiter
     chat: ChatService
+    journal: StreamJournal = field(default_factory=StreamJournal)
     clients: ModelClients | None = None
     owns_clients: bool = True
     llm_health: LLMHealth = field(default_factory=LLMHealth)
@@ -90,6 +103,7 @@ class Runtime:
             identities=IdentityResolver(settings, engine),
             limiter=make_limiter(settings),
             chat=chat,
+            journal=make_journal(settings),
             clients=clients,
             llm_health=llm_health,
             database_file=DatabaseFileWatch(settings.database_url),
@@ -123,6 +137,7 @@ class Runtime:
         return None
 
     async def close(self) -> None:
+        await self.journal.close()  # answers still running are saved `interrupted`
         await self.chat.stop()
         if not self.owns_clients:
             return

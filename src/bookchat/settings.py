@@ -90,6 +90,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     sse_ping_interval: float = 15.0
     # A client that reads nothing for this long is gone: its answer ends `interrupted`.
     sse_write_timeout: float = 30.0
+    # A reader that drops mid-answer may resume within this many seconds (Last-Event-ID);
+    # then the answer is stopped and saved `interrupted`. 0: stop at once.
+    resume_grace_seconds: float = 10.0
     # Seconds to send the request headers (and an idle keep-alive connection's next ones).
     http_header_timeout: float = 10.0
     # Seconds to send a request body; granian has none of its own.
@@ -139,6 +142,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         for name, seconds in durations.items():
             if seconds <= 0:
                 raise SettingsError(f"{name}: must be a positive number, got {seconds}")
+        if self.resume_grace_seconds < 0:
+            raise SettingsError(
+                f"RESUME_GRACE_SECONDS: must be 0 or more, got {self.resume_grace_seconds}"
+            )
         if self.port > 65535:
             raise SettingsError(f"PORT: must be at most 65535, got {self.port}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
-import anyio
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat import metrics
 from bookchat.answer.grounding import Citation
 from bookchat.chat.identity import Identity
-from bookchat.chat.openapi import TOKEN_OPTIONAL, TOKEN_REQUIRED, ChatOperation
+from bookchat.chat.journal import ReplayExpiredError, StreamJournal, StreamLostError
+from bookchat.chat.openapi import TOKEN_OPTIONAL, TOKEN_REQUIRED, ChatOperation, EventsOperation
 from bookchat.chat.ratelimit import Window
 from bookchat.chat.schemas import (
     ChatRequest,
     ErrorEnvelope,
-    ErrorEvent,
     FeedbackOut,
     FeedbackRequest,
     MessageList,
@@ -167,108 +165,22 @@ class SessionsController(Controller):
         return FeedbackOut(message_id=message.id, rating=data.rating, comment=data.comment)
 
 
-STREAM_BUFFER_EVENTS = 32  # events queued for a client before the answer stops pulling
-
-
-# Litestar's `ServerSentEventMessage.encode` (StringIO, two regexes per event) and its
-# iterator's thread hop per response cost more than the rest of a token's trip, so the
-# events are encoded here. msgspec's JSON never holds a raw newline: one `data:` line.
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
-PING = b": ping\r\n\r\n"
 
 
-def sse_event(name: str, event_id: int, payload: msgspec.Struct) -> bytes:
-    """One SSE event, byte for byte what Litestar's `ServerSentEventMessage` would send."""
-    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
-        event_id,
-        name.encode(),
-        msgspec.json.encode(payload),
-    )
-
-
-async def sse_messages(
-    service: ChatService, turn: ChatTurn, ping_interval: float, write_timeout: float
+def sse_messages(
+    journal: StreamJournal, service: ChatService, turn: ChatTurn, ping_interval: float
 ) -> AsyncIterator[bytes]:
-    """Encode the answer's events as SSE, with a comment ping after `ping_interval` idle.
+    """The answer's events as SSE bytes, journaled so that a dropped reader can resume.
 
-    The answer runs in a task feeding a bounded queue, so that a ping can go out while the
-    answer waits, without cancelling it; one timer per stream watches for idleness
-    (re-armed at most once per interval) instead of a timeout around every event. The
-    bound is the backpressure: a client that does not drain its socket blocks granian's
-    `send` (granian ≥ 2.8 bounds its body channel), the queue fills, and the answer stops
-    pulling from the provider. If the queue stays full for `write_timeout`, the client is
-    treated as gone: the answer is saved `interrupted` and the stuck send is cancelled,
-    which ends the response.
+    The answer runs in a task of its own (`chat/journal.py`); this response is its first
+    follower: events are encoded once, one timer per follower sends the idle pings, the
+    answer stops pulling from the provider while this reader is `buffer_events` behind,
+    and a reader stuck for `SSE_WRITE_TIMEOUT` is treated as gone. A reader that leaves
+    starts the grace period (`RESUME_GRACE_SECONDS`) after which the answer is stopped
+    and saved `interrupted`, unless someone resumes it.
     """
-    queue: asyncio.Queue[tuple[str, msgspec.Struct] | bytes | None] = asyncio.Queue(
-        STREAM_BUFFER_EVENTS
-    )
-    writer = asyncio.current_task()  # the task that sends this response's body
-    loop = asyncio.get_running_loop()
-    last_sent = loop.time()
-    timer: asyncio.TimerHandle | None = None
-
-    def ping_if_idle() -> None:
-        nonlocal timer
-        now = loop.time()
-        if now - last_sent < ping_interval:
-            timer = loop.call_at(last_sent + ping_interval, ping_if_idle)
-            return
-        if not queue.full():  # a full queue is not idle: its events are on their way
-            queue.put_nowait(PING)
-        timer = loop.call_at(now + ping_interval, ping_if_idle)
-
-    async def put(item: tuple[str, msgspec.Struct] | None) -> None:
-        if queue.full():  # only a put that must wait runs under the write timeout
-            async with asyncio.timeout(write_timeout):
-                await queue.put(item)
-        else:
-            queue.put_nowait(item)
-
-    async def produce() -> None:
-        answer = service.run(turn)
-        try:
-            async for event in answer:
-                await put(event)
-        except TimeoutError:
-            metrics.SLOW_READERS.inc()
-            logger.warning("client stopped reading; stream ended", extra={"timeout": write_timeout})
-            await answer.aclose()  # interrupted, saved
-            if writer is not None:
-                writer.cancel()  # unblock the send that waits on the client
-            return
-        except Exception:
-            logger.exception("chat stream failed")
-            await queue.put(
-                (
-                    "error",
-                    ErrorEvent(code="internal_error", message="internal error", retryable=True),
-                )
-            )
-        await queue.put(None)
-
-    task = asyncio.create_task(produce())
-    timer = loop.call_at(last_sent + ping_interval, ping_if_idle)
-    event_id = 0
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                break
-            last_sent = loop.time()
-            if isinstance(item, bytes):
-                yield item
-                continue
-            name, payload = item
-            event_id += 1
-            yield sse_event(name, event_id, payload)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if not task.done():
-            task.cancel()  # the client left: stop generating, save what was said
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(task, return_exceptions=True)
+    return journal.answer(turn.message_id, service.run(turn), ping_interval=ping_interval)
 
 
 def _windows(identity: Identity, settings: Settings) -> list[Window]:
@@ -290,7 +202,12 @@ SSE_DESCRIPTION = """Server-Sent Events (default) or, with `Accept: application/
 - `token` → `TokenEvent` (repeated)
 - `done` → `DoneEvent` (citations actually cited, usage, `grounded`, `persistence_warning?`)
 - `error` → `ErrorEvent` (last event on failure: `generation_failed`, `generation_timeout`,
-  `generation_blocked`, `rate_limited`, `internal_error`)
+  `generation_blocked`, `rate_limited`, `internal_error`, `interrupted`)
+
+A reader whose connection drops resumes with `GET /api/v1/messages/{message_id}/events`
+and `Last-Event-ID` (the `session` event's `message_id`); the answer goes on for
+`RESUME_GRACE_SECONDS` (10 s) without a reader before it is stopped and saved
+`interrupted`.
 
 Comment lines (`: ping`) keep idle connections open every 15 s. Everything that can be
 decided before streaming is an HTTP status with the error envelope instead: 400, 404,
@@ -302,6 +219,41 @@ as `Authorization: Bearer …`; any other bearer (unknown, expired, malformed) i
 as anonymous here, never a 401. Without a token, a `session_id` created without a token
 may be continued from the same client IP (`TOKENLESS_SESSIONS`). `source_section` and
 `source_doc_path` longer than 300 / 512 characters are cut at a word boundary."""
+
+
+LAST_ID_HEADER = "The `id` of the last event received (what EventSource sends on reconnect)"
+LAST_ID_QUERY = "As the `Last-Event-ID` header (the header wins); 0: from the start"
+RESUME_DESCRIPTION = """Replays the events of an answer (`POST /api/v1/chat`'s stream) that
+come after `Last-Event-ID` (header, or the `last_event_id` query parameter), then goes on
+live until `done` or `error` while the answer is still being generated; an answer that
+has finished is replayed to its end and the stream closes. The ids are the stream's own
+`id:` lines; the assistant message id is the `session` event's `message_id`.
+
+A reader that drops does not stop the answer at once: it goes on for
+`RESUME_GRACE_SECONDS` (10 s) so a reconnect can catch up; without one it is stopped and
+saved `interrupted` (its stream then ends with `error` code `interrupted`). After the
+end the events are kept while a reader is still missing them (60 s), then only the
+stored message remains: `410 stream_expired` says to read it from
+`GET /api/v1/sessions/{session_id}/messages` (the envelope carries both ids).
+
+Identity as on chat: the answer's owner (`Authorization: Bearer …`), or, for a session
+created without a token, the same client IP (`TOKENLESS_SESSIONS`); anyone else's or an
+unknown message is `404 message_not_found`. With several workers or replicas the events
+travel through Redis (`REDIS_URL`); without it only the worker that writes the answer
+can resume it, and another one answers `503 resume_unavailable` with `Retry-After`."""
+
+
+async def answer_for(identity: Identity, db: AsyncSession, message_id: UUID) -> Message:
+    """The caller's assistant message: owned by its user, or (tokenless) bound to its IP."""
+    messages = MessageService(session=db)
+    message = None
+    if identity.user is not None:
+        message = await messages.get_owned(message_id, identity.user.id)
+    elif identity.client_binding is not None:
+        message = await messages.get_bound(message_id, identity.client_binding)
+    if message is None or message.role != "assistant":
+        raise ApiError(404, "message_not_found", "no such answer")
+    return message
 
 
 class ChatController(Controller):
@@ -371,12 +323,78 @@ class ChatController(Controller):
             return Response(answer, headers=headers)
         headers.update(SSE_HEADERS)  # X-Accel-Buffering: nginx must not buffer the stream
         return Stream(
-            sse_messages(
-                service,
-                turn,
-                runtime.settings.sse_ping_interval,
-                runtime.settings.sse_write_timeout,
-            ),
+            sse_messages(runtime.journal, service, turn, runtime.settings.sse_ping_interval),
             media_type="text/event-stream",
             headers=headers,
         )
+
+    @get(
+        "/messages/{message_id:uuid}/events",
+        summary="Resume an answer's stream after the last event id seen",
+        description=RESUME_DESCRIPTION,
+        responses={
+            **{status: spec for status, spec in ERRORS.items() if status != 401},
+            410: ResponseSpec(
+                ErrorEnvelope,
+                description="stream_expired: the answer finished and its events are no "
+                "longer kept; read it from the session's messages",
+            ),
+            503: ResponseSpec(
+                ErrorEnvelope,
+                description="resume_unavailable (Retry-After): still being written by a "
+                "worker this one cannot reach (several workers, no REDIS_URL) / "
+                "service_unavailable",
+            ),
+        },
+        response_description="text/event-stream of the events after that id",
+        operation_class=EventsOperation,
+    )
+    async def resume_events(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        db_session: NamedDependency[AsyncSession],
+        message_id: FromPath[UUID],
+        last_event_id: Annotated[
+            int, QueryParameter(ge=0, le=1_000_000_000, description=LAST_ID_QUERY)
+        ] = 0,
+        last_event_id_header: Annotated[
+            int,
+            HeaderParameter(
+                name="Last-Event-ID", ge=0, le=1_000_000_000, description=LAST_ID_HEADER
+            ),
+        ] = 0,
+    ) -> Response[Any]:
+        runtime = state.runtime
+        try:
+            identity: Identity = await runtime.identities.resolve(request, db_session)
+            message = await answer_for(identity, db_session, message_id)
+            await db_session.commit()  # give the connection back before a long stream
+        except DB_ERRORS as exc:
+            raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        after = last_event_id_header if "last-event-id" in request.headers else last_event_id
+        located = {"message_id": str(message.id), "session_id": str(message.session_id)}
+        try:
+            source = await runtime.journal.resume(
+                message.id, after, ping_interval=runtime.settings.sse_ping_interval
+            )
+        except ReplayExpiredError:
+            raise ApiError(
+                410, "stream_expired", "these events are no longer kept", located=located
+            ) from None
+        except StreamLostError:
+            if message.status == "streaming":
+                raise ApiError(
+                    503,
+                    "resume_unavailable",
+                    "this answer is being written by another worker; try again",
+                    headers={"Retry-After": "1"},
+                    located=located,
+                ) from None
+            raise ApiError(
+                410,
+                "stream_expired",
+                f"the answer is {message.status} and its events are no longer kept",
+                located=located,
+            ) from None
+        return Stream(source, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -112,6 +112,32 @@ def chat_components() -> dict[str, Schema]:
     return {name: _schema(body) for name, body in components.items()}  # type: ignore[misc]
 
 
+def _event_schema() -> Schema:
+    """One SSE event as a client sees it (`event`, `id`, `data`), as Open API 3.2's
+    `itemSchema` and Schemathesis read it: `data` is JSON whose schema depends on the
+    event name."""
+    return Schema(
+        one_of=[
+            Schema(
+                type=OpenAPIType.OBJECT,
+                required=["event", "data"],
+                properties={
+                    "event": Schema(type=OpenAPIType.STRING, const=name),
+                    "id": Schema(type=OpenAPIType.STRING),
+                    "data": Schema(
+                        type=OpenAPIType.STRING,
+                        content_media_type="application/json",
+                        content_schema=Reference(ref=_REF.format(name=struct.__name__)),
+                    ),
+                },
+            )
+            for name, struct in EVENTS.items()
+        ],
+        description="One SSE event; its `data` is JSON. `event:` names: "
+        + ", ".join(f"`{name}` → {struct.__name__}" for name, struct in EVENTS.items()),
+    )
+
+
 @dataclass
 class ChatOperation(Operation):
     """Documents 200 as both `text/event-stream` and `application/json`."""
@@ -119,37 +145,33 @@ class ChatOperation(Operation):
     def __post_init__(self) -> None:
         if self.responses is None:
             return
-        # One SSE event as a client sees it (`event`, `id`, `data`), as Open API 3.2's
-        # `itemSchema` and Schemathesis read it: `data` is JSON whose schema depends on
-        # the event name.
-        events = Schema(
-            one_of=[
-                Schema(
-                    type=OpenAPIType.OBJECT,
-                    required=["event", "data"],
-                    properties={
-                        "event": Schema(type=OpenAPIType.STRING, const=name),
-                        "id": Schema(type=OpenAPIType.STRING),
-                        "data": Schema(
-                            type=OpenAPIType.STRING,
-                            content_media_type="application/json",
-                            content_schema=Reference(ref=_REF.format(name=struct.__name__)),
-                        ),
-                    },
-                )
-                for name, struct in EVENTS.items()
-            ],
-            description="One SSE event; its `data` is JSON. `event:` names: "
-            + ", ".join(f"`{name}` → {struct.__name__}" for name, struct in EVENTS.items()),
-        )
         self.responses["200"] = OpenAPIResponse(
             description="The answer: an SSE stream by default, one JSON object with "
             "`Accept: application/json`",
             content={
-                "text/event-stream": OpenAPIMediaType(schema=events, example=example_stream()),
+                "text/event-stream": OpenAPIMediaType(
+                    schema=_event_schema(), example=example_stream()
+                ),
                 "application/json": OpenAPIMediaType(
                     schema=Reference(ref=_REF.format(name="ChatResponse"))
                 ),
+            },
+        )
+
+
+@dataclass
+class EventsOperation(Operation):
+    """Documents 200 of the resume endpoint as `text/event-stream` of the chat's events."""
+
+    def __post_init__(self) -> None:
+        if self.responses is None:
+            return
+        self.responses["200"] = OpenAPIResponse(
+            description="The events after `Last-Event-ID`, each with its original `id`",
+            content={
+                "text/event-stream": OpenAPIMediaType(
+                    schema=_event_schema(), example=example_stream(after=3)
+                )
             },
         )
 
@@ -302,8 +324,9 @@ EXAMPLES: dict[str, list[msgspec.Struct]] = {
 }
 
 
-def example_stream() -> str:
-    """A whole SSE answer as it arrives, for the `text/event-stream` media type."""
+def example_stream(after: int = 0) -> str:
+    """A whole SSE answer as it arrives (the events after id `after`), for the
+    `text/event-stream` media type."""
     events = [
         ("session", EXAMPLES["SessionEvent"][0]),
         ("citations", EXAMPLES["CitationsEvent"][0]),
@@ -314,6 +337,7 @@ def example_stream() -> str:
     return "".join(
         f"event: {name}\nid: {n}\ndata: {msgspec.json.encode(payload).decode()}\n\n"
         for n, (name, payload) in enumerate(events, start=1)
+        if n > after
     )
 
 

@@ -187,3 +187,15 @@ class MessageService(SQLAlchemyAsyncRepositoryService[Message]):
                 ChatSession.status == "active",
             )
         )
+
+    async def get_bound(self, message_id: UUID, client_binding: str) -> Message | None:
+        """The message if its active session was created tokenless from that client."""
+        return await self.repository.session.scalar(
+            select(Message)
+            .join(ChatSession, ChatSession.id == Message.session_id)
+            .where(
+                Message.id == message_id,
+                ChatSession.client_binding == client_binding,
+                ChatSession.status == "active",
+            )
+        )
