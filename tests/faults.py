@@ -100,3 +100,52 @@ class TcpProxy:
         await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(upstream_writer)
+
+
+class StreamCutter(TcpProxy):
+    """Forwards like `TcpProxy`, but drops (RST) the connection of the first
+    `POST /api/v1/chat` once `after_tokens` token events went through to the client: a
+    reader's network that fails mid-answer. Later requests pass untouched."""
+
+    def __init__(self, target_host: str, target_port: int, *, after_tokens: int) -> None:
+        super().__init__(target_host, target_port)
+        self.after_tokens = after_tokens
+        self.cut_done = threading.Event()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        chat_request = asyncio.Event()
+
+        async def upstream() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await reader.read(65536):
+                    if b"POST /api/v1/chat " in data and not self.cut_done.is_set():
+                        chat_request.set()
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+            with contextlib.suppress(Exception):
+                upstream_writer.transport.abort()
+
+        async def downstream() -> None:
+            tokens = 0
+            # drain() returns once the bytes left: the ones before the cut reach the reader.
+            writer.transport.set_write_buffer_limits(high=0)
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await upstream_reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+                    if chat_request.is_set() and not self.cut_done.is_set():
+                        tokens += data.count(b"event: token")
+                        if tokens >= self.after_tokens:
+                            self.cut_done.set()
+                            break
+            with contextlib.suppress(Exception):
+                writer.transport.abort()  # RST: the reader's connection is gone
+                upstream_writer.transport.abort()
+
+        await asyncio.gather(upstream(), downstream())

@@ -23,6 +23,7 @@ from bookchat.devtools.fake_gemini import Blocked, FakeGemini
 from bookchat.ingest.chunking import chunk_book
 from bookchat.settings import SAMPLE_BOOK
 
+from .faults import StreamCutter
 from .servers import prepare_book_env, running_server
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake: FakeGemini) -> Iterat
         RATE_LIMIT_ANONYMOUS="100",  # every test starts as a new anonymous reader
         RATE_LIMIT_TOKEN=str(TOKEN_LIMIT),
         RATE_LIMIT_IP="1000",
+        RESUME_GRACE_SECONDS="2",  # Stop ends the answer after it; a drop resumes within it
     )
     with running_server(env) as base_url:
         demo = httpx.get(base_url + "/", timeout=5)
@@ -313,6 +315,38 @@ def test_stop_aborts_the_stream_and_the_server_saves_it_interrupted(
     assert saved[-1]["status"] == "interrupted"
     assert 0 < len(saved[-1]["content"]) < len(ANSWER)
     assert time.monotonic() - started < 10
+
+
+def test_a_connection_dropped_mid_answer_resumes_and_shows_the_answer_once(
+    browser: Browser, server: str, fake: FakeGemini
+) -> None:
+    fake.reset()
+    fake.configure(token_delay=0.05)
+    host, port = server.removeprefix("http://").split(":")
+    with StreamCutter(host, int(port), after_tokens=3) as network:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(f"http://127.0.0.1:{network.port}/")  # the page and its API behind it
+            with page.expect_request("**/api/v1/messages/*/events") as resumed:
+                ask(page, "How does a lidar measure distance?")
+            answer = last_answer(page)
+            text = answer.locator(".bkc-text").inner_text()
+            notes = answer.locator(".bkc-note").count()
+            last_id = int(resumed.value.headers["last-event-id"])
+            state = stored(page)
+        finally:
+            context.close()
+    assert network.cut_done.is_set()  # the chat's connection really was dropped
+    assert errors == []
+    assert last_id >= 5  # session, citations and at least 3 tokens had arrived
+    assert " ".join(text.split()) == " ".join(ANSWER.split())  # all of it, nothing twice
+    assert notes == 0  # no "connection lost" note
+    saved = messages(server, state["token"], state["session"])
+    assert saved[-1]["status"] == "complete" and saved[-1]["content"] == ANSWER
 
 
 def test_error_event_and_lost_network_get_friendly_messages(page: Page, fake: FakeGemini) -> None:

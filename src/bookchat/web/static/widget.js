@@ -1,5 +1,4 @@
-/*! bookchat widget: chat with this book; no dependencies. Embedding and data-
- * attributes (api-base, title, doc-path, content, open, storage-key): docs/WIDGET.md */
+/*! bookchat widget: chat with this book, no dependencies; data-* attributes: docs/WIDGET.md */
 // `script` is captured on the first run: document.currentScript is null once deferred.
 (function boot(script) {
 "use strict";
@@ -78,7 +77,7 @@ SSEParser.prototype.line = function (line) {
 };
 
 // --- DOM helpers
-// Everything is built from nodes and textContent: model output is never parsed as HTML.
+// Built from nodes and textContent: model output is never parsed as HTML.
 function h(tag, attrs, children) {
   const node = document.createElement(tag);
   for (const key in attrs || {}) {
@@ -364,9 +363,8 @@ input.addEventListener("input", () => {
 function atBottom() {
   return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
 }
-// Follow the conversation unless the reader scrolled up to read: decided by the reader's
-// scrolling, not by how far the last addition pushed the bottom (a burst of tokens, the
-// sources list or the feedback row can each be taller than any fixed slack).
+// Follow the conversation unless the reader scrolled up (decided by the reader's
+// scrolling: one addition can be taller than any fixed slack).
 let following = true;
 log.addEventListener("scroll", () => { following = atBottom(); });
 function scrollDown(force) {
@@ -577,7 +575,7 @@ async function stream(body, answer, retried) {
   setBusy(true);
   let settled = false;
   try {
-    const res = await fetch(API + "/api/v1/chat", {
+    let res = await fetch(API + "/api/v1/chat", {
       method: "POST", credentials: "omit", signal: controller.signal,
       headers: Object.assign({ "Content-Type": "application/json", Accept: "text/event-stream" }, authHeaders()),
       body: JSON.stringify(body),
@@ -599,9 +597,10 @@ async function stream(body, answer, retried) {
       keepQuestion(body.message);
       return;
     }
-    const reader = res.body.getReader();
-    const decoder = new TextDecoder();
-    const parser = new SSEParser((name, data) => {
+    let lastId = 0;
+    const onEvent = (name, data, id) => {
+      if (+id <= lastId) return; // seen before a reconnect: shown once
+      lastId = +id || lastId;
       let payload;
       try {
         payload = JSON.parse(data);
@@ -622,15 +621,34 @@ async function stream(body, answer, retried) {
         settled = true;
         answer.settle("error", EVENT_ERRORS[payload.code] || "Something went wrong while answering. Please try again.");
       }
-    });
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      parser.push(decoder.decode(value, { stream: true }));
-      if (!settled) answer.render(); // one repaint per network chunk, not per token
+    };
+    // A connection dropped mid-answer resumes after the last id seen (the server goes on
+    // for a grace period): a few tries, a growing pause.
+    for (let tries = 0; ; ) {
+      if (res && res.ok) {
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        const parser = new SSEParser(onEvent);
+        try {
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            parser.push(decoder.decode(value, { stream: true }));
+            if (!settled) answer.render(); // one repaint per network chunk, not per token
+          }
+          parser.push(decoder.decode());
+          parser.end();
+        } catch (err) {
+          if (err.name === "AbortError") throw err;
+        }
+      } else if (res && res.status !== 503) break; // 410 gone, 404: give up
+      if (settled || !answer.messageId || ++tries > 6) break;
+      await new Promise((r) => setTimeout(r, 400 * tries));
+      res = await fetch(API + "/api/v1/messages/" + encodeURIComponent(answer.messageId) + "/events", {
+        credentials: "omit", signal: controller.signal,
+        headers: Object.assign({ Accept: "text/event-stream", "Last-Event-ID": String(lastId) }, authHeaders()),
+      }).catch((err) => { if (err.name === "AbortError") throw err; return null; });
     }
-    parser.push(decoder.decode());
-    parser.end();
     if (!settled) {
       settled = true;
       answer.settle("error", networkMessage(true));
