@@ -50,7 +50,8 @@ TERMINAL = frozenset({"done", "error"})
 PING = b": ping\r\n\r\n"
 KEY_PREFIX = "bookchat:resume:"
 _MIN_LIVE_TTL = 300.0  # a live answer's Redis keys outlive any generation deadline
-_FIRST_FOLLOWER_WAIT = 10.0  # the POST's own follower attaches within this, grace or not
+_FIRST_FOLLOWER_WAIT = 10.0
+REDIS_SOCKET_TIMEOUT = 30.0  # the POST's own follower attaches within this, grace or not
 
 
 class _Interrupted(msgspec.Struct):
@@ -143,8 +144,11 @@ class _RedisMirror:
     def __init__(self, url: str, *, max_events: int, retention: float, live_ttl: float) -> None:
         import redis.asyncio as aioredis
 
-        # No socket timeout: XREAD blocks on purpose (its own BLOCK bounds the wait).
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=1.0)
+        # A Redis that hangs must not stall the mirror for good; XREAD's own BLOCK (at most
+        # the ping interval, 15 s) stays well within the socket timeout.
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=REDIS_SOCKET_TIMEOUT
+        )
         self.max_events = max_events
         self.retention_ms = max(1, int(retention * 1000))
         self.live_ttl_ms = int(live_ttl * 1000)
@@ -568,7 +572,7 @@ class StreamJournal:
         assert mirror is not None
         grace_ms = max(1, int(self.grace_period * 1000))
         heartbeat = max(self.grace_period / 3, 0.01)
-        block_ms = int(min(ping_interval, heartbeat) * 1000)
+        block_ms = int(min(ping_interval, heartbeat, REDIS_SOCKET_TIMEOUT / 2) * 1000)
         position = after
         idle_since = watched_at = time.monotonic()
         await mirror.watch(message_id, grace_ms)
