@@ -79,6 +79,9 @@ def backend(
             DATABASE_URL=url,
             GEMINI_API_KEY="test-key",
             GEMINI_BASE_URL=fake.base_url,
+            # A client that leaves stops its answer at once, so every moment of leaving is
+            # a moment of saving (the grace period has its own tests: test_resume_server).
+            RESUME_GRACE_SECONDS="0",
             **LIMITS,
         )
         found = Backend(request.param, url, env, fake)
