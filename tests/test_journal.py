@@ -242,3 +242,40 @@ async def test_another_worker_resumes_through_redis_and_keeps_the_answer_alive(
     assert source2.cancelled
     await worker_a.close()
     await worker_b.close()
+
+
+async def test_a_stuck_reader_holds_the_answer_back_then_counts_as_dropped_and_can_resume() -> None:
+    journal = StreamJournal(grace_period=30, retention=30, buffer_events=4, write_timeout=0.3)
+    source, message_id = Source(), uuid.uuid4()
+    stuck = asyncio.get_running_loop().create_future()
+    taken: list[JournalEvent] = []
+
+    answer = journal.answer(message_id, source.events(), ping_interval=30)
+
+    async def stuck_reader() -> None:
+        async for chunk in answer:
+            taken.extend(parse(chunk))
+            await stuck  # the client's socket is full: this send never returns
+
+    reader = asyncio.create_task(stuck_reader())
+    source.push("session")
+    deadline = time.monotonic() + 5
+    while not taken:  # the reader got the first event and is now stuck in its send
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    source.push(*["token"] * 20)
+    # Backpressure: the answer stops pulling within the buffer of the stuck reader ...
+    while journal._streams[message_id].room is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)  # polls for the answer's wait on the reader
+    assert journal._streams[message_id].last_id <= len(taken) + 4 + 1
+    # ... and after the write timeout the reader is treated as gone: its send is cancelled.
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(reader, 5)
+    assert not source.cancelled  # the answer goes on: the grace period has started
+    source.push("done")
+    source.end()
+    rest = await take(journal, message_id, taken[-1].id)
+    assert [e.id for e in taken + rest] == list(range(1, 23))
+    assert rest[-1].name == "done"
+    await journal.close()

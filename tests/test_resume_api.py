@@ -17,9 +17,10 @@ IP_B = "198.51.100.23"
 
 
 @pytest.fixture
-async def book(settings: Settings) -> Settings:
-    await aingest_sample_book(settings)
-    return settings
+async def book(any_db_settings: Settings) -> Settings:
+    """The sample book on SQLite and (with TEST_POSTGRES_URL) PostgreSQL."""
+    await aingest_sample_book(any_db_settings)
+    return any_db_settings
 
 
 async def test_session_event_announces_the_assistant_message_that_events_resume(
