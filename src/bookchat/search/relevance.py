@@ -28,6 +28,11 @@ paraphrases are made of and weigh almost nothing.
   uses is the question's subject, and the book lacks it. Readers misspell, so a rare word
   one edit from a word of the book counts as found, and one one edit from an everyday word
   ("shoud") is not taken for a name.
+- **Identifiers**: a snake_case name in the question ("ros2_control", "cmd_vel") is a
+  package, topic or function name, as specific as a word can be. The tokenizer splits it
+  into everyday parts ("ros2", "control") that any ROS book contains, so it is looked up
+  whole, case-insensitively, in the candidates' text: absent there, the question is about
+  something the book does not name, and it is refused like any other named thing.
 
 Verdicts: `refuse` when nothing specific was found, a named thing is missing, or the
 missing share is at least `REFUSE_MISSING_SHARE`; in the band from `GREY_MISSING_SHARE`
@@ -50,6 +55,7 @@ measure it on your book with `bookchat eval` and a key before relying on it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -76,6 +82,8 @@ NAMED_THING_SPECIFICITY = 4.0
 TYPO_CHECK_SPECIFICITY = 3.0
 DENSE_CLEAR_MISS = 0.5
 EXPANSION_WEIGHT = 0.5
+# snake_case names: letters/digits joined by underscores ("ros2_control", "cmd_vel").
+_IDENTIFIER_RE = re.compile(r"(?<![\w.])[a-z][a-z0-9]*(?:_[a-z0-9]+)+(?![\w])", re.I)
 
 
 class Evidence(msgspec.Struct, kw_only=True, frozen=True):
@@ -86,7 +94,7 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
     weight: float  # total specificity of the question's words (0: nothing topical asked)
     found: float  # specificity of question words found in the returned hits
     best_hit_share: float  # the largest specificity share one hit holds (co-location)
-    missing_words: list[str]  # the specific question words found in no candidate
+    missing_words: list[str]  # the specific question words (or identifiers) found in no candidate
     dense_best: float | None  # best dense cosine in the book (None: BM25 only, or not needed)
 
 
@@ -108,6 +116,7 @@ def judge(
     hit_terms: frozenset[str] | set[str],
     hit_light: frozenset[str] | set[str],
     each_hit: Sequence[tuple[frozenset[str], frozenset[str]]] = (),
+    candidate_texts: Sequence[str] = (),
     dense_best: float | None = None,
 ) -> Evidence:
     """The verdict for `question` given the candidates' and the hits' stems.
@@ -115,6 +124,8 @@ def judge(
     `*_terms` are the index's stems, `*_light` inflection-only stems (`text.light_stem`): a
     word found only through stem conflation earns `STEM_ONLY_CREDIT`. `each_hit` is
     (stems, light stems) per returned hit; `expansion` holds follow-up words (weigh half).
+    `candidate_texts` are the candidates' raw texts, searched for the question's
+    identifiers (only read when the question contains one).
     """
     weighted: dict[str, float] = {}
     own = content_words(question)
@@ -154,6 +165,10 @@ def judge(
         and weighted[w] >= NAMED_THING_SPECIFICITY
         and everyday_spelling(w) is None
     ]
+    identifiers = {m.lower() for m in _IDENTIFIER_RE.findall(question)}
+    if identifiers:
+        text = "\n".join(candidate_texts).lower()
+        named += sorted(name for name in identifiers if name not in text)
     verdict: Verdict
     if found <= 0 or share >= REFUSE_MISSING_SHARE or named:
         # `named`: the question names a thing (a product, a tool, a brand: a word nearly
@@ -173,6 +188,9 @@ def judge(
         best_hit_share=round(best_hit / total, 4) if total else 0.0,
         weight=round(total, 3),
         found=round(found, 3),
-        missing_words=sorted((w for w in missing if weighted[w] > 0), key=lambda w: -weighted[w]),
+        missing_words=[
+            *(w for w in named if w in identifiers),
+            *sorted((w for w in missing if weighted[w] > 0), key=lambda w: -weighted[w]),
+        ],
         dense_best=None if dense_best is None else round(dense_best, 4),
     )

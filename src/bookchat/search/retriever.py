@@ -315,6 +315,7 @@ class Retriever:
             hit_terms=union,
             hit_light=set().union(*chosen_light) if chosen_light else set(),
             each_hit=list(zip(chosen_terms, chosen_light, strict=True)),
+            candidate_texts=[h.payload.text for h in pool],
         )
         evidence = judge_hits()
         if evidence.verdict == "refuse" and dense is not None:
