@@ -125,3 +125,28 @@ def test_sentences_cut_before_a_formula_are_left_out() -> None:
     ]  # fmt: skip
     answer = OfflineGenerator().compose("What is the PID output?", context)
     assert "output is [1]" not in answer and "output is." not in answer
+
+
+# Small sections are merged into one chunk: its `section` is the first heading only.
+MERGED = ContextBlock(
+    n=1,
+    title="Lidar",
+    section="Lidar basics",
+    text=(
+        "## Lidar basics\n\n"
+        "A lidar sends laser pulses and times their echoes.\n\n"
+        "### Limitations of lidar\n\n"
+        "A lidar is blind to glass and to black surfaces in the room.\n"
+        "Dark furniture absorbs the pulses and can vanish from the scan.\n"
+    ),
+)
+
+
+def test_a_merged_sub_section_is_judged_by_its_own_heading() -> None:
+    generator = OfflineGenerator()
+    # The caveat sits under "Limitations of lidar": it does not lead a "what is" answer…
+    what = generator.compose("What is a lidar?", [MERGED])
+    assert "A lidar sends laser pulses" in what and "blind to glass" not in what
+    # …but it answers a limitations question.
+    limits = generator.compose("What are the limitations of lidar?", [MERGED])
+    assert "blind to glass" in limits and "Dark furniture absorbs the pulses" in limits

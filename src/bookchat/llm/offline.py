@@ -131,6 +131,7 @@ class _Unit(msgspec.Struct, frozen=True):
     segment: Segment
     terms: frozenset[str]  # its own words: context added for reading is not scored
     bullets: tuple[Segment, ...] = ()
+    heading: str = ""  # the heading it sits under inside the chunk ("": the chunk's first)
 
 
 @lru_cache(maxsize=4096)
@@ -143,8 +144,11 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
     """
     segs = segments(text)
     units: list[_Unit] = []
+    heading = ""
     for idx, seg in enumerate(segs):
         if seg.kind == "heading":
+            # Small sections are merged into one chunk: a unit answers under its own heading.
+            heading = seg.text
             continue
         introduces_list = (
             seg.kind == "prose"
@@ -169,15 +173,18 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
         if seg.kind == "prose" and seg.text.endswith(":"):
             # An intro line reads well only with the list it introduces.
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
-        units.append(_Unit(segment=seg, terms=terms, bullets=bullets))
+        units.append(_Unit(segment=seg, terms=terms, bullets=bullets, heading=heading))
     return tuple(units)
 
 
 class _Candidate:
-    __slots__ = ("block", "bullets", "penalised", "rank", "score", "segment", "terms", "words")
+    __slots__ = (
+        "block", "bullets", "heading", "penalised", "rank", "score", "segment", "terms", "words",
+    )  # fmt: skip
 
     def __init__(self, block: ContextBlock, rank: int, segment: Segment, terms: frozenset[str]):
         self.block = block
+        self.heading = block.section  # the sub-section's heading when the chunk has several
         self.rank = rank
         self.segment = segment
         self.terms = terms
@@ -229,6 +236,8 @@ class OfflineGenerator:
                     continue
                 cand = _Candidate(block, rank, unit.segment, unit.terms)
                 cand.bullets = list(unit.bullets)
+                if unit.heading:
+                    cand.heading = unit.heading
                 pool.append(cand)
         if not q_terms:
             return pool, q_terms
@@ -239,21 +248,19 @@ class OfflineGenerator:
             for t in q_terms
         }
         total = sum(weights.values())
-        header_match = {
-            id(b): len(q_terms & term_set(f"{b.title} {b.section}")) / len(q_terms) for b in context
-        }
-        side_section = {id(b): _SIDE_SECTION_RE.search(b.section) is not None for b in context}
+        header_match: dict[tuple[str, str], float] = {}
         asks_caveats = _CAVEAT_QUESTION_RE.search(question) is not None
-        caveat_section = {
-            id(b): not asks_caveats and _CAVEAT_SECTION_RE.search(b.section) is not None
-            for b in context
-        }
         for cand in pool:
+            where = (cand.block.title, cand.heading)
+            header = header_match.get(where)
+            if header is None:
+                header = header_match[where] = len(q_terms & term_set(" ".join(where))) / len(
+                    q_terms
+                )
             terms = cand.terms
             if cand.bullets:
                 terms = terms.union(*(term_set(b.text) for b in cand.bullets))
             matched = q_terms & terms
-            header = header_match[id(cand.block)]
             gives_reason = why and _REASON_S_RE.search(cand.segment.text) is not None
             if not matched and not gives_reason and (header == 0 or cand.segment.kind == "code"):
                 continue
@@ -279,15 +286,15 @@ class OfflineGenerator:
             if cand.bullets:
                 # A whole list is long and a precise sentence usually better, except when the
                 # question asks for the limitations and the list is the section's answer.
-                caveat_list = asks_caveats and _CAVEAT_SECTION_RE.search(cand.block.section)
+                caveat_list = asks_caveats and _CAVEAT_SECTION_RE.search(cand.heading)
                 if caveat_list and header > 0:
                     # "What are the limitations of X?" is answered by X's limitations list.
                     score, length = 1.0 + 0.25 * header, 1.0
                 kind *= 1.0 if caveat_list else 0.7
-            if text.endswith("?") or side_section[id(cand.block)]:
+            if text.endswith("?") or _SIDE_SECTION_RE.search(cand.heading):
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
                 cand.penalised = True
-            if caveat_section[id(cand.block)]:
+            if not asks_caveats and _CAVEAT_SECTION_RE.search(cand.heading):
                 kind *= 0.3
                 cand.penalised = True
             # The search ranked the blocks; a later block needs a much better sentence.
@@ -372,11 +379,11 @@ class OfflineGenerator:
     ) -> None:
         """A "how does X work?" answer includes the sentence of the section that explains
         the principle ("Time-of-flight principle"), when the search retrieved one."""
-        if any(_MECHANISM_SECTION_RE.search(c.block.section) for c in chosen):
+        if any(_MECHANISM_SECTION_RE.search(c.heading) for c in chosen):
             return
         for cand in scored:  # best first; every one shares a word with the question
             if (
-                _MECHANISM_SECTION_RE.search(cand.block.section)
+                _MECHANISM_SECTION_RE.search(cand.heading)
                 and _MECHANISM_S_RE.search(cand.segment.text)
                 and (cand.block.n, cand.segment.position) not in used
             ):
