@@ -150,3 +150,19 @@ def test_a_merged_sub_section_is_judged_by_its_own_heading() -> None:
     # …but it answers a limitations question.
     limits = generator.compose("What are the limitations of lidar?", [MERGED])
     assert "blind to glass" in limits and "Dark furniture absorbs the pulses" in limits
+
+
+def test_a_sentence_read_with_the_one_before_never_repeats_it() -> None:
+    block = ContextBlock(
+        n=1,
+        title="Digital Twins",
+        section="Overview",
+        text=(
+            "## Overview\n\n"
+            "A digital twin is a virtual replica of a physical robot that mirrors its state. "
+            "Digital twins enable safe development and testing of robot algorithms. "
+            "This chapter explores simulation technologies for building digital twins."
+        ),
+    )
+    answer = OfflineGenerator().compose("What is a digital twin?", [block])
+    assert answer.count("Digital twins enable safe development") == 1

@@ -132,6 +132,10 @@ class _Unit(msgspec.Struct, frozen=True):
     terms: frozenset[str]  # its own words: context added for reading is not scored
     bullets: tuple[Segment, ...] = ()
     heading: str = ""  # the heading it sits under inside the chunk ("": the chunk's first)
+    # A sentence read with the one before it ("This is why…"): that one's position, and
+    # the sentence alone, for an answer that already shows the one before.
+    joined: int | None = None
+    alone: Segment | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -168,18 +172,27 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             before = _previous_prose(segs, idx)
             if before is None:
                 continue
+            alone, joined = seg, before.position
             seg = msgspec.structs.replace(seg, text=f"{before.text} {seg.text}")
+        else:
+            alone, joined = None, None
         bullets: tuple[Segment, ...] = ()
         if seg.kind == "prose" and seg.text.endswith(":"):
             # An intro line reads well only with the list it introduces.
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
-        units.append(_Unit(segment=seg, terms=terms, bullets=bullets, heading=heading))
+        units.append(
+            _Unit(
+                segment=seg, terms=terms, bullets=bullets, heading=heading, joined=joined,
+                alone=alone,
+            )
+        )  # fmt: skip
     return tuple(units)
 
 
 class _Candidate:
     __slots__ = (
-        "block", "bullets", "heading", "penalised", "rank", "score", "segment", "terms", "words",
+        "alone", "block", "bullets", "heading", "joined", "penalised", "rank", "score",
+        "segment", "terms", "words",
     )  # fmt: skip
 
     def __init__(self, block: ContextBlock, rank: int, segment: Segment, terms: frozenset[str]):
@@ -192,6 +205,15 @@ class _Candidate:
         self.score = 0.0
         self.penalised = False  # an exercise prompt or an unasked-for caveat
         self.bullets: list[Segment] = []
+        self.joined: int | None = None  # the earlier sentence shown with this one
+        self.alone: Segment | None = None
+
+    def parts(self) -> set[tuple[int, int]]:
+        """(block n, segment position) of every sentence this candidate shows."""
+        positions = [s.position for s in (self.segment, *self.bullets)]
+        if self.joined is not None:
+            positions.append(self.joined)
+        return {(self.block.n, p) for p in positions}
 
 
 def _sentence(text: str) -> str:
@@ -236,6 +258,7 @@ class OfflineGenerator:
                     continue
                 cand = _Candidate(block, rank, unit.segment, unit.terms)
                 cand.bullets = list(unit.bullets)
+                cand.joined, cand.alone = unit.joined, unit.alone
                 if unit.heading:
                     cand.heading = unit.heading
                 pool.append(cand)
@@ -341,7 +364,7 @@ class OfflineGenerator:
                 break
             if chosen and cand.block is not scored[0].block and cand.score < other_floor:
                 continue  # a weaker sentence from another chunk would be an off-topic tail
-            parts = {(cand.block.n, s.position) for s in (cand.segment, *cand.bullets)}
+            parts = cand.parts()
             if parts & used or any(jaccard(cand.terms, c.terms) >= 0.6 for c in chosen):
                 continue
             size = cand.words + sum(len(b.text.split()) for b in cand.bullets)
@@ -363,6 +386,11 @@ class OfflineGenerator:
                 nxt = by_pos.get(pos)
                 if nxt is None or (best.block.n, pos) in used:
                     break  # a heading, code or the end of the chunk: the section is over
+                if nxt.joined is not None and nxt.alone is not None:
+                    # It repeats the sentence before it, which the answer already shows.
+                    alone = _Candidate(nxt.block, nxt.rank, nxt.alone, nxt.terms)
+                    alone.heading = nxt.heading
+                    nxt = alone
                 if words + nxt.words > self.max_words:
                     break
                 chosen.append(nxt)
@@ -385,12 +413,12 @@ class OfflineGenerator:
             if (
                 _MECHANISM_SECTION_RE.search(cand.heading)
                 and _MECHANISM_S_RE.search(cand.segment.text)
-                and (cand.block.n, cand.segment.position) not in used
+                and not cand.parts() & used
             ):
                 if len(chosen) >= self.max_sentences:
                     chosen.pop()
                 chosen.append(cand)
-                used.add((cand.block.n, cand.segment.position))
+                used |= cand.parts()
                 return
 
     # -- rendering --------------------------------------------------------------------
