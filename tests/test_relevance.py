@@ -21,7 +21,7 @@ from bookchat.search.embedded import EmbeddedVectorStore
 from bookchat.search.relevance import judge
 from bookchat.search.retriever import Retriever
 from bookchat.settings import SAMPLE_BOOK
-from bookchat.text import light_stem, light_term_set, specificity, term_set
+from bookchat.text import everyday_compound, light_stem, light_term_set, specificity, term_set
 from tests.rag_fakes import (
     SAMPLE_CHUNKS,
     CountingEmbedder,
@@ -86,9 +86,32 @@ def test_dense_evidence_turns_a_lexical_refusal_into_the_grey_zone() -> None:
         candidate_terms=term_set(BOOK), candidate_light=light_term_set(BOOK),
         hit_terms=term_set(BOOK), hit_light=light_term_set(BOOK),
     )  # fmt: skip
-    question = "Which PX4 parameters tune a quadcopter's balance controller?"
+    # Refused for its missing everyday words, not for a name: dense evidence can rescue it.
+    question = "Why does my walker topple when I nudge it sideways at the waist?"
+    assert _judge(question, BOOK).verdict == "refuse"
     assert judge(question, [], dense_best=0.2, **args).verdict == "refuse"
     assert judge(question, [], dense_best=0.8, **args).verdict == "grey"
+
+
+def test_dense_evidence_never_rescues_a_missing_name() -> None:
+    args = dict(
+        candidate_terms=term_set(BOOK), candidate_light=light_term_set(BOOK),
+        hit_terms=term_set(BOOK), hit_light=light_term_set(BOOK),
+    )  # fmt: skip
+    # "PX4" and "quadcopter" are absent whatever the cosine of the words around them.
+    question = "Which PX4 parameters tune a quadcopter's balance controller?"
+    assert judge(question, [], dense_best=0.8, **args).verdict == "refuse"
+
+
+def test_a_compound_of_everyday_words_is_not_a_name() -> None:
+    # "onboard" is missing from the frequency list, like many closed compounds.
+    assert everyday_compound("onboard") == ("on", "board")
+    assert everyday_compound("quadcopter") is None and everyday_compound("unitree") is None
+    book = "Run the balance controller on the robot itself; plan routes in the cloud."
+    assert (
+        _judge("Should the balance controller run onboard or in the cloud?", book).verdict
+        != "refuse"
+    )
 
 
 def test_declines_recognises_the_models_not_covered_reply() -> None:

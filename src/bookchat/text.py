@@ -485,3 +485,23 @@ def everyday_spelling(word: str, *, min_zipf: float = 3.0) -> str | None:
         if z >= min_zipf and (best is None or z > best[0]):
             best = (z, candidate)
     return best[1] if best else None
+
+
+_PARTICLE_ZIPF = 6.0
+
+
+@lru_cache(maxsize=_TOKEN_CACHE_SIZE)
+def everyday_compound(word: str, *, min_zipf: float = 3.0) -> tuple[str, str] | None:
+    """The two common English words `word` is written from ("onboard" → on + board), if any.
+
+    Closed compounds are often missing from word-frequency lists, which would make them
+    look like names.
+    """
+    if not word.isalpha() or len(word) < 6:
+        return None
+    for cut in range(2, len(word) - 2):
+        head, tail = word[:cut], word[cut:]
+        # A two-letter head only when it is a particle as common as "on", "up", "in".
+        if _zipf(head) >= (min_zipf if cut > 2 else _PARTICLE_ZIPF) and _zipf(tail) >= min_zipf:
+            return head, tail
+    return None

@@ -275,7 +275,10 @@ class Retriever:
             filters=filters if filters is not None and not filters.is_empty() else None,
             limit=max(self.candidates, top_k),
         )
-        pool = self._dedupe(raw)
+        # Fused RRF scores tie often (a chunk first in one list, second in the other), and
+        # the engine returns ties in no fixed order: break them by id, so a question gets
+        # the same sources every time.
+        pool = self._dedupe(sorted(raw, key=lambda h: (-h.score, h.id)))
 
         own_terms = content_terms(query)
         extra_terms = [t for t in content_terms(" ".join(extra_words)) if t not in own_terms]
