@@ -70,3 +70,7 @@ container-test:
 # Author insights: questions per day, content gaps, thumbs-down answers, cited pages
 insights *ARGS:
     bookchat insights {{ARGS}}
+
+# Download the local embedding model once (EMBEDDING_PROVIDER=local: semantic search, no provider)
+fetch-model *ARGS:
+    bookchat fetch-model {{ARGS}}

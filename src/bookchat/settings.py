@@ -18,8 +18,12 @@ SAMPLE_BOOK = Path(__file__).parent / "sample_book" / "docs"
 
 
 Provider = Literal["gemini", "openai"]
+# "local": a sentence-transformers model on disk (bookchat.llm.local), no provider at all.
+EmbeddingProvider = Literal["gemini", "openai", "local"]
 GEMINI_FALLBACK_MODEL = "gemini-2.5-flash-lite"
 GEMINI_EMBEDDING_MODEL = "gemini-embedding-001"
+# Where `bookchat fetch-model` puts all-MiniLM-L6-v2 (EMBEDDING_PROVIDER=local's default).
+LOCAL_EMBEDDING_MODEL_DIR = "./var/models/all-MiniLM-L6-v2"
 
 
 class SettingsError(ValueError):
@@ -52,7 +56,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # An OpenAI-compatible fallback may live elsewhere; unset: OPENAI_API_KEY/BASE_URL.
     fallback_api_key: str | None = None
     fallback_base_url: str | None = None
-    embedding_provider: Provider = "gemini"
+    embedding_provider: EmbeddingProvider = "gemini"
     embedding_model: str = GEMINI_EMBEDDING_MODEL
     embedding_dim: int = 768
     embedding_cache_ttl: int = 86_400
@@ -180,11 +184,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    def provider_configured(self, provider: Provider) -> bool:
-        """Gemini needs a key; an OpenAI-compatible server a key or a base URL (local ones)."""
+    def provider_configured(self, provider: EmbeddingProvider) -> bool:
+        """Gemini needs a key; an OpenAI-compatible server a key or a base URL (local ones);
+        a local model only itself (a missing one is a startup error, not BM25 only)."""
         if provider == "gemini":
             return bool(self.gemini_api_key)
+        if provider == "local":
+            return True
         return bool(self.openai_api_key or self.openai_base_url)
+
+    @property
+    def local_model_dir(self) -> str:
+        """EMBEDDING_PROVIDER=local: the model directory (EMBEDDING_MODEL, or the default)."""
+        if self.embedding_model == GEMINI_EMBEDDING_MODEL:
+            return LOCAL_EMBEDDING_MODEL_DIR
+        return self.embedding_model
 
     @property
     def llm_offline(self) -> bool:

@@ -419,8 +419,13 @@ def _run(args: argparse.Namespace, settings: Settings, questions: list[EvalQuest
     generator: AnswerGenerator | None = None
     if not (args.offline or settings.offline):
         from bookchat.llm.factory import make_embedder, make_generator
+        from bookchat.llm.local import LocalModelError
 
-        embedder, generator = make_embedder(settings), make_generator(settings)
+        try:
+            embedder, generator = make_embedder(settings), make_generator(settings)
+        except LocalModelError as exc:
+            print(f"bookchat eval: {exc}", file=sys.stderr)
+            return 2
     report = asyncio.run(
         evaluate(
             questions,

@@ -100,6 +100,10 @@ def make_embedder(settings: Settings, clients: ModelClients | None = None) -> Em
     """The EMBEDDING_PROVIDER's embedder, or None (BM25 only) when it is not configured."""
     if settings.embeddings_offline:
         return None
+    if settings.embedding_provider == "local":
+        from bookchat.llm.local import LocalEmbedder
+
+        return LocalEmbedder(settings.local_model_dir)
     clients = clients or ModelClients(settings)
     if settings.embedding_provider == "openai":
         from bookchat.llm.openai import OpenAIEmbedder
