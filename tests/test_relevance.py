@@ -55,6 +55,7 @@ def _judge(question: str, book: str, hits: str | None = None):
         hit_terms=term_set(hit_text),
         hit_light=light_term_set(hit_text),
         each_hit=[(term_set(hit_text), light_term_set(hit_text))],
+        candidate_texts=[book],
     )
 
 
@@ -322,19 +323,6 @@ def test_a_letter_hyphenated_to_a_word_is_one_thing() -> None:
     assert evidence.verdict == "refuse" and "h-bridge" in evidence.missing_words
 
 
-def _judge_texts(question: str, book: str):
-    return judge(
-        question,
-        [],
-        candidate_terms=term_set(book),
-        candidate_light=light_term_set(book),
-        hit_terms=term_set(book),
-        hit_light=light_term_set(book),
-        each_hit=[(term_set(book), light_term_set(book))],
-        candidate_texts=[book],
-    )
-
-
 CONTROL_BOOK = (
     "A ROS 2 control node reads the hardware interface of each motor and publishes "
     "velocity commands on cmd_vel; the driver board applies them."
@@ -343,15 +331,15 @@ CONTROL_BOOK = (
 
 def test_an_identifier_the_book_never_names_is_refused() -> None:
     # Every part ("ros2", "control", "hardware", "interface") is the book's; the name is not.
-    evidence = _judge_texts("How do I write a ros2_control hardware interface?", CONTROL_BOOK)
+    evidence = _judge("How do I write a ros2_control hardware interface?", CONTROL_BOOK)
     assert evidence.verdict == "refuse" and evidence.missing_words[0] == "ros2_control"
     # Without the identifier the same words are answered.
     assert (
-        _judge_texts("How do I write a ROS 2 control hardware interface?", CONTROL_BOOK).verdict
+        _judge("How do I write a ROS 2 control hardware interface?", CONTROL_BOOK).verdict
         == "answer"
     )
 
 
 def test_an_identifier_the_book_uses_is_found() -> None:
-    evidence = _judge_texts("What does the node publish on CMD_VEL?", CONTROL_BOOK)
+    evidence = _judge("What does the node publish on CMD_VEL?", CONTROL_BOOK)
     assert evidence.verdict == "answer" and "cmd_vel" not in evidence.missing_words
