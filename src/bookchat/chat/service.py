@@ -23,7 +23,7 @@ from uuid import UUID
 
 import anyio
 import msgspec
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import (
@@ -74,6 +74,18 @@ logger = logging.getLogger("bookchat.chat")
 USERS: Table = User.__table__  # type: ignore[assignment]
 SESSIONS: Table = ChatSession.__table__  # type: ignore[assignment]
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+# Built once and executed with parameters: a reused statement keeps its compiled form and
+# cache key, where `.values(...)` per chat rebuilt and re-hashed every clause each time.
+INSERT_USER = insert(USERS)
+INSERT_SESSION = insert(SESSIONS)
+INSERT_MESSAGES = insert(MESSAGES)
+TOUCH_SESSION = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("touched_session_id"))
+    .values(last_activity=bindparam("touched_at"))
+)
+# The SET clause comes from the parameters' column names (one shape per chat path).
+COMPLETE_ANSWER = update(MESSAGES).where(MESSAGES.c.id == bindparam("completed_message_id"))
 
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, ConnectionError)
 SAVE_TIMEOUT = 30.0  # generous: under overload the save queues for a pooled connection
@@ -359,22 +371,23 @@ class ChatService:
                 user, token = new_user_with_token()
                 user_id = user.id
                 await db.execute(
-                    insert(USERS).values(id=user.id, token_hash=user.token_hash, tier=user.tier)
+                    INSERT_USER, {"id": user.id, "token_hash": user.token_hash, "tier": user.tier}
                 )
             session_id = uuid7()
             await db.execute(
-                insert(SESSIONS).values(
-                    id=session_id,
-                    user_id=user_id,
-                    title=session_title(data.message),
+                INSERT_SESSION,
+                {
+                    "id": session_id,
+                    "user_id": user_id,
+                    "title": session_title(data.message),
                     # Created tokenless: may be continued tokenless from this client IP.
-                    client_binding=identity.client_binding if identity.user is None else None,
-                )
+                    "client_binding": identity.client_binding if identity.user is None else None,
+                },
             )
         else:
             session_id = chat.id
             await db.execute(
-                update(SESSIONS).where(SESSIONS.c.id == session_id).values(last_activity=utcnow())
+                TOUCH_SESSION, {"touched_session_id": session_id, "touched_at": utcnow()}
             )
         asked_at = utcnow()
         answer_id = uuid7()
@@ -404,7 +417,7 @@ class ChatService:
             # After its question in the history's (created_at, id) order.
             "created_at": asked_at + timedelta(microseconds=1),
         }
-        await db.execute(insert(MESSAGES), [question, answer])
+        await db.execute(INSERT_MESSAGES, [question, answer])
         # Commit now: the stream runs after the request's session is closed.
         await db.commit()
         return token, session_id, answer_id
@@ -580,11 +593,9 @@ class ChatService:
         async with self._writing(), self.session_maker() as session:
             # Table-level statements: the ORM's bulk-update path adds nothing here.
             await session.execute(
-                update(MESSAGES).where(MESSAGES.c.id == turn.message_id).values(**values)
+                COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}
             )
             await session.execute(
-                update(SESSIONS)
-                .where(SESSIONS.c.id == turn.session_id)
-                .values(last_activity=utcnow())
+                TOUCH_SESSION, {"touched_session_id": turn.session_id, "touched_at": utcnow()}
             )
             await session.commit()
