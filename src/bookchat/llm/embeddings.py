@@ -55,7 +55,7 @@ class EmbeddingError(Exception):
 
 def l2_normalise(vector: list[float]) -> list[float]:
     """`vector` scaled to unit length (a zero vector is returned unchanged)."""
-    norm = math.sqrt(sum(v * v for v in vector))
+    norm = math.hypot(*vector)  # in C: a generator over 768+ floats cost more per query
     return [v / norm for v in vector] if norm else list(vector)
 
 

@@ -29,6 +29,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgspec
 
@@ -105,6 +106,15 @@ def is_follow_up(question: str, history: Sequence[str]) -> bool:
 
 
 _PAIR_CACHE_SIZE = 100_000  # chunk-pair similarities kept (cleared when full)
+_CHUNK_CACHE_SIZE = 20_000  # chunks' term sets kept (cleared when full)
+
+
+class _ChunkTerms(NamedTuple):
+    """A chunk's term sets: its text's, and text + title + breadcrumb (stemmed, light)."""
+
+    text: frozenset[str]
+    all: frozenset[str]
+    light: frozenset[str]
 
 
 class Retriever:
@@ -141,6 +151,7 @@ class Retriever:
         self._query_cache_size = query_cache_size
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
         self._pair_cache: dict[tuple[str, str], float] = {}
+        self._chunk_cache: dict[str, _ChunkTerms] = {}
 
     def build_query(self, question: str, history: Sequence[str] = ()) -> tuple[str, list[str]]:
         """The search text for `question` and the history words added to it (follow-up rule)."""
@@ -189,6 +200,18 @@ class Retriever:
         )
         return nearest[0].score if nearest else None
 
+    def _terms(self, payload: ChunkPayload) -> _ChunkTerms:
+        """A chunk's term sets, memoised by content hash: the same candidates recur, and
+        the unions of three sets per candidate cost more than the rest of the ranking."""
+        found = self._chunk_cache.get(payload.content_hash)
+        if found is None:
+            if len(self._chunk_cache) >= _CHUNK_CACHE_SIZE:
+                self._chunk_cache.clear()
+            found = self._chunk_cache[payload.content_hash] = _ChunkTerms(
+                term_set(payload.text), self._hit_terms(payload), self._hit_light(payload)
+            )
+        return found
+
     def _similarity(
         self,
         a: ChunkPayload,
@@ -198,7 +221,7 @@ class Retriever:
         limit: float,
     ) -> float:
         """Token Jaccard of two chunks, memoised: the same candidates recur across queries."""
-        small, large = sorted((len(a_terms), len(b_terms)))
+        small, large = min(len(a_terms), len(b_terms)), max(len(a_terms), len(b_terms))
         if large and small / large < limit:
             return small / large  # an upper bound below the limit: not a duplicate
         key = (a.content_hash, b.content_hash)
@@ -218,7 +241,7 @@ class Retriever:
             p = hit.payload
             if p.content_hash in seen_hash:
                 continue
-            terms = term_set(p.text)
+            terms = self._terms(p).text
             duplicate = False
             for other, other_terms in zip(kept, kept_terms, strict=True):
                 limit = (
@@ -282,7 +305,8 @@ class Retriever:
 
         own_terms = content_terms(query)
         extra_terms = [t for t in content_terms(" ".join(extra_words)) if t not in own_terms]
-        pool_terms = [self._hit_terms(h.payload) for h in pool]
+        pool_chunks = [self._terms(h.payload) for h in pool]
+        pool_terms = [c.all for c in pool_chunks]
         n = len(pool)
         weights: dict[str, float] = {}
         for term in own_terms + extra_terms:
@@ -307,7 +331,7 @@ class Retriever:
         union: set[str] = set().union(*chosen_terms) if chosen_terms else set()
         coverage = round(fraction(union), 4)
         candidates: set[str] = set().union(*pool_terms) if pool_terms else set()
-        pool_light = [self._hit_light(h.payload) for h in pool]
+        pool_light = [c.light for c in pool_chunks]
         chosen_light = pool_light[:top_k]
         judge_hits = functools.partial(
             judge,
