@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from advanced_alchemy.extensions.litestar import (
     AlembicAsyncConfig,
     AsyncSessionConfig,
     SQLAlchemyAsyncConfig,
 )
+from litestar.types import Message, Scope
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -116,7 +118,7 @@ def make_alchemy_config(
     settings: Settings, engine: AsyncEngine | None = None
 ) -> SQLAlchemyAsyncConfig:
     """advanced-alchemy's config: request-scoped sessions committed on 2xx responses."""
-    return SQLAlchemyAsyncConfig(
+    config = SQLAlchemyAsyncConfig(
         engine_instance=engine or create_engine(settings),
         session_config=AsyncSessionConfig(expire_on_commit=False),
         metadata=UUIDv7Base.metadata,
@@ -126,3 +128,15 @@ def make_alchemy_config(
         # bookchat.errors maps RepositoryError (envelope; 503 when the database is down).
         set_default_exception_handler=False,
     )
+    # Made per config: each config of a process gets its own session scope key.
+    autocommit = cast("Callable[[Message, Scope], Awaitable[None]]", config.before_send_handler)
+
+    async def commit_request_session(message: Message, scope: Scope) -> None:
+        """The autocommit hook, not run for body messages: it commits and closes the
+        request's session at `http.response.start`, and a chat's ~50 stream bodies would
+        each look for that session again."""
+        if message["type"] != "http.response.body":
+            await autocommit(message, scope)
+
+    config.before_send_handler = commit_request_session
+    return config
