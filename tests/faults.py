@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 from typing import Literal
 
 Mode = Literal["forward", "refuse", "blackhole"]
+WHOLE_TOKEN_EVENT = re.compile(rb"event: token\r\ndata: [^\r\n]*\r\n\r\n")
 
 
 class TcpProxy:
@@ -103,9 +105,9 @@ class TcpProxy:
 
 
 class StreamCutter(TcpProxy):
-    """Forwards like `TcpProxy`, but drops (RST) the connection of the first
-    `POST /api/v1/chat` once `after_tokens` token events went through to the client: a
-    reader's network that fails mid-answer. Later requests pass untouched."""
+    """Forwards like `TcpProxy`, but cuts the connection of the first `POST /api/v1/chat`
+    once `after_tokens` token events went through to the client: a reader's network that
+    fails mid-answer. Later requests pass untouched."""
 
     def __init__(self, target_host: str, target_port: int, *, after_tokens: int) -> None:
         super().__init__(target_host, target_port)
@@ -132,7 +134,7 @@ class StreamCutter(TcpProxy):
                 upstream_writer.transport.abort()
 
         async def downstream() -> None:
-            tokens = 0
+            received = b""
             # drain() returns once the bytes left: the ones before the cut reach the reader.
             writer.transport.set_write_buffer_limits(high=0)
             with contextlib.suppress(OSError, asyncio.CancelledError):
@@ -140,12 +142,15 @@ class StreamCutter(TcpProxy):
                     writer.write(data)
                     await writer.drain()
                     if chat_request.is_set() and not self.cut_done.is_set():
-                        tokens += data.count(b"event: token")
-                        if tokens >= self.after_tokens:
+                        received += data  # cut after whole events only (reads split them)
+                        if len(WHOLE_TOKEN_EVENT.findall(received)) >= self.after_tokens:
                             self.cut_done.set()
                             break
             with contextlib.suppress(Exception):
-                writer.transport.abort()  # RST: the reader's connection is gone
+                # FIN mid-body, after the bytes sent so far (an RST could make the
+                # reader's kernel drop the ones it had not read yet): the response breaks
+                # off as on a lost network; the server sees its reader leave.
+                writer.close()
                 upstream_writer.transport.abort()
 
         await asyncio.gather(upstream(), downstream())

@@ -342,7 +342,9 @@ def test_a_connection_dropped_mid_answer_resumes_and_shows_the_answer_once(
             context.close()
     assert network.cut_done.is_set()  # the chat's connection really was dropped
     assert errors == []
-    assert last_id >= 5  # session, citations and at least 3 tokens had arrived
+    # Mid-answer: tokens had been shown. (A stream that errors drops the chunks the page
+    # had not read yet, so the last id seen may be below the 3rd token's, 5.)
+    assert last_id >= 3
     assert " ".join(text.split()) == " ".join(ANSWER.split())  # all of it, nothing twice
     assert notes == 0  # no "connection lost" note
     saved = messages(server, state["token"], state["session"])
