@@ -74,6 +74,8 @@ async def test_a_client_that_stops_reading_stops_generation_and_ends_after_the_w
         assert 1.0 <= elapsed < 10  # ended by the write timeout, not by the answer's end
         # Backpressure: generation stopped early; the provider's stream was closed.
         assert await fake.until(lambda f: f.stream_closed_early, 5)
+        # The stuck reader's send was cancelled first; the answer saves itself after.
+        await asyncio.wait_for(journal.wait_finished(turn.message_id), 10)
         async with chat.session_maker() as db:
             answer = await db.get(Message, turn.message_id)
             assert answer is not None
