@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient
 from bookchat import __version__
 from bookchat.cli import build_parser
 from bookchat.devtools.fake_gemini import FakeGemini, ServerError
-from bookchat.settings import SettingsError, load_settings
+from bookchat.settings import Settings, SettingsError, load_settings
 
 from .chat_helpers import LogCapture, aingest_sample_book, app_client, ask
 from .conftest import make_settings
@@ -234,3 +234,17 @@ async def test_the_demo_page_and_the_docs_have_a_favicon(client: AsyncTestClient
     assert '<link rel="icon" href="/favicon.ico"' in page
     docs = (await client.get("/docs", follow_redirects=True)).text
     assert "href='/favicon.ico'" in docs
+
+
+async def test_the_word_frequency_list_is_read_at_startup_not_in_the_first_chat(
+    settings: Settings,
+) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from bookchat import text
+    from bookchat.app import create_app
+
+    text._frequencies.cache_clear()
+    text.specificity.cache_clear()
+    async with AsyncTestClient(app=create_app(settings)):
+        assert text._frequencies.cache_info().currsize == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from bookchat.search.factory import serving_store_from_settings
 from bookchat.search.retriever import Retriever
 from bookchat.search.types import VectorStore
 from bookchat.settings import Settings
+from bookchat.text import specificity
 
 logger = logging.getLogger("bookchat.runtime")
 
@@ -113,6 +115,9 @@ class Runtime:
     async def start(self) -> None:
         """At app startup: register this process as the owner of its streams."""
         await self.chat.start()
+        # The relevance decision's word-frequency list takes ~0.75 s to read: at startup,
+        # not in the first reader's chat.
+        await asyncio.to_thread(specificity, "warm")
         if self.database_file is not None:
             self.database_file.check()  # remember the file being served
         if self.index_dir is not None and not self.index_dir.is_dir():
