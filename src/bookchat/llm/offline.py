@@ -132,9 +132,8 @@ class _Unit(msgspec.Struct, frozen=True):
     terms: frozenset[str]  # its own words: context added for reading is not scored
     bullets: tuple[Segment, ...] = ()
     heading: str = ""  # the heading it sits under inside the chunk ("": the chunk's first)
-    # A sentence read with the one before it ("This is why…"): that one's position, and
-    # the sentence alone, for an answer that already shows the one before.
-    joined: int | None = None
+    # A sentence shown with the one just before it ("This is why…"): the sentence alone,
+    # for an answer that already shows the one before.
     alone: Segment | None = None
 
 
@@ -172,47 +171,42 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             before = _previous_prose(segs, idx)
             if before is None:
                 continue
-            alone, joined = seg, before.position
+            alone: Segment | None = seg
             seg = msgspec.structs.replace(seg, text=f"{before.text} {seg.text}")
         else:
-            alone, joined = None, None
+            alone = None
         bullets: tuple[Segment, ...] = ()
         if seg.kind == "prose" and seg.text.endswith(":"):
             # An intro line reads well only with the list it introduces.
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
-        units.append(
-            _Unit(
-                segment=seg, terms=terms, bullets=bullets, heading=heading, joined=joined,
-                alone=alone,
-            )
-        )  # fmt: skip
+        units.append(_Unit(segment=seg, terms=terms, bullets=bullets, heading=heading, alone=alone))
     return tuple(units)
 
 
 class _Candidate:
     __slots__ = (
-        "alone", "block", "bullets", "heading", "joined", "penalised", "rank", "score",
-        "segment", "terms", "words",
+        "alone", "block", "bullets", "heading", "penalised", "rank", "score", "segment",
+        "terms", "unit", "words",
     )  # fmt: skip
 
-    def __init__(self, block: ContextBlock, rank: int, segment: Segment, terms: frozenset[str]):
+    def __init__(self, block: ContextBlock, rank: int, unit: _Unit):
         self.block = block
-        self.heading = block.section  # the sub-section's heading when the chunk has several
         self.rank = rank
-        self.segment = segment
-        self.terms = terms
-        self.words = len(segment.text.split())
+        self.unit = unit
+        self.segment = unit.segment
+        self.terms = unit.terms
+        self.bullets = unit.bullets
+        self.alone = unit.alone
+        self.heading = unit.heading or block.section
+        self.words = len(unit.segment.text.split())
         self.score = 0.0
         self.penalised = False  # an exercise prompt or an unasked-for caveat
-        self.bullets: list[Segment] = []
-        self.joined: int | None = None  # the earlier sentence shown with this one
-        self.alone: Segment | None = None
 
     def parts(self) -> set[tuple[int, int]]:
         """(block n, segment position) of every sentence this candidate shows."""
         positions = [s.position for s in (self.segment, *self.bullets)]
-        if self.joined is not None:
-            positions.append(self.joined)
+        if self.alone is not None:
+            positions.append(self.segment.position - 1)  # the sentence read with it
         return {(self.block.n, p) for p in positions}
 
 
@@ -256,12 +250,7 @@ class OfflineGenerator:
             for unit in _readable_units(block.text):
                 if unit.segment.kind == "code" and not wants_code:
                     continue
-                cand = _Candidate(block, rank, unit.segment, unit.terms)
-                cand.bullets = list(unit.bullets)
-                cand.joined, cand.alone = unit.joined, unit.alone
-                if unit.heading:
-                    cand.heading = unit.heading
-                pool.append(cand)
+                pool.append(_Candidate(block, rank, unit))
         if not q_terms:
             return pool, q_terms
 
@@ -386,11 +375,10 @@ class OfflineGenerator:
                 nxt = by_pos.get(pos)
                 if nxt is None or (best.block.n, pos) in used:
                     break  # a heading, code or the end of the chunk: the section is over
-                if nxt.joined is not None and nxt.alone is not None:
+                if nxt.alone is not None:
                     # It repeats the sentence before it, which the answer already shows.
-                    alone = _Candidate(nxt.block, nxt.rank, nxt.alone, nxt.terms)
-                    alone.heading = nxt.heading
-                    nxt = alone
+                    unit = msgspec.structs.replace(nxt.unit, segment=nxt.alone, alone=None)
+                    nxt = _Candidate(nxt.block, nxt.rank, unit)
                 if words + nxt.words > self.max_words:
                     break
                 chosen.append(nxt)
