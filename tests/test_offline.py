@@ -166,3 +166,58 @@ def test_a_sentence_read_with_the_one_before_never_repeats_it() -> None:
     )
     answer = OfflineGenerator().compose("What is a digital twin?", [block])
     assert answer.count("Digital twins enable safe development") == 1
+
+
+def _sample_section(page: str, heading: str) -> ContextBlock:
+    """A real sample-book section (from `heading` to the next heading of its level)."""
+    from bookchat.devtools.evaluation import SAMPLE_DOCS
+
+    text = (SAMPLE_DOCS / page).read_text(encoding="utf-8")
+    start = text.index(heading)
+    level = heading.split(" ", 1)[0] + " "
+    end = text.find("\n" + level, start + len(heading))
+    return ContextBlock(
+        n=1, title="Lab", section=heading.lstrip("# "), text=text[start : end if end > 0 else None]
+    )
+
+
+def test_a_sentence_that_introduces_code_is_shown_with_its_code() -> None:
+    # Step 3 of the lab answers in one line ending "into wheel speeds:" and the code under it.
+    block = _sample_section("05-practice/01-line-follower-lab.md", "## Step 3: Steer with PID")
+    text = OfflineGenerator().compose("What does the PID controller turn the error into?", [block])
+    assert "turns it into a yaw-rate command" in text
+    assert "```python" in text and "set_wheel_speeds(w_r, w_l)" in text
+    assert text.count("```") % 2 == 0  # the fence is closed
+    # Every paragraph that announces something ("…wheel speeds [1]:") is followed by it.
+    paragraphs = text.split("\n\n")[1:]  # after the label
+    for paragraph, following in zip(paragraphs, [*paragraphs[1:], ""], strict=True):
+        if paragraph.rstrip().endswith(":"):
+            assert following.startswith("```")
+
+
+def test_a_section_of_one_intro_line_and_code_can_lead_the_answer() -> None:
+    # The best source holds only "…limits:" and code; before, it could not lead, and a
+    # word match on another page answered instead.
+    saturation = ContextBlock(
+        n=1,
+        title="Control",
+        section="Actuator Saturation",
+        text=(
+            "### Actuator Saturation\n\nReal motors have torque limits:\n\n"
+            "```python\n# Prevent integrator windup: integrate only when not saturated\n"
+            "if abs(output) < torque_limit:\n    integral += error * dt\n```\n"
+        ),
+    )
+    elsewhere = ContextBlock(
+        n=2,
+        title="Chatbots",
+        section="Why RAG",
+        text="Wrong information about motor torque limits can damage robots.",
+    )
+    text = OfflineGenerator().compose(
+        "What goes wrong with the integral when the motor is maxed out on torque?",
+        [saturation, elsewhere],
+    )
+    body = text[len(OFFLINE_LABEL) :].lstrip()
+    assert body.startswith("Real motors have torque limits [1]:")
+    assert "integral += error * dt" in text

@@ -8,7 +8,10 @@ Scoring a sentence: the weighted fraction of question terms it contains (terms r
 among the context's sentences weigh more), a bonus when its block's title/section
 matches the question and for definition-like sentences of "what is …" questions,
 scaled by the block's rank and by a length/kind factor. Code is left out unless the
-question asks about code. Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped.
+question asks about code, or a chosen sentence introduces it ("Reject measurements that
+don't match model predictions:"): such a line is shown with its code block or not at all,
+since technical books often answer a question with one such line and the code under it.
+Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ _BACK_REFERENCE_RE = re.compile(
     r"^(?:this|these|that|those|it|they|such)\b|^[^.]{0,60}\b(?:this|these)\s*:", re.I
 )
 _FORMULA_MAX_CHARS = 80
+# What a code block shown after its intro line counts for in the answer's word budget.
+_CODE_WORDS_BUDGET = 20
 
 
 def _formula_after(segs: Sequence[Segment], idx: int) -> str | None:
@@ -131,6 +136,8 @@ class _Unit(msgspec.Struct, frozen=True):
     segment: Segment
     terms: frozenset[str]  # its own words: context added for reading is not scored
     bullets: tuple[Segment, ...] = ()
+    # The code block an intro line announces ("Reject measurements that … predictions:").
+    code: Segment | None = None
     heading: str = ""  # the heading it sits under inside the chunk ("": the chunk's first)
     # A sentence shown with the one just before it ("This is why…"): the sentence alone,
     # for an answer that already shows the one before.
@@ -176,16 +183,24 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
         else:
             alone = None
         bullets: tuple[Segment, ...] = ()
+        code: Segment | None = None
         if seg.kind == "prose" and seg.text.endswith(":"):
-            # An intro line reads well only with the list it introduces.
+            # An intro line reads well only with the list or the code it introduces: in
+            # technical books a section is often one such line and the code that answers.
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
-        units.append(_Unit(segment=seg, terms=terms, bullets=bullets, heading=heading, alone=alone))
+            if idx + 1 < len(segs) and segs[idx + 1].kind == "code":
+                code, bullets = segs[idx + 1], ()
+        units.append(
+            _Unit(
+                segment=seg, terms=terms, bullets=bullets, code=code, heading=heading, alone=alone
+            )
+        )
     return tuple(units)
 
 
 class _Candidate:
     __slots__ = (
-        "alone", "block", "bullets", "heading", "penalised", "rank", "score", "segment",
+        "alone", "block", "bullets", "code", "heading", "penalised", "rank", "score", "segment",
         "terms", "unit", "words",
     )  # fmt: skip
 
@@ -196,6 +211,7 @@ class _Candidate:
         self.segment = unit.segment
         self.terms = unit.terms
         self.bullets = unit.bullets
+        self.code = unit.code
         self.alone = unit.alone
         self.heading = unit.heading or block.section
         self.words = len(unit.segment.text.split())
@@ -205,9 +221,19 @@ class _Candidate:
     def parts(self) -> set[tuple[int, int]]:
         """(block n, segment position) of every sentence this candidate shows."""
         positions = [s.position for s in (self.segment, *self.bullets)]
+        if self.code is not None:
+            positions.append(self.code.position)
         if self.alone is not None:
             positions.append(self.segment.position - 1)  # the sentence read with it
         return {(self.block.n, p) for p in positions}
+
+
+def _code_block(text: str) -> str:
+    lines = text.splitlines()
+    if len(lines) > _MAX_CODE_LINES + 2:
+        # Keep the fence valid: first lines, an ellipsis, the closing fence.
+        lines = [*lines[: _MAX_CODE_LINES + 1], "# …", lines[-1]]
+    return "\n".join(lines)
 
 
 def _sentence(text: str) -> str:
@@ -293,7 +319,7 @@ class OfflineGenerator:
                 cand.segment.kind, 1.0
             )
             text = cand.segment.text
-            if text.endswith(":") and not cand.bullets:
+            if text.endswith(":") and not cand.bullets and cand.code is None:
                 continue  # "Example launch file:" announces something we do not show
             if cand.bullets:
                 # A whole list is long and a precise sentence usually better, except when the
@@ -303,6 +329,8 @@ class OfflineGenerator:
                     # "What are the limitations of X?" is answered by X's limitations list.
                     score, length = 1.0 + 0.25 * header, 1.0
                 kind *= 1.0 if caveat_list else 0.7
+            elif cand.code is not None:
+                kind *= 0.8  # as code is: a prose sentence that says it is better
             if text.endswith("?") or _SIDE_SECTION_RE.search(cand.heading):
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
                 cand.penalised = True
@@ -357,6 +385,7 @@ class OfflineGenerator:
             if parts & used or any(jaccard(cand.terms, c.terms) >= 0.6 for c in chosen):
                 continue
             size = cand.words + sum(len(b.text.split()) for b in cand.bullets)
+            size += _CODE_WORDS_BUDGET if cand.code is not None else 0
             if chosen and words + size > self.max_words:
                 continue
             chosen.append(cand)
@@ -368,7 +397,9 @@ class OfflineGenerator:
             # Too little: continue the best sentence with what follows it in its section.
             best = chosen[0]
             by_pos = {
-                c.segment.position: c for c in pool if c.block is best.block and not c.bullets
+                c.segment.position: c
+                for c in pool
+                if c.block is best.block and not c.bullets and c.code is None
             }
             pos = max(s.position for s in (best.segment, *best.bullets)) + 1
             while words < self.min_words and len(chosen) < self.max_sentences:
@@ -433,17 +464,17 @@ class OfflineGenerator:
                 if current:
                     paragraphs.append(" ".join(current))
                     current = []
-                lines = seg.text.splitlines()
-                if len(lines) > _MAX_CODE_LINES + 2:
-                    # Keep the fence valid: first lines, an ellipsis, the closing fence.
-                    lines = [*lines[: _MAX_CODE_LINES + 1], "# …", lines[-1]]
-                paragraphs.append(f"Code from {cite}:\n" + "\n".join(lines))
+                paragraphs.append(f"Code from {cite}:\n" + _code_block(seg.text))
                 continue
             text = seg.text
             if cand.bullets:
                 items = "; ".join(b.text.rstrip(".;") for b in cand.bullets)
                 text = f"{text} {items}"
             current.append(f"{_sentence(text)[:-1]} {cite}{_sentence(text)[-1]}")
+            if cand.code is not None:
+                paragraphs.append(" ".join(current))
+                paragraphs.append(_code_block(cand.code.text))
+                current = []
         if current:
             paragraphs.append(" ".join(current))
         return "\n\n".join([label, *paragraphs])
