@@ -21,6 +21,7 @@ OPERATION_IDS = {
     ("delete", "/api/v1/sessions/{session_id}"): "archiveSession",
     ("post", "/api/v1/messages/{message_id}/feedback"): "feedback",
     ("get", "/api/v1/messages/{message_id}/events"): "resumeEvents",
+    ("post", "/api/v1/messages/{message_id}/stop"): "stopAnswer",
     ("post", "/api/v1/auth/migrate-sessions"): "migrateSessions",
     ("get", "/api/v1/admin/insights"): "insights",
 }
@@ -51,7 +52,7 @@ async def test_bearer_security_scheme_on_the_operations_that_take_a_token(
     operations = _operations(spec)
     for key, op in operations.items():
         path = key[1]
-        if path.endswith("/events"):  # resuming: the chat's identity rules
+        if path.endswith(("/events", "/stop")):  # resuming, stopping: the chat's identity rules
             assert op["security"] == [{}, {"bearerToken": []}]
         elif path.startswith(("/api/v1/sessions", "/api/v1/messages", "/api/v1/auth")):
             assert op["security"] == [{"bearerToken": []}], key  # 401 without a token

@@ -104,6 +104,7 @@ OPERATIONS = [
     "DELETE /api/v1/sessions/{session_id}",
     "POST /api/v1/messages/{message_id}/feedback",
     "GET /api/v1/messages/{message_id}/events",
+    "POST /api/v1/messages/{message_id}/stop",
     "POST /api/v1/chat",
     "POST /api/v1/auth/migrate-sessions",
     "GET /api/v1/admin/insights",

@@ -243,6 +243,18 @@ travel through Redis (`REDIS_URL`); without it only the worker that writes the a
 can resume it, and another one answers `503 resume_unavailable` with `Retry-After`."""
 
 
+STOP_DESCRIPTION = """Stops an answer that is still being generated, at once: the provider
+stream is closed and the answer is saved `interrupted` with the text written so far (its
+stream, for anyone still reading, ends with `error` code `interrupted`). This is what a
+reader's Stop button means; merely dropping the connection instead keeps the answer going
+for `RESUME_GRACE_SECONDS` so that a reconnect can resume it.
+
+`204` whether or not anything was still running (an answer that already finished is left
+as it is). Identity and `404 message_not_found` as for the events endpoint. With several
+workers the request reaches the one writing the answer through Redis (`REDIS_URL`);
+without Redis, another worker's answer stops when its grace period ends."""
+
+
 async def answer_for(identity: Identity, db: AsyncSession, message_id: UUID) -> Message:
     """The caller's assistant message: owned by its user, or (tokenless) bound to its IP."""
     messages = MessageService(session=db)
@@ -398,3 +410,27 @@ class ChatController(Controller):
                 located=located,
             ) from None
         return Stream(source, media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @post(
+        "/messages/{message_id:uuid}/stop",
+        summary="Stop an answer that is being written",
+        description=STOP_DESCRIPTION,
+        status_code=204,
+        responses={status: spec for status, spec in ERRORS.items() if status != 401},
+    )
+    async def stop_answer(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        db_session: NamedDependency[AsyncSession],
+        message_id: FromPath[UUID],
+    ) -> None:
+        runtime = state.runtime
+        try:
+            identity: Identity = await runtime.identities.resolve(request, db_session)
+            message = await answer_for(identity, db_session, message_id)
+            await db_session.commit()
+        except DB_ERRORS as exc:
+            raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        if message.status == "streaming":
+            await runtime.journal.stop(message.id)

@@ -20,6 +20,11 @@ or replica reads that stream and keeps a watch key alive, which the producing wo
 checks before it gives up on its readers. Without Redis, only the worker that runs the
 answer can resume it (README, "Resuming a dropped stream").
 
+A reader who presses Stop means it (`StreamJournal.stop`): the answer's task is cancelled
+at once, with no grace period, so the saved answer ends about where the reader stopped
+reading and the provider stream is closed. On another worker the request travels as a
+Redis key that the producing worker's mirror checks with each batch it writes.
+
 Buffers are bounded (`max_events` per answer) and freed when the answer has finished and
 every follower has received its final event, or `retention` seconds after the end when
 no follower was attached then (a reader that dropped may still come back for the end).
@@ -31,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -134,6 +139,10 @@ def _keys(message_id: UUID) -> tuple[str, str]:
     return f"{base}:events", f"{base}:watch"
 
 
+def _stop_key(message_id: UUID) -> str:
+    return f"{KEY_PREFIX}{message_id}:stop"
+
+
 class _RedisMirror:
     """Writes journal events to Redis in order, batched; reads them for other workers.
 
@@ -141,7 +150,15 @@ class _RedisMirror:
     its fields are the events (`"<id>"` → SSE bytes), plus `"end"` once the final one is in.
     """
 
-    def __init__(self, url: str, *, max_events: int, retention: float, live_ttl: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_events: int,
+        retention: float,
+        live_ttl: float,
+        on_stop: Callable[[UUID], None],
+    ) -> None:
         import redis.asyncio as aioredis
 
         # A Redis that hangs must not stall the mirror for good; XREAD's own BLOCK (at most
@@ -152,6 +169,7 @@ class _RedisMirror:
         self.max_events = max_events
         self.retention_ms = max(1, int(retention * 1000))
         self.live_ttl_ms = int(live_ttl * 1000)
+        self.on_stop = on_stop  # a reader on another worker pressed Stop
         self._queue: asyncio.Queue[tuple[UUID, int, bytes | None]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -177,6 +195,9 @@ class _RedisMirror:
                     last[message_id] = event_id
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
+                    live = [m for m, fields in entries.items() if "end" not in fields]
+                    for message_id in live:
+                        pipe.exists(_stop_key(message_id))
                     for message_id, fields in entries.items():
                         key = _keys(message_id)[0]
                         entry_id = last.get(message_id) or int(fields["end"])
@@ -190,7 +211,10 @@ class _RedisMirror:
                         )
                         ttl = self.retention_ms if "end" in fields else self.live_ttl_ms
                         pipe.pexpire(key, ttl)
-                    await pipe.execute()
+                    replies = await pipe.execute()
+                for message_id, stop in zip(live, replies, strict=False):
+                    if stop:
+                        self.on_stop(message_id)
             except Exception as exc:  # the local buffer still serves this worker's readers
                 logger.warning(
                     "resume journal: Redis write failed", extra={"error": type(exc).__name__}
@@ -198,6 +222,9 @@ class _RedisMirror:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def request_stop(self, message_id: UUID) -> None:
+        await self.redis.set(_stop_key(message_id), b"1", px=self.live_ttl_ms)
 
     async def watch(self, message_id: UUID, grace_ms: int) -> None:
         await self.redis.set(_keys(message_id)[1], b"1", px=max(1, grace_ms))
@@ -273,6 +300,7 @@ class StreamJournal:
                 max_events=max_events,
                 retention=retention,
                 live_ttl=max(live_ttl or 0.0, _MIN_LIVE_TTL),
+                on_stop=self._stop_local,
             )
             if redis_url
             else None
@@ -390,6 +418,35 @@ class StreamJournal:
             asyncio.get_running_loop().call_later(self.retention, free)
         else:
             free()
+
+    # ---- stopping: the reader pressed Stop
+
+    async def stop(self, message_id: UUID) -> bool:
+        """Stop generating `message_id` now; its partial answer is saved `interrupted`.
+
+        True when this worker, or through Redis the one that runs it, was told; False when
+        no worker this one can reach is generating it (finished, or another worker with
+        no Redis: that one stops it when the grace period after its reader left ends).
+        """
+        if message_id in self._streams:
+            self._stop_local(message_id)
+            return True
+        if self._mirror is None:
+            return False
+        try:
+            await self._mirror.request_stop(message_id)
+        except Exception as exc:
+            logger.warning(
+                "resume journal: Redis write failed", extra={"error": type(exc).__name__}
+            )
+            return False
+        return True
+
+    def _stop_local(self, message_id: UUID) -> None:
+        stream = self._streams.get(message_id)
+        if stream is not None and not stream.finished and stream.task is not None:
+            logger.info("answer stopped by its reader", extra={"message_id": str(message_id)})
+            stream.task.cancel()
 
     # ---- abandonment: the grace period after the last reader left
 

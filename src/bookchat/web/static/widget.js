@@ -569,6 +569,8 @@ function keepQuestion(text) {
   if (!input.value) input.value = text;
 }
 
+const messageUrl = (answer, tail) => API + "/api/v1/messages/" + encodeURIComponent(answer.messageId) + tail;
+
 async function stream(body, answer, retried) {
   const controller = new AbortController();
   current = controller;
@@ -644,7 +646,7 @@ async function stream(body, answer, retried) {
       } else if (res && res.status !== 503) break; // 410 gone, 404: give up
       if (settled || !answer.messageId || ++tries > 6) break;
       await new Promise((r) => setTimeout(r, 400 * tries));
-      res = await fetch(API + "/api/v1/messages/" + encodeURIComponent(answer.messageId) + "/events", {
+      res = await fetch(messageUrl(answer, "/events"), {
         credentials: "omit", signal: controller.signal,
         headers: Object.assign({ Accept: "text/event-stream", "Last-Event-ID": String(lastId) }, authHeaders()),
       }).catch((err) => { if (err.name === "AbortError") throw err; return null; });
@@ -656,8 +658,11 @@ async function stream(body, answer, retried) {
   } catch (err) {
     if (settled) return;
     settled = true;
-    if (err && err.name === "AbortError") answer.settle("stopped", "Stopped.");
-    else {
+    if (err && err.name === "AbortError") {
+      answer.settle("stopped", "Stopped.");
+      // Stop means stop: the server would otherwise go on for its resume grace period.
+      if (answer.messageId) fetch(messageUrl(answer, "/stop"), { method: "POST", credentials: "omit", keepalive: true, headers: authHeaders() }).catch(() => {});
+    } else {
       answer.settle("error", networkMessage(!!answer.text));
       if (!answer.text) keepQuestion(body.message);
     }
