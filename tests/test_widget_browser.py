@@ -357,6 +357,51 @@ def test_a_connection_dropped_mid_answer_resumes_and_shows_the_answer_once(
     assert saved[-1]["status"] == "complete" and saved[-1]["content"] == ANSWER
 
 
+def test_an_answer_whose_events_expired_is_shown_from_the_history(
+    browser: Browser, server: str, fake: FakeGemini
+) -> None:
+    # The connection drops after 3 tokens; by the time the widget reconnects, the answer
+    # has finished and its events are gone: the server's 410 stream_expired (routed here,
+    # as the real one would answer after the retention period). The widget then shows the
+    # stored answer instead of "may be incomplete".
+    fake.reset()
+    fake.configure(token_delay=0.01)
+    host, port = server.removeprefix("http://").split(":")
+
+    def expired(route: Any) -> None:
+        state = stored(page)
+        deadline = time.monotonic() + 10
+        while messages(server, state["token"], state["session"])[-1]["status"] == "streaming":
+            assert time.monotonic() < deadline, "the answer never finished"
+            time.sleep(0.05)  # polling interval, not synchronisation
+        message_id = route.request.url.split("/messages/")[1].split("/")[0]
+        body = {"error": {"code": "stream_expired", "message": "these events are no longer kept",
+                          "message_id": message_id, "session_id": state["session"]}}  # fmt: skip
+        route.fulfill(status=410, content_type="application/json", body=json.dumps(body))
+
+    with StreamCutter(host, int(port), after_tokens=3) as network:
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(f"http://127.0.0.1:{network.port}/")
+            page.route("**/api/v1/messages/*/events", expired)
+            ask(page, "How does a lidar measure distance?")
+            answer = last_answer(page)
+            text = answer.locator(".bkc-text").inner_text()
+            notes = answer.locator(".bkc-note").count()
+            sources = answer.locator(".bkc-sources li").count()
+        finally:
+            context.close()
+    assert network.cut_done.is_set()
+    assert errors == []
+    assert " ".join(text.split()) == " ".join(ANSWER.split())
+    assert notes == 0  # not "the connection was lost, so this answer may be incomplete"
+    assert sources > 0
+
+
 def test_error_event_and_lost_network_get_friendly_messages(page: Page, fake: FakeGemini) -> None:
     fake.script_generate(Blocked())
     ask(page, "How does a lidar measure distance?")

@@ -651,6 +651,8 @@ async function stream(body, answer, retried) {
         headers: Object.assign({ Accept: "text/event-stream", "Last-Event-ID": String(lastId) }, authHeaders()),
       }).catch((err) => { if (err.name === "AbortError") throw err; return null; });
     }
+    // 410: it ended while the reader was away and its events are gone; the history has it.
+    if (!settled && res && res.status === 410 && (await showStored(answer))) settled = true;
     if (!settled) {
       settled = true;
       answer.settle("error", networkMessage(true));
@@ -698,13 +700,34 @@ async function submit() {
   await stream(body, new Answer(true), false);
 }
 
+const history = () =>
+  fetch(API + "/api/v1/sessions/" + encodeURIComponent(stored().session) + "/messages", {
+    credentials: "omit", headers: Object.assign({ Accept: "application/json" }, authHeaders()),
+  });
+
+function showAnswer(answer, m) {
+  answer.text = m.content;
+  answer.setCitations(m.citations);
+  answer.finish({ citations: m.citations, message_id: m.id }, m.status);
+}
+
+async function showStored(answer) {
+  try {
+    const res = await history();
+    const m = res.ok && ((await res.json()).messages || []).find((x) => x.id === answer.messageId);
+    if (!m || m.status === "streaming") return false;
+    showAnswer(answer, m);
+    return true;
+  } catch (e) {
+    return false;
+  }
+}
+
 async function restore() {
   const state = stored();
   if (!state.session || !state.token) return;
   try {
-    const res = await fetch(API + "/api/v1/sessions/" + encodeURIComponent(state.session) + "/messages", {
-      credentials: "omit", headers: Object.assign({ Accept: "application/json" }, authHeaders()),
-    });
+    const res = await history();
     if (res.status === 401) return store({ token: null, session: null });
     if (res.status === 404) return store({ session: null });
     if (!res.ok) return;
@@ -712,12 +735,7 @@ async function restore() {
     for (const m of data.messages || []) {
       if (m.role === "user") {
         addUser(m.content, m.retrieval_mode === "selected_text_only" ? { text: "" } : null);
-      } else {
-        const answer = new Answer(false);
-        answer.text = m.content;
-        answer.setCitations(m.citations);
-        answer.finish({ citations: m.citations, message_id: m.id }, m.status);
-      }
+      } else showAnswer(new Answer(false), m);
     }
   } catch (e) { /* offline: the conversation shows up on the next visit */ }
 }
