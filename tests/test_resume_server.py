@@ -116,12 +116,14 @@ def fake(module_fake: FakeGemini) -> FakeGemini:
     return module_fake
 
 
-def book_env(tmp_path: Path, fake: FakeGemini, **overrides: str) -> dict[str, str]:
+def book_env(
+    tmp_path: Path, fake: FakeGemini, grace: float = GRACE, **overrides: str
+) -> dict[str, str]:
     return prepare_book_env(
         tmp_path,
         GEMINI_API_KEY="test-key",
         GEMINI_BASE_URL=fake.base_url,
-        RESUME_GRACE_SECONDS=str(GRACE),
+        RESUME_GRACE_SECONDS=str(grace),
         SSE_PING_INTERVAL="0.5",
         **overrides,
     )

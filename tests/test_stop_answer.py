@@ -20,8 +20,8 @@ from httpx_sse import aconnect_sse
 
 from bookchat.devtools.fake_gemini import FakeGemini
 
-from .servers import prepare_book_env, running_server
-from .test_resume_server import ANSWER, QUESTION, Event, settled_answer, text_of
+from .servers import running_server
+from .test_resume_server import ANSWER, QUESTION, Event, book_env, settled_answer, text_of
 
 pytestmark = pytest.mark.server
 
@@ -42,20 +42,10 @@ def fake(module_fake: FakeGemini) -> FakeGemini:
     return module_fake
 
 
-def book_env(tmp_path: Path, fake: FakeGemini, **overrides: str) -> dict[str, str]:
-    return prepare_book_env(
-        tmp_path,
-        GEMINI_API_KEY="test-key",
-        GEMINI_BASE_URL=fake.base_url,
-        RESUME_GRACE_SECONDS=str(GRACE),
-        SSE_PING_INTERVAL="0.5",
-        **overrides,
-    )
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, module_fake: FakeGemini) -> Iterator[str]:
-    with running_server(book_env(tmp_path_factory.mktemp("stop"), module_fake)) as base_url:
+    env = book_env(tmp_path_factory.mktemp("stop"), module_fake, grace=GRACE)
+    with running_server(env) as base_url:
         yield base_url
 
 
@@ -132,7 +122,7 @@ async def test_stop_is_404_for_another_readers_answer_and_204_once_it_has_finish
 @pytest.fixture
 def redis_workers(tmp_path: Path, fake: FakeGemini, redis_url: str) -> Iterator[tuple[str, str]]:
     """Two server processes on one database and one Redis (two workers or replicas)."""
-    env = book_env(tmp_path, fake, REDIS_URL=redis_url)
+    env = book_env(tmp_path, fake, grace=GRACE, REDIS_URL=redis_url)
     with ExitStack() as stack:
         yield stack.enter_context(running_server(env)), stack.enter_context(running_server(env))
 

@@ -7,6 +7,7 @@ localStorage.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -323,11 +324,12 @@ def test_stop_aborts_the_stream_and_the_server_saves_it_interrupted(
     assert time.monotonic() - started < 10
 
 
-def test_a_connection_dropped_mid_answer_resumes_and_shows_the_answer_once(
-    browser: Browser, server: str, fake: FakeGemini
-) -> None:
-    fake.reset()
-    fake.configure(token_delay=0.05)
+@contextlib.contextmanager
+def page_with_a_cut_stream(
+    browser: Browser, server: str
+) -> Iterator[tuple[Page, StreamCutter, list[str]]]:
+    """A new page, served through a proxy that cuts its first chat after 3 token events;
+    yields it, the proxy and the page's JavaScript errors."""
     host, port = server.removeprefix("http://").split(":")
     with StreamCutter(host, int(port), after_tokens=3) as network:
         context = browser.new_context(viewport={"width": 1280, "height": 860})
@@ -337,15 +339,24 @@ def test_a_connection_dropped_mid_answer_resumes_and_shows_the_answer_once(
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         try:
             page.goto(f"http://127.0.0.1:{network.port}/")  # the page and its API behind it
-            with page.expect_request("**/api/v1/messages/*/events") as resumed:
-                ask(page, "How does a lidar measure distance?")
-            answer = last_answer(page)
-            text = answer.locator(".bkc-text").inner_text()
-            notes = answer.locator(".bkc-note").count()
-            last_id = int(resumed.value.headers["last-event-id"])
-            state = stored(page)
+            yield page, network, errors
         finally:
             context.close()
+
+
+def test_a_connection_dropped_mid_answer_resumes_and_shows_the_answer_once(
+    browser: Browser, server: str, fake: FakeGemini
+) -> None:
+    fake.reset()
+    fake.configure(token_delay=0.05)
+    with page_with_a_cut_stream(browser, server) as (page, network, errors):
+        with page.expect_request("**/api/v1/messages/*/events") as resumed:
+            ask(page, "How does a lidar measure distance?")
+        answer = last_answer(page)
+        text = answer.locator(".bkc-text").inner_text()
+        notes = answer.locator(".bkc-note").count()
+        last_id = int(resumed.value.headers["last-event-id"])
+        state = stored(page)
     assert network.cut_done.is_set()  # the chat's connection really was dropped
     assert errors == []
     # Mid-answer: tokens had been shown. (A stream that errors drops the chunks the page
@@ -366,7 +377,6 @@ def test_an_answer_whose_events_expired_is_shown_from_the_history(
     # stored answer instead of "may be incomplete".
     fake.reset()
     fake.configure(token_delay=0.01)
-    host, port = server.removeprefix("http://").split(":")
 
     def expired(route: Any) -> None:
         state = stored(page)
@@ -379,22 +389,13 @@ def test_an_answer_whose_events_expired_is_shown_from_the_history(
                           "message_id": message_id, "session_id": state["session"]}}  # fmt: skip
         route.fulfill(status=410, content_type="application/json", body=json.dumps(body))
 
-    with StreamCutter(host, int(port), after_tokens=3) as network:
-        context = browser.new_context(viewport={"width": 1280, "height": 860})
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        try:
-            page.goto(f"http://127.0.0.1:{network.port}/")
-            page.route("**/api/v1/messages/*/events", expired)
-            ask(page, "How does a lidar measure distance?")
-            answer = last_answer(page)
-            text = answer.locator(".bkc-text").inner_text()
-            notes = answer.locator(".bkc-note").count()
-            sources = answer.locator(".bkc-sources li").count()
-        finally:
-            context.close()
+    with page_with_a_cut_stream(browser, server) as (page, network, errors):
+        page.route("**/api/v1/messages/*/events", expired)
+        ask(page, "How does a lidar measure distance?")
+        answer = last_answer(page)
+        text = answer.locator(".bkc-text").inner_text()
+        notes = answer.locator(".bkc-note").count()
+        sources = answer.locator(".bkc-sources li").count()
     assert network.cut_done.is_set()
     assert errors == []
     assert " ".join(text.split()) == " ".join(ANSWER.split())
