@@ -25,9 +25,11 @@ from bookchat.ingest import pipeline
 from bookchat.ingest.chunking import chunk_book
 from bookchat.ingest.markdown import (
     FrontMatterError,
+    PageError,
     UnsafePageError,
     clean_mdx,
     heading_anchor_strip,
+    inline_partials,
     load_docs,
     load_page,
     split_front_matter,
@@ -155,6 +157,10 @@ def _front_matter(text: str) -> object:
         return None
 
 
+def _partials(text: str) -> object:
+    return inline_partials(text, Path("/nonexistent/docs/page.mdx"), Path("/nonexistent/docs"))
+
+
 HOSTILE_INPUTS: dict[str, tuple[Callable[[str], object], Callable[[int], str]]] = {
     # The input of issue 14: 15 s at n=2000, 118 s at 4000 with the old _INLINE_MDX regex.
     "tag_then_spaces": (clean_mdx, lambda n: "<a" + " " * n + "x"),
@@ -172,6 +178,9 @@ HOSTILE_INPUTS: dict[str, tuple[Callable[[str], object], Callable[[int], str]]] 
     "sentence_dots": (prose_sentences, lambda n: "." * n + "x"),
     "sentence_abbreviations": (prose_sentences, lambda n: "e.g. " * n),
     "sentence_code_spans": (prose_sentences, lambda n: "`a`. B " * n),
+    "partial_import_unclosed": (_partials, lambda n: "import A from './" + "x" * n),
+    "partial_use_unclosed": (_partials, lambda n: "import A from './_a.md'\n<A " + "x" * n),
+    "partial_use_spaces": (_partials, lambda n: "import A from './_a.md'\n" + " " * n + "x"),
 }
 
 
@@ -520,3 +529,39 @@ def test_up_stops_in_one_line_instead_of_wiping_the_book(tmp_path: Path) -> None
     assert last.startswith("bookchat: refusing to delete 11 of the 11 indexed pages")
     assert "Traceback" not in result.stderr and "serving on" not in result.stderr
     assert stored_points(store) == before
+
+
+# ---- MDX partials: inlined where used, never a way out of the book or a size bomb
+
+
+def test_a_partial_that_imports_itself_is_refused_with_the_page_named(tmp_path: Path) -> None:
+    write(tmp_path, "_loop.md", "import Loop from './_loop.md';\n\n<Loop />\n")
+    write(tmp_path, "page.md", "import Loop from './_loop.md';\n\n# Page\n\n<Loop />\n")
+    write(tmp_path, "other.md", "# Other\n\nFine.\n")
+    skipped: list[Any] = []
+    assert [p.doc_path for p in load_docs(tmp_path, skipped)] == ["other"]
+    [bad] = skipped
+    assert bad.rel_path == "page.md" and "imports itself" in bad.reason
+
+
+def test_a_partial_outside_the_docs_root_is_not_read(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (tmp_path / "_secret.md").write_text("TOP SECRET\n", encoding="utf-8")
+    write(docs, "page.md", "import S from '../_secret.md';\n\n# Page\n\n<S />\n")
+    skipped: list[Any] = []
+    assert load_docs(docs, skipped) == []
+    [bad] = skipped
+    assert bad.unsafe and "outside the docs root" in bad.reason
+
+
+def test_a_partial_used_many_times_cannot_grow_a_page_past_its_cap(tmp_path: Path) -> None:
+    write(tmp_path, "_big.md", "word " * 300_000)  # 1.5 MB: under the page cap alone
+    uses = "\n\n".join(["<Big />"] * 3)
+    path = write(tmp_path, "page.md", f"import Big from './_big.md';\n\n# Page\n\n{uses}\n")
+    with pytest.raises(PageError, match="partials inlined"):
+        load_page(path, tmp_path)
+
+
+def test_a_missing_partial_is_dropped_as_before(tmp_path: Path) -> None:
+    path = write(tmp_path, "page.md", "import Gone from './_gone.md';\n\n# Page\n\n<Gone />\n")
+    assert [b.text for b in load_page(path, tmp_path).blocks if b.kind != "heading"] == []

@@ -216,3 +216,38 @@ def test_sample_mdx_page_is_clean_of_jsx() -> None:
     assert "import " not in text and "<Tabs" not in text and "<Highlight" not in text
     assert "Each term looks at the error in a different time frame" in text
     assert "class PID:" in text and "float PID::step" in text
+
+
+def _page_text(page: object) -> str:
+    return "\n".join(b.text for b in page.blocks)  # type: ignore[attr-defined]
+
+
+def test_an_imported_partial_is_read_where_the_page_renders_it(tmp_path: Path) -> None:
+    write(
+        tmp_path, "_shared/_setup.md", "---\ntitle: ignored\n---\nInstall the **driver** first.\n"
+    )
+    write(
+        tmp_path,
+        "guide/_note.mdx",
+        "import Setup from '../_shared/_setup.md';\n\nA note.\n\n<Setup />\n",
+    )
+    write(
+        tmp_path,
+        "guide/page.mdx",
+        "import Note from './_note.mdx';\nimport Tabs from '@theme/Tabs';\n\n# Guide\n\n"
+        "Before.\n\n<Note />\n\nAfter.\n\n```mdx\n<Note />\n```\n\n<Tabs>tabbed</Tabs>\n",
+    )
+    [page] = load_docs(tmp_path)  # the partials are not pages of their own
+    text = _page_text(page)
+    # In the page's order, nested partials included, front matter dropped.
+    assert text.index("Before.") < text.index("A note.") < text.index("Install the **driver**")
+    assert text.index("Install the **driver**") < text.index("After.")
+    assert "title: ignored" not in text
+    assert "```mdx\n<Note />\n```" in text  # a use inside a code fence is shown, not inlined
+    assert text.count("A note.") == 1
+    assert "tabbed" in text and "@theme" not in text
+
+
+def test_the_sample_lab_page_carries_its_safety_checklist() -> None:
+    [lab] = [p for p in load_docs(SAMPLE_DOCS) if p.doc_path.endswith("line-follower-lab")]
+    assert "keep a hand near the power switch" in " ".join(_page_text(lab).split())

@@ -387,6 +387,84 @@ def _clean_inline_mdx(segment: str) -> str:
     return "".join(out)
 
 
+# `import Shared from './_shared.md';`: an MDX partial (Docusaurus renders it where
+# `<Shared />` stands; files named `_…` are not pages of their own).
+_PARTIAL_IMPORT = re.compile(
+    r"""^import\s+([A-Z][\w$]*)\s+from\s+(['"])(\.{1,2}/[^'"]+\.mdx?)\2\s*;?\s*$"""
+)
+# `<Shared />` (props allowed) alone on its line.
+_PARTIAL_USE = re.compile(r"^\s*<([A-Z][\w$]*)(?:\s[^<>]*)?/>\s*$")
+MAX_PARTIAL_DEPTH = 5
+
+
+def inline_partials(body: str, path: Path, docs_root: Path, *, _seen: tuple[Path, ...] = ()) -> str:
+    """Put each imported MDX partial's text where the page renders it (`<Shared />`).
+
+    Only Markdown partials imported by a relative path are inlined (`./_shared.md`,
+    `../_common/_note.mdx`), recursively up to `MAX_PARTIAL_DEPTH` levels; each is read
+    like a page (inside the docs root, a regular file, size-capped), its front matter
+    dropped. A partial that imports itself or lies outside the docs root is a PageError
+    naming it; a missing one and components from elsewhere (React, `@site/…`) are left to
+    `clean_mdx`, which drops tags. The page with its partials stays under
+    `MAX_PAGE_BYTES`, so a partial used a thousand times cannot blow it up.
+    """
+    lines = body.split("\n")
+    imports: dict[str, str] = {}
+    for line, fenced in _with_fences(lines):  # MDX hoists imports: a use may come first
+        if not fenced and (match := _PARTIAL_IMPORT.match(line)):
+            imports[match.group(1)] = match.group(3)
+    if not imports:
+        return body
+    out: list[str] = []
+    size = 0
+    for line, fenced in _with_fences(lines):
+        if not fenced and (use := _PARTIAL_USE.match(line)) and use.group(1) in imports:
+            seen = (*_seen, path.resolve())
+            line = _partial_text(line, imports[use.group(1)], path, docs_root, seen)
+        size += len(line.encode("utf-8")) + 1
+        if size > MAX_PAGE_BYTES:
+            raise PageError(f"over {MAX_PAGE_BYTES} bytes with its partials inlined")
+        out.append(line)
+    return "\n".join(out)
+
+
+def _with_fences(lines: list[str]) -> Iterator[tuple[str, bool]]:
+    """Each line and whether it belongs to a code fence (never read as MDX)."""
+    fence: str | None = None
+    for line in lines:
+        if fence is not None:
+            stripped = line.strip()
+            if stripped.startswith(fence) and stripped.strip(fence[0]) == "":
+                fence = None
+            yield line, True
+        elif opening := _FENCE_OPEN.match(line):
+            fence = opening.group(1)
+            yield line, True
+        else:
+            yield line, False
+
+
+def _partial_text(
+    line: str, target: str, path: Path, docs_root: Path, seen: tuple[Path, ...]
+) -> str:
+    partial = (path.parent / target).resolve()
+    name = target.rsplit("/", 1)[-1]
+    if partial in seen:
+        raise PageError(f"partial {name} imports itself (through {len(seen)} file(s))")
+    if len(seen) > MAX_PARTIAL_DEPTH:
+        raise PageError(f"partials nested more than {MAX_PARTIAL_DEPTH} levels deep")
+    if not partial.is_relative_to(docs_root.resolve()):
+        raise UnsafePageError(f"imported partial {target} is outside the docs root")
+    if not partial.is_file():
+        return line  # built elsewhere, perhaps: dropped by clean_mdx, as before
+    try:
+        raw = read_page_text(partial, docs_root)
+    except UnsafePageError as exc:
+        raise UnsafePageError(f"imported partial {target}: {exc}") from exc
+    _, body, _ = split_front_matter(raw)
+    return inline_partials(body, partial, docs_root, _seen=seen)
+
+
 def clean_mdx(body: str) -> str:
     """Drop MDX `import`/`export` statements, JSX/HTML tags and comments outside code fences.
 
@@ -601,7 +679,7 @@ def load_page(path: Path, docs_root: Path) -> DocPage:
     """
     rel_path = path.relative_to(docs_root).as_posix()
     try:
-        return _parse_page(path, rel_path, read_page_text(path, docs_root))
+        return _parse_page(path, rel_path, read_page_text(path, docs_root), docs_root)
     except UnsafePageError as exc:
         raise UnsafePageError(f"{rel_path}: {exc}") from exc
     except PageError as exc:
@@ -611,9 +689,11 @@ def load_page(path: Path, docs_root: Path) -> DocPage:
         raise PageError(f"{rel_path}: {message}") from exc
 
 
-def _parse_page(path: Path, rel_path: str, raw: str) -> DocPage:
+def _parse_page(path: Path, rel_path: str, raw: str, docs_root: Path) -> DocPage:
     data, body, fm_lines = split_front_matter(raw)
     front_matter = parse_front_matter(data)
+    # Block line numbers count the partials' lines where they are inlined.
+    body = inline_partials(body, path, docs_root)
     blocks, headings = parse_blocks(clean_mdx(body), line_offset=fm_lines)
     route = doc_route(
         rel_path, front_matter_id=front_matter.id, front_matter_slug=front_matter.slug
