@@ -59,6 +59,20 @@ rev="$(podman run --rm --no-healthcheck -v "$VOLUME:/app/var" "$IMAGE" python -c
 [[ -n "$rev" ]] || fail "no alembic revision recorded after bookchat migrate"
 echo "alembic_version: $rev"
 
+# Whether the server's log shows PATTERN (case-insensitive) within 5 s. conmon writes the
+# log file asynchronously, so a line may land after /healthz answers; and the log is read
+# whole first, since `podman logs | grep -q` fails under pipefail when grep stops at its
+# match while podman still writes (SIGPIPE). One of the two failed a CI run here.
+log_shows() {
+  local server_log
+  for _ in $(seq 1 20); do
+    server_log="$(podman logs "$SERVER" 2>&1)"
+    grep -qi -- "$1" <<<"$server_log" && return 0
+    sleep 0.25   # polling a log file another process writes, not synchronising a test
+  done
+  return 1
+}
+
 step "server with PORT=$CT_PORT (published on 127.0.0.1:$HOST_PORT)"
 quiet_timer podman run -d --name "$SERVER" -v "$VOLUME:/app/var" -e PORT="$CT_PORT" \
   -p "127.0.0.1:$HOST_PORT:$CT_PORT" "$IMAGE" >/dev/null
@@ -70,7 +84,7 @@ for _ in $(seq 1 60); do
 done
 [[ -n "$ok" ]] || fail "/healthz did not answer within 30 s on PORT=$CT_PORT"
 echo "/healthz: $body"
-podman logs "$SERVER" 2>&1 | grep -q ":$CT_PORT" || fail "the server log does not show port $CT_PORT"
+log_shows ":$CT_PORT" || fail "the server log does not show port $CT_PORT"
 echo "PORT honoured: listening on $CT_PORT"
 
 step "podman healthcheck run"
@@ -92,7 +106,7 @@ ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 code="$(podman inspect "$SERVER" --format '{{.State.ExitCode}}')"
 [[ "$code" == "0" ]] || fail "exit code $code after SIGTERM (137 would mean it was killed)"
 (( ms < 10000 )) || fail "stop took ${ms} ms (limit 10 s)"
-podman logs "$SERVER" 2>&1 | grep -qi "shutdown completed" || fail "no clean shutdown line in the log"
+log_shows "shutdown completed" || fail "no clean shutdown line in the log"
 echo "clean stop: exit code $code in ${ms} ms"
 
 printf '\ncontainer-test: OK in %s s\n' "$((SECONDS - start_all))"
