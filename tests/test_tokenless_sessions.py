@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bookchat.chat.identity import client_network
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, ask
@@ -239,3 +240,44 @@ async def test_refused_chats_do_not_count_against_the_limit_with_redis(
         )
     finally:
         await client.aclose()
+
+
+# --------------------------------------------------------------------------- IPv6 /64
+
+V6_HOST = "2001:db8:5:7:a1b2:c3d4:e5f6:1"
+V6_SAME_LAN = "2001:db8:5:7:9999:8888:7777:2"  # the same host after a privacy-address rotation
+V6_OTHER_LAN = "2001:db8:5:8::1"
+
+
+def test_the_client_network_is_the_ipv4_address_or_the_ipv6_slash_64() -> None:
+    assert client_network(IP_A) == IP_A
+    assert client_network(f"::ffff:{IP_A}") == IP_A
+    assert client_network(V6_HOST) == client_network(V6_SAME_LAN) == "2001:db8:5:7::/64"
+    assert client_network(V6_OTHER_LAN) == "2001:db8:5:8::/64"
+    assert client_network("unknown") == "unknown"
+
+
+async def test_a_tokenless_session_survives_an_ipv6_address_rotation(book: Settings) -> None:
+    async with app_at(book) as at:
+        first = await ask(at.client(V6_HOST), LIDAR)
+        session_id = first.first("session")["session_id"]
+        rotated = await ask(
+            at.client(V6_SAME_LAN), "What are its limitations?", session_id=session_id
+        )
+        other = await ask(
+            at.client(V6_OTHER_LAN), "What are its limitations?", session_id=session_id
+        )
+    assert rotated.status == 200
+    assert rotated.first("session")["session_id"] == session_id
+    assert other.status == 404
+
+
+async def test_the_anonymous_limit_counts_an_ipv6_slash_64_as_one_reader(book: Settings) -> None:
+    limited = book.replace(rate_limit_anonymous=2)
+    async with app_at(limited) as at:
+        statuses = [
+            (await ask(at.client(f"2001:db8:5:7::{n:x}"), LIDAR)).status for n in range(1, 5)
+        ]
+        elsewhere = await ask(at.client(V6_OTHER_LAN), LIDAR)
+    assert statuses == [200, 200, 429, 429]  # four addresses, one network, limit 2
+    assert elsewhere.status == 200

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat import metrics
 from bookchat.answer.grounding import Citation
-from bookchat.chat.identity import Identity
+from bookchat.chat.identity import Identity, client_network
 from bookchat.chat.journal import ReplayExpiredError, StreamJournal, StreamLostError
 from bookchat.chat.openapi import TOKEN_OPTIONAL, TOKEN_REQUIRED, ChatOperation, EventsOperation
 from bookchat.chat.ratelimit import Window
@@ -189,7 +189,7 @@ def _windows(identity: Identity, settings: Settings) -> list[Window]:
     if identity.tier == "token":
         return [
             Window(identity.subject, settings.rate_limit_token),
-            Window(f"tokens-ip:{identity.client_ip}", settings.rate_limit_ip),
+            Window(f"tokens-ip:{client_network(identity.client_ip)}", settings.rate_limit_ip),
         ]
     return [Window(identity.subject, settings.rate_limit_anonymous)]
 

@@ -8,6 +8,12 @@ anonymous request from the same IP may continue it while it is active. The key i
 SESSION_BINDING_SECRET, or one generated on first use and kept in the database table
 `server_secrets` (so every worker and replica shares it). TOKENLESS_SESSIONS=false turns
 it off.
+
+"The client IP", for the binding and for the per-IP rate limits, is an IPv4 address or an
+IPv6 /64 (`client_network`): an IPv6 host picks new addresses inside its /64 all the time
+(privacy extensions, RFC 8981), so per address a reader would lose their tokenless
+session on the next rotation, and anyone could dodge the anonymous limit by counting up
+through 2^64 addresses.
 """
 
 from __future__ import annotations
@@ -63,6 +69,22 @@ class Identity:
     signed_in: bool = False
     # Anonymous requests with tokenless sessions on: HMAC of the client IP.
     client_binding: str | None = None
+
+
+IPV6_PREFIX = 64  # one subscriber's network: its hosts choose addresses inside it
+
+
+def client_network(client_ip: str) -> str:
+    """What an anonymous reader is known by: its IPv4 address, or its IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return client_ip  # "unknown" (no peer address): as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
 
 
 class TrustedProxies:
@@ -143,14 +165,15 @@ class IdentityResolver:
             user=None,
             tier="anonymous",
             client_ip=client_ip,
-            subject=f"ip:{client_ip}",
+            subject=f"ip:{client_network(client_ip)}",
             client_binding=binding,
         )
 
     async def binding(self, client_ip: str) -> str:
-        """HMAC-SHA256 of the client IP under the server's binding key (hex)."""
+        """HMAC-SHA256 of the client IP (an IPv6 one's /64) under the server's binding key."""
         key = self._binding_key or await self._load_binding_key()
-        return hmac.new(key, f"ip:{client_ip}".encode(), hashlib.sha256).hexdigest()
+        network = client_network(client_ip)
+        return hmac.new(key, f"ip:{network}".encode(), hashlib.sha256).hexdigest()
 
     async def _load_binding_key(self) -> bytes:
         if self.settings.session_binding_secret:
