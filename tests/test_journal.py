@@ -279,3 +279,27 @@ async def test_a_stuck_reader_holds_the_answer_back_then_counts_as_dropped_and_c
     assert [e.id for e in taken + rest] == list(range(1, 23))
     assert rest[-1].name == "done"
     await journal.close()
+
+
+async def test_a_redis_outage_is_one_warning_not_one_per_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on port 1: every mirror write fails, the local readers are served.
+    journal = StreamJournal(retention=30, redis_url="redis://127.0.0.1:1/0")
+    source, message_id = Source(), uuid.uuid4()
+    journal.start(message_id, source.events())
+    mirror = journal._mirror
+    assert mirror is not None
+    reader = Follower(journal, message_id, 0)
+    names = ["session", "citations", "token", "token", "done"]
+    with caplog.at_level("WARNING", logger="bookchat.chat.journal"):
+        for count, name in enumerate(names, 1):
+            source.push(name)
+            await reader.until(count)  # journaled, so queued for Redis
+            await mirror._queue.join()  # one batch written (and failed) per event
+    await reader.task
+    await journal.close()
+    assert [e.name for e in reader.events] == names
+    failures = [r for r in caplog.records if "Redis write failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert mirror._failed_batches == len(names)

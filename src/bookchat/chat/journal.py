@@ -170,6 +170,8 @@ class _RedisMirror:
         self.retention_ms = max(1, int(retention * 1000))
         self.live_ttl_ms = int(live_ttl * 1000)
         self.on_stop = on_stop  # a reader on another worker pressed Stop
+        self._failed_batches = 0  # batches lost in the current Redis outage (0: none)
+        self._failing_since = 0.0
         self._queue: asyncio.Queue[tuple[UUID, int, bytes | None]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -216,12 +218,30 @@ class _RedisMirror:
                     if stop:
                         self.on_stop(message_id)
             except Exception as exc:  # the local buffer still serves this worker's readers
-                logger.warning(
-                    "resume journal: Redis write failed", extra={"error": type(exc).__name__}
-                )
+                self._write_failed(exc)
+            else:
+                if self._failed_batches:
+                    logger.warning(
+                        "resume journal: Redis writes recovered",
+                        extra={
+                            "failed_batches": self._failed_batches,
+                            "seconds": round(time.monotonic() - self._failing_since, 1),
+                        },
+                    )
+                    self._failed_batches = 0
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    def _write_failed(self, exc: Exception) -> None:
+        # One line per outage, not one per batch (a batch goes out every few tokens).
+        if not self._failed_batches:
+            self._failing_since = time.monotonic()
+            logger.warning(
+                "resume journal: Redis write failed; later failures are counted until it recovers",
+                extra={"error": type(exc).__name__},
+            )
+        self._failed_batches += 1
 
     async def request_stop(self, message_id: UUID) -> None:
         await self.redis.set(_stop_key(message_id), b"1", px=self.live_ttl_ms)
