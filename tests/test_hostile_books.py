@@ -181,6 +181,10 @@ HOSTILE_INPUTS: dict[str, tuple[Callable[[str], object], Callable[[int], str]]] 
     "partial_import_unclosed": (_partials, lambda n: "import A from './" + "x" * n),
     "partial_use_unclosed": (_partials, lambda n: "import A from './_a.md'\n<A " + "x" * n),
     "partial_use_spaces": (_partials, lambda n: "import A from './_a.md'\n" + " " * n + "x"),
+    "partial_import_trailing_spaces": (
+        _partials,
+        lambda n: "import A from './_a.md'" + " " * n + "x",
+    ),
 }
 
 
@@ -544,14 +548,49 @@ def test_a_partial_that_imports_itself_is_refused_with_the_page_named(tmp_path: 
     assert bad.rel_path == "page.md" and "imports itself" in bad.reason
 
 
-def test_a_partial_outside_the_docs_root_is_not_read(tmp_path: Path) -> None:
+def test_a_partial_outside_the_docs_root_is_not_read_and_the_page_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     docs = tmp_path / "docs"
     (tmp_path / "_secret.md").write_text("TOP SECRET\n", encoding="utf-8")
-    write(docs, "page.md", "import S from '../_secret.md';\n\n# Page\n\n<S />\n")
+    write(docs, "page.md", "import S from '../_secret.md';\n\n# Page\n\nKept.\n\n<S />\n")
     skipped: list[Any] = []
-    assert load_docs(docs, skipped) == []
-    [bad] = skipped
-    assert bad.unsafe and "outside the docs root" in bad.reason
+    with caplog.at_level("WARNING", logger="bookchat.ingest"):
+        [page] = load_docs(docs, skipped)
+    assert skipped == []
+    text = " ".join(b.text for b in page.blocks)
+    assert "Kept." in text and "SECRET" not in text
+    assert any("outside the docs root" in r.getMessage() for r in caplog.records)
+
+
+def test_a_partial_used_thousands_of_times_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bookchat.ingest.markdown as markdown
+
+    reads: list[str] = []
+    real_read = markdown.read_page_text
+
+    def counting_read(path: Path, docs_root: Path) -> str:
+        reads.append(path.name)
+        return real_read(path, docs_root)
+
+    monkeypatch.setattr(markdown, "read_page_text", counting_read)
+    write(tmp_path, "_e.md", "")
+    write(tmp_path, "_p.md", "import E from './_e.md';\n" + "<E />\n" * 20_000)
+    uses = "\n".join(["<P />"] * 50)
+    path = write(tmp_path, "page.md", f"import P from './_p.md';\n\n# Page\n\n{uses}\n")
+    started = time.process_time()
+    load_page(path, tmp_path)
+    assert sorted(reads) == ["_e.md", "_p.md", "page.md"]  # not a million reads
+    assert time.process_time() - started < 5
+
+
+def test_a_partial_that_cannot_be_parsed_is_named(tmp_path: Path) -> None:
+    write(tmp_path, "_bad.md", "---\ntitle: [unclosed\n---\nText.\n")
+    path = write(tmp_path, "page.md", "import B from './_bad.md';\n\n# Page\n\n<B />\n")
+    with pytest.raises(FrontMatterError, match=r"page\.md: imported partial \./_bad\.md"):
+        load_page(path, tmp_path)
 
 
 def test_a_partial_used_many_times_cannot_grow_a_page_past_its_cap(tmp_path: Path) -> None:

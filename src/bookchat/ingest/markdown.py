@@ -7,6 +7,7 @@ inside of a code fence, a table or an admonition.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
@@ -27,6 +28,8 @@ BlockKind = Literal[
 ]
 # Blocks that chunking must keep whole.
 ATOMIC_KINDS: frozenset[str] = frozenset({"code", "table", "admonition"})
+
+logger = logging.getLogger("bookchat.ingest")
 
 DOC_SUFFIXES = (".md", ".mdx")
 ADMONITION_KEYWORDS = frozenset(
@@ -388,44 +391,85 @@ def _clean_inline_mdx(segment: str) -> str:
 
 
 # `import Shared from './_shared.md';`: an MDX partial (Docusaurus renders it where
-# `<Shared />` stands; files named `_…` are not pages of their own).
+# `<Shared />` stands; files named `_…` are not pages of their own). No two adjacent
+# runs of optional space: a line of spaces must not make the match quadratic.
 _PARTIAL_IMPORT = re.compile(
-    r"""^import\s+([A-Z][\w$]*)\s+from\s+(['"])(\.{1,2}/[^'"]+\.mdx?)\2\s*;?\s*$"""
+    r"""^import\s+([A-Z][\w$]*)\s+from\s+(['"])(\.{1,2}/[^'"]+\.mdx?)\2\s*(?:;\s*)?$"""
 )
 # `<Shared />` (props allowed) alone on its line.
 _PARTIAL_USE = re.compile(r"^\s*<([A-Z][\w$]*)(?:\s[^<>]*)?/>\s*$")
 MAX_PARTIAL_DEPTH = 5
 
 
-def inline_partials(body: str, path: Path, docs_root: Path, *, _seen: tuple[Path, ...] = ()) -> str:
+def inline_partials(body: str, path: Path, docs_root: Path) -> str:
     """Put each imported MDX partial's text where the page renders it (`<Shared />`).
 
     Only Markdown partials imported by a relative path are inlined (`./_shared.md`,
     `../_common/_note.mdx`), recursively up to `MAX_PARTIAL_DEPTH` levels; each is read
-    like a page (inside the docs root, a regular file, size-capped), its front matter
-    dropped. A partial that imports itself or lies outside the docs root is a PageError
-    naming it; a missing one and components from elsewhere (React, `@site/…`) are left to
-    `clean_mdx`, which drops tags. The page with its partials stays under
-    `MAX_PAGE_BYTES`, so a partial used a thousand times cannot blow it up.
+    like a page (a regular file inside the docs root, size-capped), its front matter
+    dropped, and read once per page however often it is used. A partial that imports
+    itself, or that cannot be parsed, is a PageError naming it; one outside the docs root
+    is not read (a warning names it), and it, a missing one and components from elsewhere
+    (React, `@site/…`) are left to `clean_mdx`, which drops their tags, as before. The page
+    with its partials stays under `MAX_PAGE_BYTES`.
     """
-    lines = body.split("\n")
-    imports: dict[str, str] = {}
-    for line, fenced in _with_fences(lines):  # MDX hoists imports: a use may come first
-        if not fenced and (match := _PARTIAL_IMPORT.match(line)):
-            imports[match.group(1)] = match.group(3)
-    if not imports:
-        return body
-    out: list[str] = []
-    size = 0
-    for line, fenced in _with_fences(lines):
-        if not fenced and (use := _PARTIAL_USE.match(line)) and use.group(1) in imports:
-            seen = (*_seen, path.resolve())
-            line = _partial_text(line, imports[use.group(1)], path, docs_root, seen)
-        size += len(line.encode("utf-8")) + 1
-        if size > MAX_PAGE_BYTES:
-            raise PageError(f"over {MAX_PAGE_BYTES} bytes with its partials inlined")
-        out.append(line)
-    return "\n".join(out)
+    return _Partials(docs_root).inline(body, path, ())
+
+
+class _Partials:
+    """One page's partials: each file read and inlined once, whatever its number of uses
+    (a partial used thousands of times costs one read, and the page's size cap bounds
+    the copies)."""
+
+    def __init__(self, docs_root: Path) -> None:
+        self.docs_root = docs_root
+        self.root = docs_root.resolve()
+        self.texts: dict[Path, str | None] = {}  # None: left as it is (missing, outside)
+
+    def inline(self, body: str, path: Path, seen: tuple[Path, ...]) -> str:
+        lines = body.split("\n")
+        imports: dict[str, str] = {}
+        for line, fenced in _with_fences(lines):  # MDX hoists imports: a use may come first
+            if not fenced and (match := _PARTIAL_IMPORT.match(line)):
+                imports[match.group(1)] = match.group(3)
+        if not imports:
+            return body
+        here = (*seen, path.resolve())
+        out: list[str] = []
+        size = 0
+        for line, fenced in _with_fences(lines):
+            if not fenced and (use := _PARTIAL_USE.match(line)) and use.group(1) in imports:
+                text = self._text(imports[use.group(1)], path, here)
+                line = line if text is None else text
+            size += len(line.encode("utf-8")) + 1
+            if size > MAX_PAGE_BYTES:
+                raise PageError(f"over {MAX_PAGE_BYTES} bytes with its partials inlined")
+            out.append(line)
+        return "\n".join(out)
+
+    def _text(self, target: str, path: Path, seen: tuple[Path, ...]) -> str | None:
+        partial = (path.parent / target).resolve()
+        if partial in seen:
+            raise PageError(f"partial {target} imports itself (through {len(seen)} file(s))")
+        if partial in self.texts:
+            return self.texts[partial]
+        if len(seen) > MAX_PARTIAL_DEPTH:
+            raise PageError(f"partials nested more than {MAX_PARTIAL_DEPTH} levels deep")
+        text: str | None = None
+        if not partial.is_relative_to(self.root):
+            # Not read, but not a reason to drop the page (and its indexed chunks).
+            logger.warning(
+                "partial outside the docs root not read",
+                extra={"page": str(path), "partial": target},
+            )
+        elif partial.is_file():
+            try:
+                _, body, _ = split_front_matter(read_page_text(partial, self.docs_root))
+            except PageError as exc:
+                raise type(exc)(f"imported partial {target}: {exc}") from exc
+            text = self.inline(body, partial, seen)
+        self.texts[partial] = text
+        return text
 
 
 def _with_fences(lines: list[str]) -> Iterator[tuple[str, bool]]:
@@ -442,27 +486,6 @@ def _with_fences(lines: list[str]) -> Iterator[tuple[str, bool]]:
             yield line, True
         else:
             yield line, False
-
-
-def _partial_text(
-    line: str, target: str, path: Path, docs_root: Path, seen: tuple[Path, ...]
-) -> str:
-    partial = (path.parent / target).resolve()
-    name = target.rsplit("/", 1)[-1]
-    if partial in seen:
-        raise PageError(f"partial {name} imports itself (through {len(seen)} file(s))")
-    if len(seen) > MAX_PARTIAL_DEPTH:
-        raise PageError(f"partials nested more than {MAX_PARTIAL_DEPTH} levels deep")
-    if not partial.is_relative_to(docs_root.resolve()):
-        raise UnsafePageError(f"imported partial {target} is outside the docs root")
-    if not partial.is_file():
-        return line  # built elsewhere, perhaps: dropped by clean_mdx, as before
-    try:
-        raw = read_page_text(partial, docs_root)
-    except UnsafePageError as exc:
-        raise UnsafePageError(f"imported partial {target}: {exc}") from exc
-    _, body, _ = split_front_matter(raw)
-    return inline_partials(body, partial, docs_root, _seen=seen)
 
 
 def clean_mdx(body: str) -> str:
