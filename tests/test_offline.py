@@ -221,3 +221,19 @@ def test_a_section_of_one_intro_line_and_code_can_lead_the_answer() -> None:
     body = text[len(OFFLINE_LABEL) :].lstrip()
     assert body.startswith("Real motors have torque limits [1]:")
     assert "integral += error * dt" in text
+
+
+def test_an_intro_ending_as_follows_is_kept_with_its_code() -> None:
+    # "…is as follows:" / "…below:" would be a sentence cut short, but not before code.
+    block = ContextBlock(
+        n=1,
+        title="Fusion",
+        section="Outlier rejection",
+        text=(
+            "### Outlier rejection\n\nThe outlier gate for lidar readings is as follows:\n\n"
+            "```python\nif mahalanobis(z, h_x, S) < 6.0:\n    ekf.update(z)\n```\n"
+        ),
+    )
+    text = OfflineGenerator().compose("How do I ignore crazy lidar readings?", [block])
+    assert "The outlier gate for lidar readings is as follows [1]:" in text
+    assert "ekf.update(z)" in text

@@ -150,7 +150,7 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
 
     Headings are dropped; a sentence cut before a formula keeps a short formula line; one
     that points back ("prevents this:") is read with the sentence before it, or dropped;
-    an intro line ending in ":" carries the list it introduces.
+    an intro line ending in ":" carries the list or the code block it introduces.
     """
     segs = segments(text)
     units: list[_Unit] = []
@@ -160,14 +160,15 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             # Small sections are merged into one chunk: a unit answers under its own heading.
             heading = seg.text
             continue
-        introduces_list = (
+        # "…as follows:" before a list or a code block is complete with it.
+        introduces = (
             seg.kind == "prose"
             and seg.text.endswith(":")
             and idx + 1 < len(segs)
-            and segs[idx + 1].kind == "bullet"
+            and segs[idx + 1].kind in ("bullet", "code")
         )
         terms = term_set(seg.text)
-        if seg.kind == "prose" and not introduces_list and _DANGLING_RE.search(seg.text):
+        if seg.kind == "prose" and not introduces and _DANGLING_RE.search(seg.text):
             # "the distance is" introduces a formula: keep a short one with it.
             formula = _formula_after(segs, idx)
             if formula is None:
