@@ -93,6 +93,32 @@ async def test_only_the_owner_may_resume_an_answer_tokenless_from_the_same_ip(
     assert bad_id.json()["error"]["code"] == "validation_error"
 
 
+async def test_only_the_owner_may_stop_an_answer_tokenless_from_the_same_ip(
+    book: Settings,
+) -> None:
+    async with app_at(book) as at:
+        owner, stranger = at.client(IP_A), at.client(IP_B)
+        session = (await ask(owner, "What is lidar?")).first("session")
+        path = f"/api/v1/messages/{session['message_id']}/stop"
+        other_token = (await ask(stranger, "What is odometry?")).first("session")["token"]
+        tokenless_other_ip = await stranger.post(path)
+        foreign_token = await owner.post(path, headers={"Authorization": f"Bearer {other_token}"})
+        unknown = await owner.post(f"/api/v1/messages/{uuid.uuid4()}/stop")
+        tokenless_same_ip = await owner.post(path)
+        owners_token = {"Authorization": f"Bearer {session['token']}"}
+        by_token = await stranger.post(path, headers=owners_token)
+        history = await owner.get(
+            f"/api/v1/sessions/{session['session_id']}/messages", headers=owners_token
+        )
+    not_found = {"error": {"code": "message_not_found", "message": "no such answer"}}
+    for response in (tokenless_other_ip, foreign_token, unknown):
+        assert response.status_code == 404
+        assert response.json() == not_found
+    assert tokenless_same_ip.status_code == 204 and by_token.status_code == 204
+    # The answer had finished: a stop leaves it as it was.
+    assert history.json()["messages"][-1]["status"] == "complete"
+
+
 async def test_tokenless_resume_is_refused_when_tokenless_sessions_are_off(
     book: Settings,
 ) -> None:

@@ -663,7 +663,7 @@ async function stream(body, answer, retried) {
     if (err && err.name === "AbortError") {
       answer.settle("stopped", "Stopped.");
       // Stop means stop: the server would otherwise go on for its resume grace period.
-      if (answer.messageId) fetch(messageUrl(answer, "/stop"), { method: "POST", credentials: "omit", keepalive: true, headers: authHeaders() }).catch(() => {});
+      if (answer.messageId) fetch(messageUrl(answer, "/stop"), { method: "POST", credentials: "omit", headers: authHeaders() }).catch(() => {});
     } else {
       answer.settle("error", networkMessage(!!answer.text));
       if (!answer.text) keepQuestion(body.message);
