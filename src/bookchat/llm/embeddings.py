@@ -9,7 +9,7 @@ one call per page. Vectors are L2-normalised here because Gemini only normalises
 full 3072-dimension output.
 
 As for streaming (see `bookchat.llm.gemini`), the documented REST endpoint is called with
-the httpx client and configuration of the google-genai client (`gemini_rest`), errors
+the configuration of the google-genai client over aiohttp (`gemini_rest`), errors
 are the SDK's `APIError`s, and msgspec decodes the response: the SDK's pydantic models
 cost about a millisecond per 768-float vector, on the query path of every chat.
 """
@@ -267,10 +267,8 @@ class GeminiEmbedder(BatchEmbedder):
                 for text in texts
             ]
         }
-        response = await self._rest.post(
-            self.model, "batchEmbedContents", msgspec.json.encode(body), stream=False
-        )
-        return [e.values for e in _decode_batch(response.content or b"{}").embeddings]
+        content = await self._rest.post(self.model, "batchEmbedContents", msgspec.json.encode(body))
+        return [e.values for e in _decode_batch(content or b"{}").embeddings]
 
     def _is_retryable(self, exc: BaseException) -> bool:
         return is_retryable_error(exc)
