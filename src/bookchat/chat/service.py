@@ -61,7 +61,8 @@ from bookchat.db.models import ChatSession, Message, User, utcnow
 from bookchat.db.services import (
     ChatSessionService,
     MessageService,
-    new_user_with_token,
+    hash_token,
+    new_token,
     session_title,
 )
 from bookchat.errors import ApiError
@@ -365,16 +366,19 @@ class ChatService:
         statements themselves, on every chat's critical path.
         """
         token = None
+        # Core statements on the session's connection: the ORM session's execute path
+        # (compile state, bind lookup, events) adds nothing to a table-level statement.
+        connection = await db.connection()
         if chat is None:
             user_id = identity.user.id if identity.user is not None else None
             if user_id is None:
-                user, token = new_user_with_token()
-                user_id = user.id
-                await db.execute(
-                    INSERT_USER, {"id": user.id, "token_hash": user.token_hash, "tier": user.tier}
+                token = new_token()
+                user_id = uuid7()
+                await connection.execute(
+                    INSERT_USER, {"id": user_id, "token_hash": hash_token(token), "tier": "token"}
                 )
             session_id = uuid7()
-            await db.execute(
+            await connection.execute(
                 INSERT_SESSION,
                 {
                     "id": session_id,
@@ -386,7 +390,7 @@ class ChatService:
             )
         else:
             session_id = chat.id
-            await db.execute(
+            await connection.execute(
                 TOUCH_SESSION, {"touched_session_id": session_id, "touched_at": utcnow()}
             )
         asked_at = utcnow()
@@ -417,7 +421,7 @@ class ChatService:
             # After its question in the history's (created_at, id) order.
             "created_at": asked_at + timedelta(microseconds=1),
         }
-        await db.execute(INSERT_MESSAGES, [question, answer])
+        await connection.execute(INSERT_MESSAGES, [question, answer])
         # Commit now: the stream runs after the request's session is closed.
         await db.commit()
         return token, session_id, answer_id
@@ -591,11 +595,12 @@ class ChatService:
 
     async def _write_answer(self, turn: ChatTurn, values: dict[str, Any]) -> None:
         async with self._writing(), self.session_maker() as session:
-            # Table-level statements: the ORM's bulk-update path adds nothing here.
-            await session.execute(
+            # Table-level statements on the session's connection (see `_save_question`).
+            connection = await session.connection()
+            await connection.execute(
                 COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}
             )
-            await session.execute(
+            await connection.execute(
                 TOUCH_SESSION, {"touched_session_id": turn.session_id, "touched_at": utcnow()}
             )
             await session.commit()
