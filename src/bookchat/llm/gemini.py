@@ -133,6 +133,7 @@ class GeminiRest:
         self.base_url = base_url  # ends with "/<api version>/"
         self.headers = headers
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        _tls_context()  # at startup, not in the first reader's chat
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -301,10 +302,15 @@ class _GeminiStream:
         # SSE: events end at a blank line; Gemini sends CRLFs, the format allows LFs too.
         *events, self._pending = (self._pending + data).replace(b"\r\n", b"\n").split(b"\n\n")
         for event in events:
-            lines = event.split(b"\n")
-            payload = b"\n".join(line[5:].lstrip() for line in lines if line.startswith(b"data:"))
-            if not payload and event.lstrip().startswith(b"{"):
-                payload = event  # an error sent as bare JSON instead of an event
+            if event.startswith(b"data: ") and b"\n" not in event:
+                payload = event[6:]  # what Gemini sends: one `data:` line per event
+            else:
+                lines = event.split(b"\n")
+                payload = b"\n".join(
+                    line[5:].lstrip() for line in lines if line.startswith(b"data:")
+                )
+                if not payload and event.lstrip().startswith(b"{"):
+                    payload = event  # an error sent as bare JSON instead of an event
             if not payload.strip():
                 continue
             chunk = _decode_chunk(payload)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+import msgspec
 
 from bookchat.llm.base import (
     ErrorCode,
@@ -37,9 +38,9 @@ MAX_BACKOFF = 10.0
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
-@dataclass(frozen=True, slots=True)
-class StreamPiece:
-    """One decoded provider chunk, in provider-neutral terms."""
+class StreamPiece(msgspec.Struct, frozen=True, kw_only=True):
+    """One decoded provider chunk, in provider-neutral terms (made once per chunk: a
+    msgspec Struct is built in C, where a frozen dataclass sets each field in Python)."""
 
     text: str = ""
     finish_reason: str | None = None  # lower case: "stop", "max_tokens", "safety", ...
