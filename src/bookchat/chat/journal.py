@@ -355,6 +355,7 @@ class StreamJournal:
         self, message_id: UUID, stream: _Stream, events: AsyncGenerator[tuple[str, Any], None]
     ) -> None:
         mirror, max_events, bound = self._mirror, self.max_events, self.buffer_events
+        this_task = asyncio.current_task()
         next_id = 0
         terminal = False
         try:
@@ -379,6 +380,10 @@ class StreamJournal:
                         continue
                     if stream.followers and next_id - stream.slowest() > bound:
                         await self._wait_for_room(message_id, stream)
+                    if this_task is not None and this_task.cancelling():
+                        # Stopped (abandoned, no grace): the provider's chunks that are
+                        # already read ahead would go on without a suspension point.
+                        await asyncio.sleep(0)
         except Exception:
             logger.exception("chat stream failed")
             if not terminal:
