@@ -95,10 +95,43 @@ class InlineCursorConnection(aiosqlite.Connection):
 
 
 class InlineCloseCursor(aiosqlite.Cursor):
-    """An aiosqlite cursor closed without a trip to the connection's thread."""
+    """An aiosqlite cursor closed without a trip to the connection's thread, whose writes
+    after a transaction's first one run on the caller's thread too.
+
+    The first write of a transaction takes SQLite's write lock and may wait for it (busy
+    timeout), and the commit writes the WAL: those go to the thread. A later INSERT,
+    UPDATE or DELETE of the same transaction holds the lock already and only changes
+    cached pages (a few pages per chat, never a cache spill), so it cannot wait: a trip
+    to the thread and back would cost more than the statement. A chat's question then
+    takes 2 trips instead of 4 and its answer 2 instead of 3.
+    """
 
     async def close(self) -> None:
         self._cursor.close()
+
+    async def execute(self, sql: str, parameters: Any = None) -> aiosqlite.Cursor:
+        if _holds_write_lock(self._cursor, sql):
+            self._cursor.execute(sql, () if parameters is None else parameters)
+            return self
+        return await super().execute(sql, parameters)
+
+    async def executemany(self, sql: str, parameters: Any) -> aiosqlite.Cursor:
+        if _holds_write_lock(self._cursor, sql):
+            self._cursor.executemany(sql, parameters)
+            return self
+        return await super().executemany(sql, parameters)
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+def _holds_write_lock(cursor: sqlite3.Cursor, sql: str) -> bool:
+    """Whether `sql` is a write inside a transaction that has written already.
+
+    sqlite3 (legacy transaction control, as SQLAlchemy drives it) opens a transaction
+    only right before a write, so an open transaction holds the write lock.
+    """
+    return cursor.connection.in_transaction and sql.lstrip()[:6].upper() in _WRITES
 
 
 def connect_sqlite(database: str, **kwargs: Any) -> InlineCursorConnection:
