@@ -78,7 +78,10 @@ class QueryEmbeddingCache:
             self._local.move_to_end(local_key)
             self.hits += 1
             return list(vector)
-        data = await self._redis_call("get", cache_key(namespace, text))
+        # Without Redis (or while it is down) no key is hashed and no vector packed.
+        data = (
+            await self._redis_call("get", cache_key(namespace, text)) if self._redis_up() else None
+        )
         if isinstance(data, bytes) and data:
             vector = unpack_vector(data)
             self._remember(local_key, vector)
@@ -90,7 +93,9 @@ class QueryEmbeddingCache:
 
     async def put(self, namespace: str, text: str, vector: list[float]) -> None:
         self._remember((namespace, text), list(vector))
-        await self._redis_call("set", cache_key(namespace, text), pack_vector(vector), ex=self._ttl)
+        if self._redis_up():
+            key = cache_key(namespace, text)
+            await self._redis_call("set", key, pack_vector(vector), ex=self._ttl)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -103,8 +108,11 @@ class QueryEmbeddingCache:
         if len(self._local) > self._size:
             self._local.popitem(last=False)
 
+    def _redis_up(self) -> bool:
+        return self._redis is not None and time.monotonic() >= self._redis_down_until
+
     async def _redis_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self._redis is None or time.monotonic() < self._redis_down_until:
+        if not self._redis_up():
             return None
         try:
             return await getattr(self._redis, method)(*args, **kwargs)
