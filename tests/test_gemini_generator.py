@@ -11,7 +11,7 @@ from bookchat.devtools.fake_gemini import (
     FakeGemini,
     PromptBlocked,
 )
-from bookchat.llm.gemini import GeminiGenerator, retry_delay_hint
+from bookchat.llm.gemini import GeminiGenerator, env_proxy, retry_delay_hint
 
 from .generator_helpers import REQUEST, collect, text_of
 
@@ -87,3 +87,18 @@ def test_retry_delay_hint_reads_retry_info() -> None:
 
     assert retry_delay_hint(Fake()) == 17.0
     assert retry_delay_hint(ValueError()) is None
+
+
+def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The REST calls go through aiohttp; HTTPS_PROXY / NO_PROXY apply as they did to the
+    SDK's httpx client."""
+    api = "https://generativelanguage.googleapis.com/v1beta/"
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert env_proxy(api) is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert env_proxy(api) == "http://proxy.internal:3128"
+    monkeypatch.setenv("NO_PROXY", "googleapis.com")
+    assert env_proxy(api) is None

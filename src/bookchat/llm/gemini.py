@@ -27,9 +27,11 @@ import contextlib
 import logging
 import re
 import ssl
+import urllib.request
 import weakref
 from collections import deque
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -123,6 +125,20 @@ def _tls_context() -> ssl.SSLContext:
     return _TLS
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTPS_PROXY / ALL_PROXY, unless NO_PROXY
+    covers its host), as the SDK's httpx client honours it.
+
+    Read once per session: aiohttp's own `trust_env` reads the environment on every request
+    and looks for ~/.netrc in a worker thread each time.
+    """
+    proxies = urllib.request.getproxies()
+    parts = urlsplit(url)
+    if not proxies or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 class GeminiRest:
     """Gemini's REST API as a `make_genai_client` client is configured to reach it.
 
@@ -147,6 +163,7 @@ class GeminiRest:
                 # Deadlines are enforced per call by the generator and the embedder.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0),
                 cookie_jar=aiohttp.DummyCookieJar(),  # an API: no cookies to keep
+                proxy=env_proxy(self.base_url),
             )
         return session
 
