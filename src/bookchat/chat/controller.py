@@ -268,6 +268,20 @@ async def answer_for(identity: Identity, db: AsyncSession, message_id: UUID) -> 
     return message
 
 
+async def owned_answer(
+    request: Request[Any, Any, Any], state: State, db: AsyncSession, message_id: UUID
+) -> Message:
+    """The caller's assistant message (`answer_for`), with the request's connection given
+    back before a long stream; 404 for anyone else's, 503 when the database fails."""
+    try:
+        identity: Identity = await state.runtime.identities.resolve(request, db)
+        message = await answer_for(identity, db, message_id)
+        await db.commit()
+    except DB_ERRORS as exc:
+        raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+    return message
+
+
 class ChatController(Controller):
     path = "/api/v1"
     tags = ["chat"]
@@ -378,12 +392,7 @@ class ChatController(Controller):
         ] = 0,
     ) -> Response[Any]:
         runtime = state.runtime
-        try:
-            identity: Identity = await runtime.identities.resolve(request, db_session)
-            message = await answer_for(identity, db_session, message_id)
-            await db_session.commit()  # give the connection back before a long stream
-        except DB_ERRORS as exc:
-            raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        message = await owned_answer(request, state, db_session, message_id)
         after = last_event_id_header if "last-event-id" in request.headers else last_event_id
         located = {"message_id": str(message.id), "session_id": str(message.session_id)}
         try:
@@ -425,12 +434,6 @@ class ChatController(Controller):
         db_session: NamedDependency[AsyncSession],
         message_id: FromPath[UUID],
     ) -> None:
-        runtime = state.runtime
-        try:
-            identity: Identity = await runtime.identities.resolve(request, db_session)
-            message = await answer_for(identity, db_session, message_id)
-            await db_session.commit()
-        except DB_ERRORS as exc:
-            raise ApiError(503, "service_unavailable", "the database is unavailable") from exc
+        message = await owned_answer(request, state, db_session, message_id)
         if message.status == "streaming":
-            await runtime.journal.stop(message.id)
+            await state.runtime.journal.stop(message.id)

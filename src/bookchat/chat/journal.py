@@ -218,7 +218,7 @@ class _RedisMirror:
                     if stop:
                         self.on_stop(message_id)
             except Exception as exc:  # the local buffer still serves this worker's readers
-                self._write_failed(exc)
+                self.write_failed(exc)
             else:
                 if self._failed_batches:
                     logger.warning(
@@ -233,8 +233,9 @@ class _RedisMirror:
                 for _ in batch:
                     self._queue.task_done()
 
-    def _write_failed(self, exc: Exception) -> None:
-        # One line per outage, not one per batch (a batch goes out every few tokens).
+    def write_failed(self, exc: Exception) -> None:
+        """Count a failed Redis write: one line per outage, not one per batch (a batch goes
+        out every few tokens); the next batch written logs the recovery."""
         if not self._failed_batches:
             self._failing_since = time.monotonic()
             logger.warning(
@@ -461,9 +462,7 @@ class StreamJournal:
         try:
             await self._mirror.request_stop(message_id)
         except Exception as exc:
-            logger.warning(
-                "resume journal: Redis write failed", extra={"error": type(exc).__name__}
-            )
+            self._mirror.write_failed(exc)
             return False
         return True
 

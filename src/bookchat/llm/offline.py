@@ -160,12 +160,13 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             # Small sections are merged into one chunk: a unit answers under its own heading.
             heading = seg.text
             continue
+        following = segs[idx + 1] if idx + 1 < len(segs) else None
         # "…as follows:" before a list or a code block is complete with it.
         introduces = (
             seg.kind == "prose"
             and seg.text.endswith(":")
-            and idx + 1 < len(segs)
-            and segs[idx + 1].kind in ("bullet", "code")
+            and following is not None
+            and following.kind in ("bullet", "code")
         )
         terms = term_set(seg.text)
         if seg.kind == "prose" and not introduces and _DANGLING_RE.search(seg.text):
@@ -184,13 +185,11 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
         else:
             alone = None
         bullets: tuple[Segment, ...] = ()
-        code: Segment | None = None
-        if seg.kind == "prose" and seg.text.endswith(":"):
-            # An intro line reads well only with the list or the code it introduces: in
-            # technical books a section is often one such line and the code that answers.
+        # An intro line reads well only with the list or the code it introduces: in
+        # technical books a section is often one such line and the code that answers.
+        code = following if introduces and following and following.kind == "code" else None
+        if code is None and seg.kind == "prose" and seg.text.endswith(":"):
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
-            if idx + 1 < len(segs) and segs[idx + 1].kind == "code":
-                code, bullets = segs[idx + 1], ()
         units.append(
             _Unit(
                 segment=seg, terms=terms, bullets=bullets, code=code, heading=heading, alone=alone
