@@ -46,6 +46,16 @@ def test_sentences_respect_abbreviations_decimals_and_inline_code() -> None:
     ]
 
 
+def test_a_numbered_bold_label_is_not_a_sentence_of_its_own() -> None:
+    # "**3. Safety Measures**:" split after "3." left "**3" as a sentence ("**3 [1].").
+    text = "**3. Safety Measures**: Limit joint velocities. It costs 3. Then stop."
+    assert split_sentences(text) == [
+        "3. Safety Measures: Limit joint velocities.",
+        "It costs 3.",
+        "Then stop.",
+    ]
+
+
 def test_segments_keep_code_whole_and_split_lists_tables_headings() -> None:
     text = (
         "## Nodes {#nodes}\n\n"

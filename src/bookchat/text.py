@@ -260,6 +260,8 @@ def prose_sentences(paragraph: str) -> list[str]:
         last_word = before.rsplit(None, 1)[-1].lower().strip("(\"'*_`").rstrip(".")
         if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
             continue  # "e.g.", "Fig.", initials such as "J."
+        if m.start() - start < 12 and paragraph[start : m.start()].strip().lstrip("*_(").isdigit():
+            continue  # an enumerator: "**3. Safety Measures**:", "2. Install the driver."
         nxt = paragraph[end : end + 1]
         if nxt and nxt.islower():
             continue  # a sentence does not start in lowercase
