@@ -216,3 +216,25 @@ async def test_consumer_stopping_early_closes_the_generator_stream() -> None:
     assert isinstance(await anext(stream), AnswerToken)
     await stream.aclose()
     assert generator.closed
+
+
+class _RecordingEncoder:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        self.texts += texts
+        return [[1.0, 0.0] for _ in texts]
+
+
+async def test_the_answerers_sentence_encoder_reads_sources_but_never_a_selection() -> None:
+    encoder = _RecordingEncoder()
+    pipeline = _pipeline(generator=OfflineGenerator(encoder=encoder))
+    done = _done(await _events(pipeline, "How does the integral term work?"))
+    assert done.grounded and encoder.texts[0] == "How does the integral term work?"
+    encoder.texts.clear()
+    events = await _events(
+        pipeline, "What does the integral term do?", mode="selected_text_only",
+        selected_text=SELECTION, source_doc_path="control/pid", source_section="PID controllers",
+    )  # fmt: skip
+    assert _done(events).grounded and encoder.texts == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import time
 
+import msgspec
+
 from bookchat.answer.grounding import PromptBuilder
 from bookchat.llm.base import ContextBlock, GenerationFinished, TokenDelta
 from bookchat.llm.offline import OFFLINE_LABEL, OfflineGenerator
@@ -237,3 +239,66 @@ def test_an_intro_ending_as_follows_is_kept_with_its_code() -> None:
     text = OfflineGenerator().compose("How do I ignore crazy lidar readings?", [block])
     assert "The outlier gate for lidar readings is as follows [1]:" in text
     assert "ekf.update(z)" in text
+
+
+class _MeaningEncoder:
+    """A stand-in sentence encoder: texts that mention `close` point the question's way."""
+
+    def __init__(self, close: str) -> None:
+        self.close = close
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        self.calls.append(list(texts))
+        _question, *units = texts
+        return [[1.0, 0.0], *([0.8, 0.6] if self.close in t else [0.0, 1.0] for t in units)]
+
+
+# The reader's words share nothing with the section that answers ("the light travels to
+# the target and back"), only with an unrelated page.
+SYMPTOM = "My range reading is only half of the whole flight, what happened on the path?"
+ROUND_TRIP = ContextBlock(
+    n=2,
+    title="Lidar",
+    section="Time-of-flight principle",
+    text=(
+        "The sensor emits a short infrared pulse and measures the time t until the reflection "
+        "returns. Because the light travels to the target and back, the distance is "
+        "d = c · t / 2."
+    ),
+)
+UNRELATED = ContextBlock(
+    n=1,
+    title="Odometry",
+    section="Wheel odometry",
+    text="Odometry reads the wheel encoders at every step to estimate the path of the robot.",
+)
+
+
+async def test_a_local_encoder_finds_the_sentence_that_answers_in_other_words() -> None:
+    context = [UNRELATED, ROUND_TRIP]
+    words_only = OfflineGenerator().compose(SYMPTOM, context)
+    assert "travels to the target and back" not in words_only  # no shared word: not found
+    encoder = _MeaningEncoder(close="travels to the target and back")
+    request = PromptBuilder("Robots").build(SYMPTOM, context)
+    events = [e async for e in OfflineGenerator(encoder=encoder).stream(request)]
+    text = "".join(e.text for e in events if isinstance(e, TokenDelta))
+    assert "travels to the target and back, the distance is d = c · t / 2 [2]" in text
+    # The question and each candidate sentence once; a second answer encodes the question only.
+    assert encoder.calls[0][0] == SYMPTOM and len(encoder.calls[0]) > 2
+    _ = [e async for e in OfflineGenerator(encoder=encoder).stream(request)]
+    generator = OfflineGenerator(encoder=encoder)
+    _ = [e async for e in generator.stream(request)]
+    _ = [e async for e in generator.stream(request)]
+    assert encoder.calls[-1] == [SYMPTOM]
+
+
+async def test_the_encoder_never_reads_a_selection() -> None:
+    encoder = _MeaningEncoder(close="travels")
+    request = PromptBuilder("Robots").build("Why is it divided by two?", [ROUND_TRIP])
+    selection = msgspec.structs.replace(request, selection=True)
+    events = [e async for e in OfflineGenerator(encoder=encoder).stream(selection)]
+    assert "travels to the target and back" in "".join(
+        e.text for e in events if isinstance(e, TokenDelta)
+    )
+    assert encoder.calls == []

@@ -311,7 +311,7 @@ class AnswerPipeline:
             citations=[citation],
             retrieval=None,
             generator=self.generator,
-            request=built.request,
+            request=msgspec.structs.replace(built.request, selection=True),
             note=short_selection_note(words) if words < self.min_selection_words else None,
         )
 

@@ -335,7 +335,12 @@ async def evaluate(
     from bookchat.search.embedded import EmbeddedVectorStore
 
     started = time.perf_counter()
-    generator = generator or OfflineGenerator()
+    if generator is None:
+        from bookchat.llm.local import LocalEmbedder
+
+        # As `make_generator` does: with the local model, the extractive answer uses it.
+        local = embedder.encoder if isinstance(embedder, LocalEmbedder) else None
+        generator = OfflineGenerator(encoder=local)
     with tempfile.TemporaryDirectory(prefix="bookchat-eval-") as tmp:
         store = _Counting(EmbeddedVectorStore(Path(tmp), "eval"))
         counted_embedder = _Counting(embedder) if embedder is not None else None

@@ -42,6 +42,9 @@ class GenerationRequest(msgspec.Struct, kw_only=True, frozen=True):
     # The search found the topic only partly (the relevance "grey zone"): a model judges
     # the sources itself; the extractive answerer labels its excerpt as the closest passages.
     closest_only: bool = False
+    # The context is the reader's selection (selected-text mode): nothing but the
+    # selection's own text is used, no embedding of it either.
+    selection: bool = False
 
 
 class TokenDelta(msgspec.Struct, kw_only=True, frozen=True):

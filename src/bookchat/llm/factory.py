@@ -129,6 +129,12 @@ def make_generator(settings: Settings, clients: ModelClients | None = None) -> A
     if settings.llm_offline:
         from bookchat.llm.offline import OfflineGenerator
 
+        if settings.embedding_provider == "local" and not settings.embeddings_offline:
+            # The local encoder is in memory already (it embeds the queries): the
+            # extractive answer uses it to find sentences that answer in other words.
+            from bookchat.llm.local import load_encoder
+
+            return OfflineGenerator(encoder=load_encoder(settings.local_model_dir))
         return OfflineGenerator()
     from bookchat.llm.streaming import StreamingGenerator
 

@@ -206,6 +206,11 @@ class LocalEmbedder:
         self.model = Path(directory).name
         self.dim = self._encoder.dim
 
+    @property
+    def encoder(self) -> _Encoder:
+        """The in-memory encoder (shared with the offline answerer's sentence scoring)."""
+        return self._encoder
+
     async def embed_documents(self, texts: list[str], titles: list[str]) -> list[list[float]]:
         """One vector per text, the page title prepended (as Gemini's `title` does)."""
         joined = [
