@@ -302,3 +302,18 @@ async def test_the_encoder_never_reads_a_selection() -> None:
         e.text for e in events if isinstance(e, TokenDelta)
     )
     assert encoder.calls == []
+
+
+def test_a_list_item_quoted_alone_ends_as_a_sentence() -> None:
+    block = ContextBlock(
+        n=1,
+        title="SLAM",
+        section="Graph SLAM",
+        text=(
+            "Graph SLAM keeps a pose graph.\n\n"
+            "- every few tens of centimetres the robot adds a node holding its pose and scan;\n"
+            "- consecutive nodes are linked by odometry edges,\n"
+        ),
+    )
+    text = OfflineGenerator().compose("When does the robot add a node with its pose?", [block])
+    assert "holding its pose and scan [1]." in text and ";" not in text.split("\n\n", 1)[1]

@@ -265,7 +265,8 @@ def _code_block(text: str) -> str:
 
 
 def _sentence(text: str) -> str:
-    text = text.strip()
+    # A list item quoted alone may end as the list's punctuation left it ("…and scan;").
+    text = text.strip().rstrip(";,").rstrip()
     return text if text.endswith(_END_PUNCT) else text + "."
 
 
