@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import logging
@@ -395,6 +396,36 @@ class _FlakySessions:
         if self.calls <= self.failures:
             return _FailingSessions()
         return self.real()
+
+
+async def _write_after_a_stop(
+    runtime: Any, write: Any, stopped: list[bool], turn: Any, values: dict[str, Any]
+) -> None:
+    stopped.append(await runtime.journal.stop(turn.message_id))  # the reader's Stop, now
+    await write(turn, values)
+
+
+async def test_stop_during_the_final_save_still_ends_with_done_as_stored(
+    book_settings: Settings,
+) -> None:
+    # The answer was fully generated and is being saved when the reader presses Stop:
+    # nothing is left to stop, so readers get `done`, and the row says `complete`.
+    async for client in app_client(book_settings):
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        stopped: list[bool] = []
+        runtime.chat._write_answer = functools.partial(
+            _write_after_a_stop, runtime, runtime.chat._write_answer, stopped
+        )
+        answer = await ask(client, PID)
+        assert stopped == [True]
+        assert answer.names()[-1] == "done" and answer.text
+        session = answer.first("session")
+        stored = await client.get(
+            f"/api/v1/sessions/{session['session_id']}/messages",
+            headers={"Authorization": f"Bearer {session['token']}"},
+        )
+        assert [m["status"] for m in stored.json()["messages"]] == ["complete", "complete"]
+        assert stored.json()["messages"][1]["content"] == answer.text
 
 
 async def test_a_failed_answer_save_is_retried_with_backoff(book_settings: Settings) -> None:

@@ -468,7 +468,7 @@ class ChatService:
         finally:
             metrics.ACTIVE_STREAMS.dec()
             # Runs on every path, the disconnect and an error included; see `_complete`.
-            warning = await self._complete(turn, outcome)
+            warning = await self._complete(turn, outcome, finish=outcome.status != "interrupted")
         if outcome.error is not None:
             yield (
                 "error",
@@ -518,16 +518,29 @@ class ChatService:
             persistence_warning=done.persistence_warning,
         )
 
-    async def _complete(self, turn: ChatTurn, outcome: StreamOutcome) -> str | None:
+    async def _complete(
+        self, turn: ChatTurn, outcome: StreamOutcome, *, finish: bool
+    ) -> str | None:
         """Complete the answer's row in a task a cancellation cannot stop.
 
-        If the stream is cancelled again while waiting (the client left during the save),
-        the save goes on: the task is kept in `_saves` and `stop()` waits for it.
+        If the stream is cancelled while waiting (the client left during the save), the
+        save goes on: the task is kept in `_saves` and `stop()` waits for it. `finish`:
+        the answer was fully generated, so a cancellation now (the reader's Stop, a
+        moment too late) has nothing left to stop: the stream waits for the save and ends
+        with `done` as stored, instead of readers seeing "interrupted" for an answer the
+        database holds complete.
         """
         task = asyncio.create_task(self._save_answer(turn, outcome))
         self._saves.add(task)
         task.add_done_callback(self._saves.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not finish or current is None or current.cancelling() > 1:
+                raise  # interrupted anyway, or cancelled twice (shutting down): stop here
+            current.uncancel()
+            return await task
 
     async def _save_answer(self, turn: ChatTurn, outcome: StreamOutcome) -> str | None:
         """Complete the assistant row, retrying with backoff within `save_timeout`.
