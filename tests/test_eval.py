@@ -25,6 +25,7 @@ from bookchat.devtools.evaluation import (
 )
 from bookchat.ingest import chunking
 from bookchat.ingest import pipeline as ingest
+from bookchat.llm.offline import OFFLINE_LABEL
 
 SUMMARY_KEYS = {
     "questions", "in_book", "follow_up", "out_of_book", "selected_text", "recall_at_1",
@@ -40,7 +41,7 @@ GATE_KEYS = {
 QUESTION_KEYS = {
     "id", "kind", "question", "expected", "top_doc_paths", "rank", "abstained", "grounded",
     "finish_reason", "cited_urls", "cites_expected", "invalid_urls", "contaminated", "passed",
-    "problem", "near", "answered",
+    "problem", "near", "answered", "answer",
 }  # fmt: skip
 
 
@@ -86,6 +87,11 @@ def test_eval_cli_prints_one_json_object_with_the_documented_keys(
     assert set(data["summary"]) == SUMMARY_KEYS
     assert set(data["gate"]) == GATE_KEYS
     assert all(set(q) == QUESTION_KEYS for q in data["questions"])
+    # What the reader got, word for word: an answer quotes the book, a refusal says so.
+    by_kind = {q["kind"]: q for q in data["questions"]}
+    assert by_kind["in_book"]["answer"].startswith(OFFLINE_LABEL)
+    refusal = grounding.abstention_message([]).split(":")[0]  # "I couldn't find this …"
+    assert by_kind["out_of_book"]["answer"].startswith(refusal)
 
 
 def test_eval_cli_runs_with_llm_provider_openai_against_the_fake(

@@ -49,6 +49,7 @@ class QuestionResult(msgspec.Struct, kw_only=True):
     contaminated: bool
     passed: bool
     problem: str  # why it did not pass ("" when it did)
+    answer: str = ""  # the text the reader got (in `--json`; the table leaves it out)
 
 
 class EvalSummary(msgspec.Struct, kw_only=True):

@@ -315,7 +315,7 @@ async def _run_question(
         top_doc_paths=top, answered=answered,
         rank=rank, abstained=abstained, grounded=done.grounded, finish_reason=done.finish_reason,
         cited_urls=cited, cites_expected=cites_expected, invalid_urls=invalid,
-        contaminated=contaminated, passed=not problem, problem=problem,
+        contaminated=contaminated, passed=not problem, problem=problem, answer=done.text,
     )  # fmt: skip
 
 
