@@ -248,3 +248,43 @@ async def test_the_word_frequency_list_is_read_at_startup_not_in_the_first_chat(
     text.specificity.cache_clear()
     async with AsyncTestClient(app=create_app(settings)):
         assert text._frequencies.cache_info().currsize == 1
+
+
+class _RecordingGranian:
+    """Stands in for granian.Granian: records its options, serves nothing."""
+
+    options: dict[str, object] = {}
+
+    def __init__(self, target: str, **options: object) -> None:
+        type(self).options = options
+
+    def serve(self) -> None:
+        return None
+
+
+def test_the_server_runs_asyncio_unless_event_loop_says_uvloop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With uvloop installed, granian would pick it ("auto"), and a SIGTERM right after a
+    # worker started could be lost for 30 s: the loop is chosen, not picked up.
+    import granian
+    from granian.constants import Loops
+
+    from bookchat import cli
+
+    monkeypatch.setattr(granian, "Granian", _RecordingGranian)
+    cli._run_granian(load_settings({}), "127.0.0.1", "app:create")
+    assert _RecordingGranian.options["loop"] is Loops.asyncio
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    cli._run_granian(load_settings({"EVENT_LOOP": "uvloop"}), "127.0.0.1", "app:create")
+    assert _RecordingGranian.options["loop"] is Loops.uvloop
+    # Asked for but not installed: one line, before anything starts.
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as exited:
+        cli._run_granian(load_settings({"EVENT_LOOP": "uvloop"}), "127.0.0.1", "app:create")
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "bookchat: EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop)\n"
+    )
+    with pytest.raises(SettingsError, match="EVENT_LOOP"):
+        load_settings({"EVENT_LOOP": "trio"})

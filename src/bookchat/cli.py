@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import importlib
+import importlib.util
 import os
 import shutil
 import socket
@@ -166,11 +167,13 @@ def _check_port_free(address: str, port: int) -> None:
 
 def _run_granian(settings: Settings, address: str, target: str) -> None:
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.http import HTTP1Settings
 
     from bookchat.observability import granian_log_config
 
+    if settings.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        _fail("EVENT_LOOP=uvloop: uvloop is not installed (pip install uvloop)", 2)
     Granian(
         target,
         factory=True,
@@ -181,6 +184,7 @@ def _run_granian(settings: Settings, address: str, target: str) -> None:
         port=settings.port,
         workers=settings.workers,
         interface=Interfaces.ASGI,
+        loop=Loops(settings.event_loop),
         log_access=False,
         # Also bounds an idle keep-alive connection's wait for its next request.
         http1_settings=HTTP1Settings(header_read_timeout=int(settings.http_header_timeout * 1000)),
