@@ -177,6 +177,21 @@ async def test_set_payloads_keeps_vectors(store: VectorStore) -> None:
     assert stored[record.id].content_hash == "moved" and stored[record.id].chunk_index == 7
 
 
+async def test_a_write_replaces_payloads_already_read(store: VectorStore) -> None:
+    # The embedded store keeps payloads between queries: a write must not leave old ones.
+    record = _records()[2]
+    before = await store.search(query_text="lidar point cloud", dense=None, filters=None, limit=1)
+    assert before[0].payload == record.payload
+    rewritten = _payload(2, "Rewritten text.", content_hash="moved")
+    await store.set_payloads([(record.id, rewritten)])
+    after = await store.search(query_text="lidar point cloud", dense=None, filters=None, limit=1)
+    assert after[0].id == record.id and after[0].payload == rewritten
+    replaced = _payload(2, "Lidar point cloud again.", content_hash="again")
+    await store.upsert([ChunkRecord(id=record.id, payload=replaced, dense=_unit(2))])
+    dense = await store.search(query_text="zzz", dense=_unit(2), filters=None, limit=1)
+    assert dense[0].payload == replaced
+
+
 async def test_delete_removes_points(store: VectorStore) -> None:
     ids = [r.id for r in _records()[:2]]
     await store.delete(ids)

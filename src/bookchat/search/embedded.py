@@ -59,6 +59,8 @@ __all__ = ["EmbeddedVectorStore", "collection_lock", "generation_signature"]
 
 # Queries measured cheaper than this run inline: a thread hop would cost more than it saves.
 INLINE_QUERY_BUDGET_S = 0.0005
+# Payloads kept by point id (a few MB): the candidates of a book's questions recur.
+PAYLOAD_CACHE_SIZE = 4096
 
 T = TypeVar("T")
 
@@ -110,18 +112,63 @@ def _payload_filter(filters: SearchFilters | None) -> edge.Filter | None:
     )
 
 
-def _hits(shard: edge.EdgeShard, request: edge.QueryRequest) -> list[SearchHit]:
-    """Run a query on the shard; an engine failure is VectorStoreUnavailableError."""
+class _PayloadCache:
+    """Chunk payloads by point id, so that a query asks the engine for ids and scores only.
+
+    Reading 20 payloads back from the engine (JSON in its blob store, then Python dicts,
+    then `ChunkPayload`s) cost three times the search itself, for the same chunks query
+    after query. Every write empties the cache, before and after it changes the shard;
+    a read that overlapped a write (its epoch moved) keeps what it read to itself.
+    """
+
+    def __init__(self, size: int = PAYLOAD_CACHE_SIZE) -> None:
+        self._size = size
+        self._entries: dict[str, ChunkPayload] = {}
+        self._epoch = 0
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._entries.clear()
+
+    def hits(self, shard: edge.EdgeShard, points: Sequence[Any]) -> list[SearchHit]:
+        """`points` (scored, without payload) as hits, payloads from the cache or the shard."""
+        epoch = self._epoch
+        entries = self._entries
+        ids = [str(p.id) for p in points]
+        missing = [p.id for p, point_id in zip(points, ids, strict=True) if point_id not in entries]
+        fetched: dict[str, ChunkPayload] = {}
+        if missing:
+            try:
+                records = shard.retrieve(missing, with_payload=True, with_vector=False)
+            except Exception as exc:
+                message = f"embedded vector store read failed: {exc}"
+                raise VectorStoreUnavailableError(message) from exc
+            fetched = {str(r.id): msgspec.convert(r.payload, ChunkPayload) for r in records}
+            with self._lock:
+                if self._epoch == epoch:
+                    if len(entries) + len(fetched) > self._size:
+                        entries.clear()
+                    entries.update(fetched)
+        hits = []
+        for p, point_id in zip(points, ids, strict=True):
+            payload = fetched.get(point_id) or entries.get(point_id)
+            if payload is not None:  # None: deleted by a write since the query
+                hits.append(SearchHit(id=point_id, score=float(p.score), payload=payload))
+        return hits
+
+
+def _hits(
+    shard: edge.EdgeShard, request: edge.QueryRequest, payloads: _PayloadCache
+) -> list[SearchHit]:
+    """Run a query (ids and scores) on the shard; an engine failure is
+    VectorStoreUnavailableError."""
     try:
         points = shard.query(request)
     except Exception as exc:
         raise VectorStoreUnavailableError(f"embedded vector store query failed: {exc}") from exc
-    return [
-        SearchHit(
-            id=str(p.id), score=float(p.score), payload=msgspec.convert(p.payload, ChunkPayload)
-        )
-        for p in points
-    ]
+    return payloads.hits(shard, points)
 
 
 class EmbeddedVectorStore:
@@ -145,6 +192,7 @@ class EmbeddedVectorStore:
         self._meta: CollectionMeta | None = None
         self._lock = threading.Lock()
         self._query_cost_s: float | None = None  # moving average of measured query time
+        self._payloads = _PayloadCache()
 
     # ---- opening
 
@@ -210,9 +258,13 @@ class EmbeddedVectorStore:
 
         def locked() -> T:
             with self._lock, self._exclusive():
-                result = fn()
-                if publish:
-                    self._publish_locked()
+                self._payloads.invalidate()
+                try:
+                    result = fn()
+                    if publish:
+                        self._publish_locked()
+                finally:
+                    self._payloads.invalidate()
                 return result
 
         return await anyio.to_thread.run_sync(locked)
@@ -374,7 +426,7 @@ class EmbeddedVectorStore:
                     edge.SparseVector(sparse.indices, sparse.values), using=SPARSE
                 ),
                 filter=payload_filter,
-                with_payload=True,
+                with_payload=False,
             )
         branch = prefetch_limit(limit)
         prefetches = [
@@ -392,7 +444,7 @@ class EmbeddedVectorStore:
         # The stub types Fusion.Rrf as not a Fusion; the engine takes it (see tests).
         fusion: Any = edge.Fusion.Rrf(k=RRF_K)
         return edge.QueryRequest(
-            limit=limit, prefetches=prefetches, query=fusion, with_payload=True
+            limit=limit, prefetches=prefetches, query=fusion, with_payload=False
         )
 
     async def search(
@@ -410,7 +462,7 @@ class EmbeddedVectorStore:
             if shard is None:
                 return []
             request = self._query_request(query_text, dense, filters, limit)
-            return [] if request is None else _hits(shard, request)
+            return [] if request is None else _hits(shard, request, self._payloads)
 
         return await self._read(query)
 
@@ -431,9 +483,9 @@ class EmbeddedVectorStore:
                 limit=limit,
                 query=edge.Query.Nearest(dense, using=DENSE),
                 filter=_payload_filter(filters),
-                with_payload=True,
+                with_payload=False,
             )
-            return _hits(shard, request)
+            return _hits(shard, request, self._payloads)
 
         return await self._read(query)
 
