@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bookchat.search.retriever import Retriever, is_follow_up
-from bookchat.search.types import SearchFilters, VectorStoreUnavailableError
+from bookchat.search.types import SearchFilters, SearchHit, VectorStoreUnavailableError
+from bookchat.text import jaccard, term_set
 from tests.rag_fakes import (
     SAMPLE_CHUNKS,
     CountingEmbedder,
@@ -78,6 +81,35 @@ async def test_near_duplicates_are_removed() -> None:
     result = await Retriever(store, None).search("PID controller gains", top_k=5)
     texts = [h.payload.text for h in result.hits]
     assert len([t for t in texts if t.startswith("A PID controller")]) == 1
+
+
+def test_remembered_comparisons_drop_the_same_hits_as_comparing_every_pair() -> None:
+    # Overlapping word windows: neighbours are near-duplicates, some only on one page.
+    words = [f"word{n}" for n in range(60)]
+    chunks = [chunk(f"page-{n % 3}", "T", f"S{n}", " ".join(words[n : n + 20])) for n in range(12)]
+    retriever = Retriever(FakeBM25Store([]), None, duplicate_jaccard=0.6)
+
+    def every_pair(hits: list[SearchHit]) -> list[SearchHit]:
+        kept: list[SearchHit] = []
+        for hit in hits:
+            p = hit.payload
+            if not any(
+                jaccard(term_set(p.text), term_set(k.payload.text))
+                >= (0.6 if k.payload.doc_path == p.doc_path else 0.9)
+                for k in kept
+            ):
+                kept.append(hit)
+        return kept
+
+    rng = random.Random(7)
+    pairs_dropped = 0
+    for _ in range(30):
+        order = rng.sample(chunks, k=rng.randint(2, len(chunks)))
+        hits = [SearchHit(id=str(n), score=1.0, payload=p) for n, p in enumerate(order)]
+        expected = every_pair(hits)
+        assert retriever._dedupe(hits) == expected
+        pairs_dropped += len(hits) - len(expected)
+    assert pairs_dropped > 0
 
 
 async def test_hybrid_embeds_the_query_once_and_passes_the_vector() -> None:

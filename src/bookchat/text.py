@@ -19,9 +19,11 @@ import gzip
 import json
 import math
 import re
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from functools import lru_cache
 from importlib import resources
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 import qdrant_edge
@@ -31,6 +33,7 @@ __all__ = [
     "STOPWORDS",
     "Segment",
     "SegmentKind",
+    "TermUnion",
     "approx_tokens",
     "content_terms",
     "content_words",
@@ -79,6 +82,7 @@ STOPWORDS: frozenset[str] = frozenset(
 # and "bridge", so it is one token (kept with its hyphen: not a word of any dictionary).
 _WORD_RE = re.compile(r"\b[a-z]-[a-z]{2,}\b|[a-z0-9]+(?:['’][a-z]+)?")
 _TOKEN_CACHE_SIZE = 16384
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,6 +169,37 @@ def jaccard(a: frozenset[str] | set[str], b: frozenset[str] | set[str]) -> float
     if not a and not b:
         return 0.0
     return len(a & b) / len(a | b)
+
+
+class TermUnion(AbstractSet[str]):
+    """The union of term sets, read without being built: membership asks each set.
+
+    Relevance asks whether a handful of question terms occur among 20 candidates;
+    building the union of their term sets for that cost more than the rest of the
+    ranking. Iterating (or `len`) builds it.
+    """
+
+    __slots__ = ("_sets",)
+
+    def __init__(self, sets: Iterable[AbstractSet[str]]) -> None:
+        self._sets = tuple(sets)
+
+    def __contains__(self, term: object) -> bool:
+        return any(term in terms for terms in self._sets)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(frozenset().union(*self._sets))
+
+    def __len__(self) -> int:
+        return len(frozenset().union(*self._sets))
+
+    def __bool__(self) -> bool:
+        return any(self._sets)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[_T], /) -> set[_T]:
+        # `edits & union` (the set operators of collections.abc.Set) gives a plain set.
+        return set(it)
 
 
 def word_count(text: str) -> int:

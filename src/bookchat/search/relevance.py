@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Literal
 
 import msgspec
@@ -114,7 +115,7 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
 STEM_ONLY_CREDIT = 0.5  # found only through stemming ("predictive" ~ "predict")
 
 
-def _credit(word: str, light: frozenset[str] | set[str], stems: frozenset[str] | set[str]) -> float:
+def _credit(word: str, light: AbstractSet[str], stems: AbstractSet[str]) -> float:
     if light_stem(word) in light:
         return 1.0
     return STEM_ONLY_CREDIT if stem(word) in stems else 0.0
@@ -124,10 +125,10 @@ def judge(
     question: str,
     expansion: Iterable[str],
     *,
-    candidate_terms: frozenset[str] | set[str],
-    candidate_light: frozenset[str] | set[str],
-    hit_terms: frozenset[str] | set[str],
-    hit_light: frozenset[str] | set[str],
+    candidate_terms: AbstractSet[str],
+    candidate_light: AbstractSet[str],
+    hit_terms: AbstractSet[str],
+    hit_light: AbstractSet[str],
     each_hit: Sequence[tuple[frozenset[str], frozenset[str]]] = (),
     candidate_texts: Sequence[str] = (),
     dense_best: float | None = None,

@@ -29,6 +29,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
 import msgspec
@@ -37,6 +38,7 @@ from bookchat.llm.base import Embedder
 from bookchat.search.relevance import Evidence, judge
 from bookchat.search.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
 from bookchat.text import (
+    TermUnion,
     content_terms,
     content_words,
     jaccard,
@@ -105,7 +107,7 @@ def is_follow_up(question: str, history: Sequence[str]) -> bool:
     return _anaphoric(question) or len(content_terms(question)) < 2
 
 
-_PAIR_CACHE_SIZE = 100_000  # chunk-pair similarities kept (cleared when full)
+_PAIR_CACHE_SIZE = 100_000  # chunk pairs compared and remembered (cleared when full)
 _CHUNK_CACHE_SIZE = 20_000  # chunks' term sets kept (cleared when full)
 
 
@@ -150,7 +152,11 @@ class Retriever:
         self.follow_up_depth = follow_up_depth
         self._query_cache_size = query_cache_size
         self._query_cache: OrderedDict[str, list[float]] = OrderedDict()
-        self._pair_cache: dict[tuple[str, str], float] = {}
+        # Per chunk (content hash): the chunks it was compared with, and of those the
+        # ones similar enough to be a near-duplicate, with their Jaccard.
+        self._compared: dict[str, set[str]] = {}
+        self._near_pairs: dict[str, dict[str, float]] = {}
+        self._pairs = 0
         self._chunk_cache: dict[str, _ChunkTerms] = {}
 
     def build_query(self, question: str, history: Sequence[str] = ()) -> tuple[str, list[str]]:
@@ -212,52 +218,66 @@ class Retriever:
             )
         return found
 
-    def _similarity(
-        self,
-        a: ChunkPayload,
-        a_terms: frozenset[str],
-        b: ChunkPayload,
-        b_terms: frozenset[str],
-        limit: float,
-    ) -> float:
-        """Token Jaccard of two chunks, memoised: the same candidates recur across queries."""
-        small, large = min(len(a_terms), len(b_terms)), max(len(a_terms), len(b_terms))
-        if large and small / large < limit:
-            return small / large  # an upper bound below the limit: not a duplicate
-        key = (a.content_hash, b.content_hash)
-        cached = self._pair_cache.get(key)
-        if cached is None:
-            if len(self._pair_cache) >= _PAIR_CACHE_SIZE:
-                self._pair_cache.clear()
-            cached = self._pair_cache[key] = jaccard(a_terms, b_terms)
-        return cached
+    def _near(self, payload: ChunkPayload, kept: dict[str, ChunkPayload]) -> dict[str, float]:
+        """The Jaccard of `payload` with each of the `kept` chunks that may be its
+        near-duplicate (at least the lower of the two limits), memoised per chunk: the
+        same candidates recur across queries, so after the first few each hit costs one
+        set difference instead of a comparison per kept hit."""
+        own = payload.content_hash
+        compared = self._compared.get(own)
+        if compared is None:
+            compared = self._compared[own] = set()
+        near = self._near_pairs.get(own)
+        if near is None:
+            near = self._near_pairs[own] = {}
+        unknown = kept.keys() - compared
+        if unknown:
+            if self._pairs >= _PAIR_CACHE_SIZE:
+                self._compared.clear()
+                self._near_pairs.clear()
+                self._pairs = 0
+                return self._near(payload, kept)
+            floor = min(self.duplicate_jaccard, self.cross_page_duplicate_jaccard)
+            terms = self._terms(payload).text
+            for other in unknown:
+                other_terms = self._terms(kept[other]).text
+                small, large = sorted((len(terms), len(other_terms)))
+                compared.add(other)
+                self._compared.setdefault(other, set()).add(own)
+                self._pairs += 1
+                if large and small / large < floor:
+                    continue  # an upper bound below both limits: never a duplicate
+                similarity = jaccard(terms, other_terms)
+                if similarity >= floor:
+                    near[other] = similarity
+                    self._near_pairs.setdefault(other, {})[own] = similarity
+        return near
 
     def _dedupe(self, hits: Sequence[SearchHit]) -> list[SearchHit]:
         # Identical texts have identical term sets (Jaccard 1.0), so one check covers both.
         kept: list[SearchHit] = []
-        kept_terms: list[frozenset[str]] = []
-        seen_hash: set[str] = set()
+        kept_payloads: dict[str, ChunkPayload] = {}
         for hit in hits:
             p = hit.payload
-            if p.content_hash in seen_hash:
+            if p.content_hash in kept_payloads:
                 continue
-            terms = self._terms(p).text
-            duplicate = False
-            for other, other_terms in zip(kept, kept_terms, strict=True):
-                limit = (
-                    self.duplicate_jaccard
-                    if other.payload.doc_path == p.doc_path
-                    else self.cross_page_duplicate_jaccard
-                )
-                if self._similarity(p, terms, other.payload, other_terms, limit) >= limit:
-                    duplicate = True
-                    break
-            if duplicate:
+            near = self._near(p, kept_payloads) if kept else {}
+            if any(
+                near[other] >= self._limit(p, kept_payloads[other])
+                for other in near.keys() & kept_payloads.keys()
+            ):
                 continue
             kept.append(hit)
-            kept_terms.append(terms)
-            seen_hash.add(p.content_hash)
+            kept_payloads[p.content_hash] = p
         return kept
+
+    def _limit(self, a: ChunkPayload, b: ChunkPayload) -> float:
+        """The Jaccard from which `a` and `b` are duplicates (stricter across pages)."""
+        return (
+            self.duplicate_jaccard
+            if a.doc_path == b.doc_path
+            else self.cross_page_duplicate_jaccard
+        )
 
     @staticmethod
     def _hit_light(payload: ChunkPayload) -> frozenset[str]:
@@ -315,7 +335,7 @@ class Retriever:
             weights[term] = idf * (2.0 if term in own_terms else 1.0)
         total = sum(weights.values())
 
-        def fraction(terms: frozenset[str] | set[str]) -> float:
+        def fraction(terms: AbstractSet[str]) -> float:
             if total == 0:
                 return 0.0
             return sum(w for t, w in weights.items() if t in terms) / total
@@ -328,19 +348,18 @@ class Retriever:
             )
             for h, terms in zip(chosen, chosen_terms, strict=True)
         ]
-        union: set[str] = set().union(*chosen_terms) if chosen_terms else set()
+        union = TermUnion(chosen_terms)
         coverage = round(fraction(union), 4)
-        candidates: set[str] = set().union(*pool_terms) if pool_terms else set()
         pool_light = [c.light for c in pool_chunks]
         chosen_light = pool_light[:top_k]
         judge_hits = functools.partial(
             judge,
             query,
             extra_words,
-            candidate_terms=candidates,
-            candidate_light=set().union(*pool_light) if pool_light else set(),
+            candidate_terms=TermUnion(pool_terms),
+            candidate_light=TermUnion(pool_light),
             hit_terms=union,
-            hit_light=set().union(*chosen_light) if chosen_light else set(),
+            hit_light=TermUnion(chosen_light),
             each_hit=list(zip(chosen_terms, chosen_light, strict=True)),
             candidate_texts=[h.payload.text for h in pool],
         )
