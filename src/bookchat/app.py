@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -45,6 +46,28 @@ from bookchat.settings import Settings, get_settings
 from bookchat.web.routes import demo_page, widget_js
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
+# Allocations (net of frees) between two young garbage collections; Python's default is 700.
+GC_YOUNG_THRESHOLD = 10_000
+_heap_settled = False
+
+
+def settle_heap() -> None:
+    """Once per process, after startup: keep the garbage collector off what startup built.
+
+    The ~235k objects of imports, routes and clients live as long as the process, yet
+    every full collection walked them (about 100 ms each under load), and 100 streams in
+    flight kept promoting their state to the middle generation, so collections cost
+    0.35 ms per chat. Frozen (`gc.freeze`) and with young collections every 10,000
+    allocations instead of 700, the same load spends 0.1 ms per chat in the collector.
+    """
+    global _heap_settled
+    if _heap_settled:
+        return
+    _heap_settled = True
+    gc.collect()
+    gc.freeze()
+    _young, *older = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *older)
 
 
 class MetricsController(PrometheusController):
@@ -246,6 +269,7 @@ def create_app(
 
     async def start_runtime() -> None:
         await runtime.start()
+        settle_heap()
 
     async def close_runtime() -> None:
         await runtime.close()
