@@ -568,22 +568,34 @@ class ChatService:
             "finish_reason": outcome.finish_reason if outcome.status == "complete" else None,
             "related": _related(turn, outcome),
         }
-        attempts = 0
+        attempts = 1
         try:
             with anyio.fail_after(self.save_timeout):
-                # tenacity: backoff with jitter between attempts; the outer limit bounds
-                # an attempt that hangs (tenacity only stops between attempts).
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception_type(DB_ERRORS),
-                    wait=wait_random_exponential(
-                        multiplier=SAVE_RETRY_WAIT[0], max=SAVE_RETRY_WAIT[1]
-                    ),
-                    stop=stop_after_delay(self.save_timeout),
-                    reraise=True,
-                ):
-                    with attempt:
-                        attempts += 1
-                        await self._write_answer(turn, values)
+                # The first attempt without the retry machinery (it nearly always succeeds,
+                # and tenacity's per-call setup cost more than the statements).
+                failed: BaseException | None = None
+                try:
+                    await self._write_answer(turn, values)
+                except DB_ERRORS as exc:
+                    failed = exc
+                if failed is not None:
+                    # tenacity: backoff with jitter between attempts, starting from the
+                    # first one's failure; the outer limit bounds an attempt that hangs
+                    # (tenacity only stops between attempts).
+                    async for attempt in AsyncRetrying(
+                        retry=retry_if_exception_type(DB_ERRORS),
+                        wait=wait_random_exponential(
+                            multiplier=SAVE_RETRY_WAIT[0], max=SAVE_RETRY_WAIT[1]
+                        ),
+                        stop=stop_after_delay(self.save_timeout),
+                        reraise=True,
+                    ):
+                        with attempt:
+                            if failed is not None:
+                                first, failed = failed, None
+                                raise first  # attempt 1, made above
+                            attempts += 1
+                            await self._write_answer(turn, values)
         except (*DB_ERRORS, TimeoutError) as exc:
             self.last_write_failed = True
             metrics.PERSISTENCE_FAILURES.inc()
