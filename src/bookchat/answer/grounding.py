@@ -343,6 +343,8 @@ class CitationMapper:
         return list(self._mentioned)
 
     def _rewrite(self, text: str) -> str:
+        if "[" not in text and "`" not in text:
+            return text  # most tokens: no marker and no code span can start in them
         out: list[str] = []
         pos = 0
         for m in _SCAN_RE.finditer(text):
@@ -371,7 +373,7 @@ class CitationMapper:
     def feed(self, delta: str) -> str:
         """Scan the next piece of answer text; return what may be shown to the reader."""
         buffer = self._pending + delta
-        partial = _PARTIAL_RE.search(buffer)
+        partial = _PARTIAL_RE.search(buffer) if "[" in buffer else None
         if partial is not None and len(buffer) - partial.start() <= _MAX_HOLD:
             self._pending = buffer[partial.start() :]
             buffer = buffer[: partial.start()]
