@@ -97,6 +97,16 @@ def test_eval_cli_prints_one_json_object_with_the_documented_keys(
 def test_eval_cli_runs_with_llm_provider_openai_against_the_fake(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from bookchat.llm import factory
+
+    closed: list[factory.ModelClients] = []
+    close = factory.ModelClients.aclose
+
+    async def recording_close(clients: factory.ModelClients) -> None:
+        closed.append(clients)
+        await close(clients)
+
+    monkeypatch.setattr(factory.ModelClients, "aclose", recording_close)
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     code = main(["--fake-openai", "--json"])
     data = json.loads(capsys.readouterr().out)
@@ -104,6 +114,8 @@ def test_eval_cli_runs_with_llm_provider_openai_against_the_fake(
     assert code == 0, data["gate"]
     assert data["summary"]["generator"] == "fake-openai-model"
     assert data["summary"]["retrieval"] == "hybrid"  # embeddings from the fake's /embeddings
+    # One set of provider clients, closed on the eval's loop (not left to the GC at exit).
+    assert len(closed) == 1 and not closed[0]._openai
 
 
 def test_eval_cli_prints_a_table_and_fails_above_an_impossible_threshold(

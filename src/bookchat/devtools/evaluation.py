@@ -102,6 +102,7 @@ from bookchat.search.types import VectorStore
 from bookchat.text import word_count
 
 if TYPE_CHECKING:
+    from bookchat.llm.factory import ModelClients
     from bookchat.settings import Settings
 
 __all__ = ["EvalQuestion", "EvalReport", "evaluate", "load_questions", "main", "register"]
@@ -422,31 +423,44 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, settings: Settings, questions: list[EvalQuestion]) -> int:
     embedder: Embedder | None = None
     generator: AnswerGenerator | None = None
+    clients: ModelClients | None = None
     if not (args.offline or settings.offline):
-        from bookchat.llm.factory import make_embedder, make_generator
+        from bookchat.llm.factory import ModelClients, make_embedder, make_generator
         from bookchat.llm.local import LocalModelError
 
+        clients = ModelClients(settings)  # one set of provider clients, closed at the end
         try:
-            embedder, generator = make_embedder(settings), make_generator(settings)
+            embedder, generator = (
+                make_embedder(settings, clients),
+                make_generator(settings, clients),
+            )
         except LocalModelError as exc:
             print(f"bookchat eval: {exc}", file=sys.stderr)
             return 2
-    report = asyncio.run(
-        evaluate(
-            questions,
-            args.docs,
-            site_url=(args.site_url or settings.site_url).rstrip("/"),
-            embedder=embedder,
-            generator=generator,
-            book_title=settings.book_title,
-            thresholds=Thresholds(
-                min_answered5=args.min_answered5,
-                min_recall5=args.min_recall5,
-                min_abstention_recall=args.min_abstention_recall,
-                min_abstention_precision=args.min_abstention_precision,
-            ),
-        )
-    )
+
+    async def run_eval() -> EvalReport:
+        try:
+            return await evaluate(
+                questions,
+                args.docs,
+                site_url=(args.site_url or settings.site_url).rstrip("/"),
+                embedder=embedder,
+                generator=generator,
+                book_title=settings.book_title,
+                thresholds=Thresholds(
+                    min_answered5=args.min_answered5,
+                    min_recall5=args.min_recall5,
+                    min_abstention_recall=args.min_abstention_recall,
+                    min_abstention_precision=args.min_abstention_precision,
+                ),
+            )
+        finally:
+            if clients is not None:
+                # Their HTTP sessions belong to this loop: closed on it, not left to GC
+                # ("Unclosed client session" at exit).
+                await clients.aclose()
+
+    report = asyncio.run(run_eval())
     print(msgspec.json.encode(report).decode() if args.json else render_table(report))
     return 0 if report.gate.passed else 1
 
