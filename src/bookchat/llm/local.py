@@ -59,6 +59,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _length_batches(texts: list[str]) -> list[list[int]]:
+    """Indices of `texts` in batches of `_BATCH` similar lengths: a batch is padded to its
+    longest text, so mixing lengths wastes work."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return [order[start : start + _BATCH] for start in range(0, len(order), _BATCH)]
+
+
 class _Encoder:
     """A BERT encoder with mean pooling and L2 normalisation, on numpy."""
 
@@ -135,11 +142,9 @@ class _Encoder:
         made a batch cost 6x)."""
         from threadpoolctl import threadpool_limits
 
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors: list[list[float]] = [[] for _ in texts]
         with threadpool_limits(1):
-            for start in range(0, len(order), _BATCH):
-                batch = order[start : start + _BATCH]
+            for batch in _length_batches(texts):
                 encoded = self._encode([texts[i] for i in batch]).tolist()
                 for i, vector in zip(batch, encoded, strict=True):
                     vectors[i] = vector
@@ -226,11 +231,9 @@ class LocalEmbedder:
         joined = [
             f"{title}\n{text}" if title else text for text, title in zip(texts, titles, strict=True)
         ]
-        # Similar lengths per batch: padding to the longest text is wasted work.
-        order = sorted(range(len(joined)), key=lambda i: len(joined[i]))
+        # A thread hop per batch, not per book: an ingest stays cancellable between them.
         vectors: list[list[float]] = [[] for _ in joined]
-        for start in range(0, len(order), _BATCH):
-            batch = order[start : start + _BATCH]
+        for batch in _length_batches(joined):
             encoded = await asyncio.to_thread(self._encoder.encode, [joined[i] for i in batch])
             for i, vector in zip(batch, encoded, strict=True):
                 vectors[i] = vector
