@@ -36,7 +36,7 @@ class TcpProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._call(self._close_all(stop_listening=True))
+        self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         self._loop.close()
@@ -59,6 +59,15 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.transport.abort()  # RST, like a peer that vanished
         self._writers.clear()
+
+    async def _shutdown(self) -> None:
+        """Close everything, then end the handlers still pumping (keep-alive clients),
+        so none is destroyed pending when the loop stops."""
+        await self._close_all(stop_listening=True)
+        handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     def cut(self) -> None:
         """Reset open connections and refuse new ones."""

@@ -26,7 +26,11 @@ HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 class Listener:
-    """A TCP port that records the first bytes of each connection, then hangs up."""
+    """A TCP port that records the first bytes of each connection, then hangs up.
+
+    The record is made, and `connected` set, before the hang-up: the client only sees
+    its error after that, so a test that waits on `connected` never races the thread.
+    """
 
     def __init__(self) -> None:
         self._sock = socket.socket()
@@ -50,7 +54,7 @@ class Listener:
                     self.received.append(conn.recv(len(HTTP2_PREFACE)))
                 except OSError:
                     self.received.append(b"")
-            self.connected.set()
+                self.connected.set()
 
     def close(self) -> None:
         self._sock.close()
@@ -89,7 +93,7 @@ async def test_prefer_grpc_uses_the_grpc_port_and_maps_its_failures(
     finally:
         await store.close()
 
-    assert grpc_port.connected.is_set()
+    assert grpc_port.connected.wait(timeout=10)
     assert grpc_port.received[0] == HTTP2_PREFACE  # gRPC runs over HTTP/2
     assert rest_port.received == []
 
@@ -109,6 +113,6 @@ async def test_without_prefer_grpc_the_store_speaks_rest(
     finally:
         await store.close()
 
-    assert rest_port.connected.is_set()
+    assert rest_port.connected.wait(timeout=10)
     assert rest_port.received[0].startswith(b"GET /collections")
     assert grpc_port.received == []
