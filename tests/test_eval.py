@@ -33,15 +33,16 @@ SUMMARY_KEYS = {
     "false_abstentions", "contamination", "selection_behaviour_correct", "citations_checked",
     "invalid_citations", "chunks_ingested", "retrieval", "generator", "seconds",
     "answered_at_5", "refusals", "near_out_of_book", "near_abstention", "far_abstention",
+    "answer_found", "answer_checked",
 }  # fmt: skip
 GATE_KEYS = {
     "passed", "failures", "min_answered5", "min_recall5", "min_abstention_recall",
-    "min_abstention_precision",
+    "min_abstention_precision", "min_answer_found",
 }  # fmt: skip
 QUESTION_KEYS = {
     "id", "kind", "question", "expected", "top_doc_paths", "rank", "abstained", "grounded",
     "finish_reason", "cited_urls", "cites_expected", "invalid_urls", "contaminated", "passed",
-    "problem", "near", "answered", "answer",
+    "problem", "near", "answered", "answer", "has_answer",
 }  # fmt: skip
 
 
@@ -221,6 +222,56 @@ def test_an_answered_out_of_book_question_fails_the_abstention_gate(
     assert code == 1
     assert data["summary"]["abstention_recall"] == 0.0
     assert data["questions"][0]["rank"] == 1  # a folder in `expected` matches its pages
+
+
+def test_answer_found_sees_an_answer_from_the_right_page_that_misses_the_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """answered@5 counts both questions; only the phrase check sees which answer says it."""
+    questions = tmp_path / "q.json"
+    rows = [
+        {
+            "id": "tof",
+            "question": "How does a lidar turn the round-trip time of a pulse into distance?",
+            "expected": ["01-sensors/01-lidar"],
+            "answer_has": ["the distance is d = c · t / 2"],
+        },
+        {
+            "id": "wrong-sentence",
+            "question": "How does a lidar turn the round-trip time of a pulse into distance?",
+            "expected": ["01-sensors/01-lidar"],
+            # A real sentence of the lidar page, but not one that answers this question.
+            "answer_has": ["certified safety scanners"],
+        },
+        {
+            "id": "plain",
+            "question": "Why do glass walls confuse a lidar?",
+            "expected": ["01-sensors"],
+        },
+    ]
+    questions.write_text(json.dumps({"questions": rows}))
+    code, data = _run_json(capsys, str(questions))
+    by_id = {q["id"]: q for q in data["questions"]}
+    assert [by_id[i]["answered"] for i in ("tof", "wrong-sentence", "plain")] == [True] * 3
+    assert by_id["tof"]["has_answer"] is True
+    assert by_id["wrong-sentence"]["has_answer"] is False
+    assert by_id["plain"]["has_answer"] is None  # no phrases: not counted
+    assert data["summary"]["answer_checked"] == 2
+    assert data["summary"]["answer_found"] == 0.5
+    assert code == 0  # reported, not gated, by default
+    assert main(["--offline", "--min-answer-found", "0.9", str(questions)]) == 1
+    assert "gate: FAILED: answer found 0.500 < 0.9" in capsys.readouterr().out
+
+
+def test_contains_answer_ignores_case_emphasis_citations_and_spacing() -> None:
+    answer = (
+        "Because the light travels **to the target** and back [1], the distance\n"
+        "is d = c · t / 2 [1]."
+    )
+    assert evaluation.contains_answer(answer, ["Travels to the target and back, the distance"])
+    assert evaluation.contains_answer(answer, ["nothing", "the distance is d = c · t / 2"])
+    assert not evaluation.contains_answer(answer, ["speed of sound"])
+    assert not evaluation.contains_answer(answer, [" "])
 
 
 def _tiny_book(root: Path) -> Path:

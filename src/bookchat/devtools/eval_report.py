@@ -45,6 +45,9 @@ class QuestionResult(msgspec.Struct, kw_only=True):
     # What the reader got: answered (not refused) *and* an expected page among the sources
     # the answer shows. None for out-of-book and selected-text questions.
     answered: bool | None = None
+    # Answered@5 and the answer contains one of the question's `answer_has` phrases; None
+    # when the question has none (or is not answerable).
+    has_answer: bool | None = None
     invalid_urls: list[str]
     contaminated: bool
     passed: bool
@@ -62,6 +65,9 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     selected_text: int
     answered_at_5: float | None  # the headline: answerable questions the reader got answered
     refusals: int  # answerable (in-book, follow-up) questions refused
+    # Of the answerable questions with `answer_has` phrases: answered@5 with one of them.
+    answer_found: float | None = None
+    answer_checked: int = 0  # how many questions carry `answer_has`
     recall_at_1: float | None
     recall_at_3: float | None
     recall_at_5: float | None
@@ -91,6 +97,8 @@ class Thresholds(msgspec.Struct, kw_only=True, frozen=True):
     # Loose on purpose: it catches an index that lost its text (every answer abstains),
     # while the few paraphrases the lexical relevance gate rejects stay visible, not fatal.
     min_abstention_precision: float = 0.5
+    # Reported, not gated, unless asked: few question sets carry `answer_has` phrases.
+    min_answer_found: float = 0.0
 
 
 class Gate(msgspec.Struct, kw_only=True):
@@ -102,6 +110,7 @@ class Gate(msgspec.Struct, kw_only=True):
     min_recall5: float
     min_abstention_recall: float
     min_abstention_precision: float
+    min_answer_found: float = 0.0
 
 
 class EvalReport(msgspec.Struct, kw_only=True):
@@ -139,7 +148,10 @@ def summarise(
     mrr = round(sum(1 / r.rank for r in ranked if r.rank) / len(ranked), 4) if ranked else None
     near = [r for r in oob if r.near]
     far = [r for r in oob if not r.near]
+    checked = [r for r in ranked if r.has_answer is not None]
     return EvalSummary(
+        answer_found=_rate(sum(1 for r in checked if r.has_answer), len(checked)),
+        answer_checked=len(checked),
         answered_at_5=_rate(sum(1 for r in ranked if r.answered), len(ranked)),
         refusals=false_abstentions,
         near_out_of_book=len(near),
@@ -172,6 +184,7 @@ def check_gate(summary: EvalSummary, limits: Thresholds) -> Gate:
         ("recall@5", summary.recall_at_5, limits.min_recall5),
         ("abstention recall", summary.abstention_recall, limits.min_abstention_recall),
         ("abstention precision", precision, limits.min_abstention_precision),
+        ("answer found", summary.answer_found, limits.min_answer_found),
     ):
         if value is not None and value < minimum:
             failures.append(f"{name} {value:.3f} < {minimum}")
@@ -189,8 +202,9 @@ def _fmt(value: float | None) -> str:
 def render_table(report: EvalReport) -> str:
     """A Markdown table, one row per question, then the totals and the gate."""
     rows = [
-        "| id | kind | rank | R@1 | R@3 | R@5 | RR | outcome | answered | ok | problem |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| id | kind | rank | R@1 | R@3 | R@5 | RR | outcome | answered | has answer | ok "
+        "| problem |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.questions:
         ranked = r.kind in ("in_book", "follow_up")
@@ -204,16 +218,18 @@ def render_table(report: EvalReport) -> str:
             outcome = "not covered" if r.kind == "selected_text" else r.finish_reason
         problem = r.problem.replace("|", "\\|")
         answered = "" if r.answered is None else ("yes" if r.answered else "NO")
+        has = "" if r.has_answer is None else ("yes" if r.has_answer else "NO")
         kind = f"{r.kind} (near)" if r.near else r.kind
         rows.append(
             f"| {r.id} | {kind} | {r.rank or '-'} | {' | '.join(marks)} | {rr} | {outcome} "
-            f"| {answered} | {'yes' if r.passed else 'NO'} | {problem} |"
+            f"| {answered} | {has} | {'yes' if r.passed else 'NO'} | {problem} |"
         )
     s = report.summary
     passed = sum(r.passed for r in report.questions)
     rows.append(
         f"| **total** ({s.questions}) | | | {_fmt(s.recall_at_1)} | {_fmt(s.recall_at_3)} "
-        f"| {_fmt(s.recall_at_5)} | {_fmt(s.mrr)} | | {_fmt(s.answered_at_5)} | {passed} ok | |"
+        f"| {_fmt(s.recall_at_5)} | {_fmt(s.mrr)} | | {_fmt(s.answered_at_5)} "
+        f"| {_fmt(s.answer_found)} | {passed} ok | |"
     )
     lines = [
         "\n".join(rows),
@@ -222,6 +238,8 @@ def render_table(report: EvalReport) -> str:
         f"out-of-book {s.out_of_book}, selected-text {s.selected_text}",
         f"answered@5 {_fmt(s.answered_at_5)} (what the reader got: answered and citing an "
         f"expected page)  refusals of answerable questions {s.refusals}",
+        f"answer found {_fmt(s.answer_found)} (of {s.answer_checked} questions with "
+        f"`answer_has` phrases: answered@5 and the answer contains one)",
         f"out-of-book refused {_fmt(s.abstention_recall)}: near the book's topics "
         f"{_fmt(s.near_abstention)} ({s.near_out_of_book}), far {_fmt(s.far_abstention)}",
         f"retrieval diagnostics: recall@1 {_fmt(s.recall_at_1)}  recall@3 {_fmt(s.recall_at_3)}  "

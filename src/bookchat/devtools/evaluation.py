@@ -23,6 +23,9 @@ out-of-book, `history` → follow-up (the earlier questions are asked first and 
 answers become the conversation), else in-book. `expected` lists acceptable doc_paths
 (relative, no extension); a hit matches when its doc_path equals one or lies inside it
 (`"01-sensors"` matches the whole folder). The corpus format
+An in-book or follow-up question may carry `"answer_has": ["d = c · t / 2", ...]`:
+verbatim phrases of the sentence(s) on its expected pages that answer it (compared
+case-insensitively, ignoring emphasis, citation marks and spacing). The corpus format
 `{"test_queries": [{"id", "query", "expected_chapter": N}]}` is accepted too: N means
 the docs folder whose name starts with `0N-`.
 
@@ -32,6 +35,11 @@ Metrics (the retrieval uses the pipeline's default top_k = 5):
   reader (`done.citations`). A refusal of an answerable question is a miss, listed per
   question; so is an answer that cites only other pages. This is what a reader gets, which
   retrieval recall cannot see (recall counts hits even when the answer refused);
+- answer found: of the answerable questions annotated with `answer_has` (phrases of the
+  book's answering sentences), the share answered@5 whose answer contains one of them.
+  answered@5 cannot tell an answer that quotes the right page's specification table from
+  one that quotes the sentence that answers; this can (`--min-answer-found`, default 0:
+  reported, not gated);
 - out-of-book abstention, reported separately for questions marked `"near": true` (out of
   the book but near its topics) and for the others;
 - recall@1/3/5 and MRR@5 (retrieval diagnostics) over in-book and follow-up questions: a
@@ -44,13 +52,14 @@ Metrics (the retrieval uses the pipeline's default top_k = 5):
 - citation validity: every URL cited by an answer must be the `url` of a chunk written
   to the store during ingestion, or of a heading recorded in its `sections`.
 
-`--json` prints one object: `summary` (answered_at_5, refusals, questions, in_book,
+`--json` prints one object: `summary` (answered_at_5, refusals, answer_found,
+answer_checked, questions, in_book,
 follow_up, out_of_book, near_out_of_book, near_abstention, far_abstention, selected_text,
 recall_at_1, recall_at_3, recall_at_5, mrr, abstention_precision,
 abstention_recall, false_abstentions, contamination, selection_behaviour_correct,
 citations_checked, invalid_citations, chunks_ingested, retrieval, generator, seconds),
 `gate` (passed, failures, min_answered5, min_recall5, min_abstention_recall,
-min_abstention_precision) and `questions` (one object per question, see
+min_abstention_precision, min_answer_found) and `questions` (one object per question, see
 `QuestionResult`). Gates: answered@5 ≥ --min-answered5 (0.9), recall@5 ≥ --min-recall5
 (0.9), abstention recall ≥ --min-abstention-recall (1.0), abstention
 precision ≥ --min-abstention-precision (0.5: an index without text abstains on
@@ -63,7 +72,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import html
 import inspect
+import re
 import sys
 import tempfile
 import time
@@ -131,6 +142,9 @@ class EvalQuestion(msgspec.Struct, kw_only=True, frozen=True):
     source_doc_path: str | None = None
     source_section: str | None = None
     expect: Expect = "answer"
+    # Phrases of the book's answering sentence(s); an answer that contains one (see
+    # `contains_answer`) says what the question asked, not only something from its page.
+    answer_has: list[str] = msgspec.field(default_factory=list)
 
     @property
     def kind(self) -> Kind:
@@ -190,6 +204,20 @@ def load_questions(path: Path, docs_root: Path) -> list[EvalQuestion]:
     if len({q.id for q in questions}) != len(questions):
         raise EvalError(f"{path}: question ids must be unique")
     return questions
+
+
+_MARKUP_RE = re.compile(r"\*\*|__|[*`]|\s*\[\d+\]")
+
+
+def _plain(text: str) -> str:
+    """Lowercase text without Markdown emphasis, citation marks or repeated spaces."""
+    return " ".join(_MARKUP_RE.sub("", html.unescape(text)).lower().split())
+
+
+def contains_answer(answer: str, phrases: Sequence[str]) -> bool:
+    """True when `answer` contains one of `phrases` (case, spacing, emphasis ignored)."""
+    text = _plain(answer)
+    return any(_plain(p) in text for p in phrases if p.strip())
 
 
 def matches(doc_path: str, expected: Sequence[str]) -> bool:
@@ -292,6 +320,11 @@ async def _run_question(
     )
     answerable = q.kind in ("in_book", "follow_up")
     answered = bool(cites_expected) if answerable else None
+    has_answer = (
+        bool(answered) and contains_answer(done.text, q.answer_has)
+        if answerable and q.answer_has
+        else None
+    )
 
     problem = ""
     if q.kind in ("in_book", "follow_up"):
@@ -313,7 +346,7 @@ async def _run_question(
         problem = f"cited URLs not in the ingested book: {invalid}"
     return QuestionResult(
         id=q.id, kind=q.kind, question=q.question, near=q.near, expected=list(q.expected),
-        top_doc_paths=top, answered=answered,
+        top_doc_paths=top, answered=answered, has_answer=has_answer,
         rank=rank, abstained=abstained, grounded=done.grounded, finish_reason=done.finish_reason,
         cited_urls=cited, cites_expected=cites_expected, invalid_urls=invalid,
         contaminated=contaminated, passed=not problem, problem=problem, answer=done.text,
@@ -381,6 +414,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--min-recall5", defaults.min_recall5),
         ("--min-abstention-recall", defaults.min_abstention_recall),
         ("--min-abstention-precision", defaults.min_abstention_precision),
+        ("--min-answer-found", defaults.min_answer_found),
     ):
         parser.add_argument(flag, type=float, default=default, help=f"gate (default {default})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -452,6 +486,7 @@ def _run(args: argparse.Namespace, settings: Settings, questions: list[EvalQuest
                     min_recall5=args.min_recall5,
                     min_abstention_recall=args.min_abstention_recall,
                     min_abstention_precision=args.min_abstention_precision,
+                    min_answer_found=args.min_answer_found,
                 ),
             )
         finally:
