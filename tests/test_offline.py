@@ -317,3 +317,39 @@ def test_a_list_item_quoted_alone_ends_as_a_sentence() -> None:
     )
     text = OfflineGenerator().compose("When does the robot add a node with its pose?", [block])
     assert "holding its pose and scan [1]." in text and ";" not in text.split("\n\n", 1)[1]
+
+
+def _lidar(*headings: str) -> list[ContextBlock]:
+    """Sections of the sample book's lidar page, in the given (search) order."""
+    blocks = []
+    for n, heading in enumerate(headings, start=1):
+        block = _sample_section("01-sensors/01-lidar.md", heading)
+        blocks.append(msgspec.structs.replace(block, n=n, title="Lidar Range Sensing"))
+    return blocks
+
+
+def test_a_negated_question_asks_for_the_limitations() -> None:
+    # "Why can't it see…?" asks what a lidar cannot do: its limitations section answers,
+    # though a question that does not ask about limits is not answered from it.
+    context = _lidar("## Scan geometry and specifications", "## Limitations of lidar")
+    answer = OfflineGenerator().compose(
+        "why can't my lidar see the glass door of the office?", context
+    )
+    assert "Transparent surfaces let the beam pass" in answer
+
+
+def test_a_how_question_gets_the_principle_of_the_page_it_quotes() -> None:
+    # No word of the question is in the time-of-flight sentence ("far away" vs
+    # "distance"), but the answer quotes the lidar page, whose principle section says how.
+    context = _lidar(
+        "## Scan geometry and specifications",
+        "## Limitations of lidar",
+        "## Time-of-flight principle",
+    )
+    question = "How does a laser scanner tell how far away an obstacle is?"
+    answer = OfflineGenerator().compose(question, context)
+    assert "measures the time t until the reflection returns [3]" in answer
+    # Only from the page the answer quotes: another page's principle is not dragged in.
+    other_page = [msgspec.structs.replace(b, title="Sonar") for b in context[2:]]
+    answer = OfflineGenerator().compose(question, [*context[:2], *other_page])
+    assert "until the reflection returns" not in answer

@@ -91,9 +91,12 @@ _CAVEAT_SECTION_RE = re.compile(
     r"failure modes?|caveats?)\b",
     re.I,
 )
+# A negated question ("why can't my lidar see the glass door?") asks what a thing cannot
+# do, which its limitations section says.
 _CAVEAT_QUESTION_RE = re.compile(
     r"\b(limit\w*|drawback\w*|disadvantage\w*|pitfall\w*|trade-?offs?|weak\w*|fail\w*|"
-    r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*)\b",
+    r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*"
+    r"|can't|cannot|can’t|doesn't|doesn’t|won't|won’t|isn't|isn’t|never)\b",
     re.I,
 )
 _END_PUNCT = (".", "!", "?", ":", "…")
@@ -472,18 +475,32 @@ class OfflineGenerator:
                 words += nxt.words
                 pos += 1
         if _MECHANISM_Q_RE.match(question):
-            self._add_mechanism(chosen, scored, used)
+            self._add_mechanism(chosen, scored, pool, used)
         chosen.sort(key=lambda c: (c.rank, c.segment.position))
         return chosen
 
     def _add_mechanism(
-        self, chosen: list[_Candidate], scored: list[_Candidate], used: set[tuple[int, int]]
+        self,
+        chosen: list[_Candidate],
+        scored: list[_Candidate],
+        pool: Sequence[_Candidate],
+        used: set[tuple[int, int]],
     ) -> None:
         """A "how does X work?" answer includes the sentence of the section that explains
-        the principle ("Time-of-flight principle"), when the search retrieved one."""
-        if any(_MECHANISM_SECTION_RE.search(c.heading) for c in chosen):
+        the principle ("Time-of-flight principle"), when the search retrieved one.
+
+        Sentences that share a word with the question come first; then the answer's own
+        page: a reader who asks "how does a laser scanner figure out how far away a wall
+        is?" shares no word with "the distance is d = c · t / 2", but the page the answer
+        quotes explains it in its principle section.
+        """
+        if not chosen or any(_MECHANISM_SECTION_RE.search(c.heading) for c in chosen):
             return
-        for cand in scored:  # best first; every one shares a word with the question
+        page = chosen[0].block.title
+        same_page = [
+            c for c in pool if c.score <= 0 and c.block.title == page and c.segment.kind == "prose"
+        ]
+        for cand in [*scored, *same_page]:  # best first
             if (
                 _MECHANISM_SECTION_RE.search(cand.heading)
                 and _MECHANISM_S_RE.search(cand.segment.text)
