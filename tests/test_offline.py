@@ -332,10 +332,12 @@ def test_a_negated_question_asks_for_the_limitations() -> None:
     # "Why can't it see…?" asks what a lidar cannot do: its limitations section answers,
     # though a question that does not ask about limits is not answered from it.
     context = _lidar("## Scan geometry and specifications", "## Limitations of lidar")
-    answer = OfflineGenerator().compose(
-        "why can't my lidar see the glass door of the office?", context
-    )
-    assert "Transparent surfaces let the beam pass" in answer
+    for question in (
+        "why can't my lidar see the glass door of the office?",
+        "why cant my lidar see the glass door of the office",
+    ):
+        answer = OfflineGenerator().compose(question, context)
+        assert "Transparent surfaces let the beam pass" in answer, question
 
 
 def test_a_how_question_gets_the_principle_of_the_page_it_quotes() -> None:

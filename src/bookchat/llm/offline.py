@@ -92,11 +92,11 @@ _CAVEAT_SECTION_RE = re.compile(
     re.I,
 )
 # A negated question ("why can't my lidar see the glass door?") asks what a thing cannot
-# do, which its limitations section says.
+# do, which its limitations section says. Readers often drop the apostrophe ("cant").
 _CAVEAT_QUESTION_RE = re.compile(
     r"\b(limit\w*|drawback\w*|disadvantage\w*|pitfall\w*|trade-?offs?|weak\w*|fail\w*|"
     r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*"
-    r"|can't|cannot|can’t|doesn't|doesn’t|won't|won’t|isn't|isn’t|never)\b",
+    r"|can't|cannot|can’t|cant|doesn't|doesn’t|doesnt|don't|don’t|dont|won't|won’t|isn't|isn’t|isnt|never)\b",
     re.I,
 )
 _END_PUNCT = (".", "!", "?", ":", "…")
