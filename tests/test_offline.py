@@ -355,3 +355,18 @@ def test_a_how_question_gets_the_principle_of_the_page_it_quotes() -> None:
     other_page = [msgspec.structs.replace(b, title="Sonar") for b in context[2:]]
     answer = OfflineGenerator().compose(question, [*context[:2], *other_page])
     assert "until the reflection returns" not in answer
+
+
+def test_the_books_overview_of_its_chapters_does_not_answer_for_them() -> None:
+    # "What the book covers" names every chapter's topics ("topics, services and …"):
+    # it matches many questions and answers none; the chapter's own section does.
+    overview = _sample_section("index.md", "## What the book covers")
+    services = _sample_section("04-software/01-middleware.md", "## Services and actions")
+    context = [
+        msgspec.structs.replace(overview, n=1, title="Foundations of Mobile Robotics"),
+        msgspec.structs.replace(services, n=2, title="Robot Middleware"),
+    ]
+    question = "Is a topic or a service the right way to send my arm back to its home pose?"
+    answer = OfflineGenerator().compose(question, context)
+    assert "arm motions are usually actions [2]" in answer
+    assert "[1]" not in answer

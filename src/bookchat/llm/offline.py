@@ -79,10 +79,12 @@ _REASON_S_RE = re.compile(r"\b(because|since|so that|therefore|which is why|due 
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
-# Sections that restate or quiz the content rather than explain it.
+# Sections that restate or quiz the content rather than explain it, or that only name
+# the chapters' topics ("What the book covers": it matches many questions, answers none).
 _SIDE_SECTION_RE = re.compile(
     r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
-    r"references|further reading|prerequisites|key takeaways|scenario)\b",
+    r"references|further reading|prerequisites|key takeaways|scenario|"
+    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b",
     re.I,
 )
 # Caveat sections answer "what are its limits?", not "what is it?" or "how does it work?".
