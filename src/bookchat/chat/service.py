@@ -57,6 +57,7 @@ from bookchat.chat.schemas import (
     Usage,
 )
 from bookchat.db import ownership
+from bookchat.db.config import defer_sqlite_writes
 from bookchat.db.models import ChatSession, Message, User, utcnow
 from bookchat.db.services import (
     ChatSessionService,
@@ -369,6 +370,8 @@ class ChatService:
         # Core statements on the session's connection: the ORM session's execute path
         # (compile state, bind lookup, events) adds nothing to a table-level statement.
         connection = await db.connection()
+        # SQLite: the inserts go to aiosqlite's thread with the commit, one trip.
+        defer_sqlite_writes(connection)
         if chat is None:
             user_id = identity.user.id if identity.user is not None else None
             if user_id is None:
@@ -622,6 +625,7 @@ class ChatService:
         async with self._writing(), self.session_maker() as session:
             # Table-level statements on the session's connection (see `_save_question`).
             connection = await session.connection()
+            defer_sqlite_writes(connection)  # SQLite: both updates and the commit, one trip
             await connection.execute(
                 COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}
             )

@@ -17,7 +17,7 @@ from advanced_alchemy.extensions.litestar import (
 from litestar.types import Message, Scope
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bookchat.db.models import UUIDv7Base
 from bookchat.settings import Settings
@@ -84,14 +84,67 @@ class InlineCursorConnection(aiosqlite.Connection):
     user awaits every call (`check_same_thread=False`, as SQLAlchemy sets for files).
     """
 
+    # The current transaction's writes held back for its commit (`defer_writes`), or None.
+    deferred: list[tuple[str, Any, bool]] | None = None
+
     async def cursor(self) -> aiosqlite.Cursor:  # type: ignore[override]
         return InlineCloseCursor(self, self._conn.cursor())
 
+    def defer_writes(self) -> None:
+        """Hold this transaction's INSERTs, UPDATEs and DELETEs until its commit, which
+        sends them and the commit to the thread in one trip instead of two (the first
+        write, which takes SQLite's write lock, and the commit). For a transaction of
+        writes only whose statements' results (row counts) nobody reads: a failing
+        statement raises from the commit, and the transaction is rolled back. A read
+        while writes are held sends them first, so it sees them, and ends the holding
+        (later writes run as usual); so do the commit, a rollback and closing."""
+        if self.deferred is None:
+            self.deferred = []
+
+    async def flush_deferred(self) -> None:
+        """Send the held writes now (in the open transaction, uncommitted)."""
+        writes, self.deferred = self.deferred, None
+        if writes:
+            await self._execute(_run_writes, self._conn, writes, commit=False)
+
+    async def commit(self) -> None:
+        writes, self.deferred = self.deferred, None
+        if writes:
+            await self._execute(_run_writes, self._conn, writes, commit=True)
+        else:
+            await super().commit()
+
     async def rollback(self) -> None:
+        self.deferred = None  # held writes were never sent: nothing of them to undo
         # The pool resets every connection it takes back with a rollback, after each
         # commit too: with no transaction open there is nothing to send to the thread.
         if self._conn.in_transaction:
             await super().rollback()
+
+    async def close(self) -> None:
+        self.deferred = None
+        await super().close()
+
+
+def _run_writes(
+    connection: sqlite3.Connection, writes: list[tuple[str, Any, bool]], *, commit: bool
+) -> None:
+    """On aiosqlite's thread: held writes in order, then the commit (see `defer_writes`).
+
+    A failure rolls the transaction back before it raises, as the statement that failed
+    never ran on its own: the caller sees the error from its commit (or flush)."""
+    try:
+        for sql, parameters, many in writes:
+            if many:
+                connection.executemany(sql, parameters)
+            else:
+                connection.execute(sql, parameters)
+        if commit:
+            connection.commit()
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
 
 
 class InlineCloseCursor(aiosqlite.Cursor):
@@ -103,23 +156,45 @@ class InlineCloseCursor(aiosqlite.Cursor):
     UPDATE or DELETE of the same transaction holds the lock already and only changes
     cached pages (a few pages per chat, never a cache spill), so it cannot wait: a trip
     to the thread and back would cost more than the statement. A chat's question then
-    takes 2 trips instead of 4 and its answer 2 instead of 3.
+    takes 2 trips instead of 4 and its answer 2 instead of 3; with its writes held for
+    the commit (`InlineCursorConnection.defer_writes`, as the chat path does), 1 each.
     """
+
+    _conn: InlineCursorConnection
 
     async def close(self) -> None:
         self._cursor.close()
 
     async def execute(self, sql: str, parameters: Any = None) -> aiosqlite.Cursor:
+        if self._conn.deferred is not None and await self._deferred(sql, parameters, False):
+            return self
         if _holds_write_lock(self._cursor, sql):
             self._cursor.execute(sql, () if parameters is None else parameters)
             return self
         return await super().execute(sql, parameters)
 
     async def executemany(self, sql: str, parameters: Any) -> aiosqlite.Cursor:
+        if self._conn.deferred is not None and await self._deferred(sql, parameters, True):
+            return self
         if _holds_write_lock(self._cursor, sql):
             self._cursor.executemany(sql, parameters)
             return self
         return await super().executemany(sql, parameters)
+
+    async def _deferred(self, sql: str, parameters: Any, many: bool) -> bool:
+        """Whether the statement was held for the commit (`defer_writes`); a read sends
+        the held writes first."""
+        connection = self._conn
+        assert connection.deferred is not None
+        if _is_write(sql):
+            if not many:
+                parameters = () if parameters is None else parameters
+            elif not isinstance(parameters, list | tuple):
+                parameters = list(parameters)  # an iterator would be read after the call
+            connection.deferred.append((sql, parameters, many))
+            return True
+        await connection.flush_deferred()
+        return False
 
 
 _WRITES = ("INSERT", "UPDATE", "DELETE")
@@ -131,7 +206,20 @@ def _holds_write_lock(cursor: sqlite3.Cursor, sql: str) -> bool:
     sqlite3 (legacy transaction control, as SQLAlchemy drives it) opens a transaction
     only right before a write, so an open transaction holds the write lock.
     """
-    return cursor.connection.in_transaction and sql.lstrip()[:6].upper() in _WRITES
+    return cursor.connection.in_transaction and _is_write(sql)
+
+
+def _is_write(sql: str) -> bool:
+    return sql.lstrip()[:6].upper() in _WRITES
+
+
+def defer_sqlite_writes(connection: AsyncConnection) -> None:
+    """Hold the writes of `connection`'s transaction for its commit, on SQLite (see
+    `InlineCursorConnection.defer_writes`); nothing on other databases."""
+    sync = connection.sync_connection
+    driver = sync.connection.driver_connection if sync is not None else None
+    if isinstance(driver, InlineCursorConnection):
+        driver.defer_writes()
 
 
 def connect_sqlite(database: str, **kwargs: Any) -> InlineCursorConnection:
