@@ -26,6 +26,7 @@ import msgspec
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -367,35 +368,14 @@ class ChatService:
         statements themselves, on every chat's critical path.
         """
         token = None
-        # Core statements on the session's connection: the ORM session's execute path
-        # (compile state, bind lookup, events) adds nothing to a table-level statement.
-        connection = await db.connection()
-        # SQLite: the inserts go to aiosqlite's thread with the commit, one trip.
-        defer_sqlite_writes(connection)
         if chat is None:
             user_id = identity.user.id if identity.user is not None else None
             if user_id is None:
                 token = new_token()
                 user_id = uuid7()
-                await connection.execute(
-                    INSERT_USER, {"id": user_id, "token_hash": hash_token(token), "tier": "token"}
-                )
             session_id = uuid7()
-            await connection.execute(
-                INSERT_SESSION,
-                {
-                    "id": session_id,
-                    "user_id": user_id,
-                    "title": session_title(data.message),
-                    # Created tokenless: may be continued tokenless from this client IP.
-                    "client_binding": identity.client_binding if identity.user is None else None,
-                },
-            )
         else:
             session_id = chat.id
-            await connection.execute(
-                TOUCH_SESSION, {"touched_session_id": session_id, "touched_at": utcnow()}
-            )
         asked_at = utcnow()
         answer_id = uuid7()
         question = {
@@ -424,9 +404,26 @@ class ChatService:
             # After its question in the history's (created_at, id) order.
             "created_at": asked_at + timedelta(microseconds=1),
         }
-        await connection.execute(INSERT_MESSAGES, [question, answer])
+        statements: list[tuple[Any, Any]] = []
+        if token is not None:
+            user = {"id": user_id, "token_hash": hash_token(token), "tier": "token"}
+            statements.append((INSERT_USER, user))
+        if chat is None:
+            new_session = {
+                "id": session_id,
+                "user_id": user_id,
+                "title": session_title(data.message),
+                # Created tokenless: may be continued tokenless from this client IP.
+                "client_binding": identity.client_binding if identity.user is None else None,
+            }
+            statements.append((INSERT_SESSION, new_session))
+        else:
+            statements.append(
+                (TOUCH_SESSION, {"touched_session_id": session_id, "touched_at": asked_at})
+            )
+        statements.append((INSERT_MESSAGES, [question, answer]))
         # Commit now: the stream runs after the request's session is closed.
-        await db.commit()
+        await db.run_sync(_write_and_commit, statements)
         return token, session_id, answer_id
 
     async def run(self, turn: ChatTurn) -> AsyncGenerator[Event, None]:
@@ -622,14 +619,25 @@ class ChatService:
         return None
 
     async def _write_answer(self, turn: ChatTurn, values: dict[str, Any]) -> None:
+        statements = [
+            (COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}),
+            (TOUCH_SESSION, {"touched_session_id": turn.session_id, "touched_at": utcnow()}),
+        ]
         async with self._writing(), self.session_maker() as session:
-            # Table-level statements on the session's connection (see `_save_question`).
-            connection = await session.connection()
-            defer_sqlite_writes(connection)  # SQLite: both updates and the commit, one trip
-            await connection.execute(
-                COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}
-            )
-            await connection.execute(
-                TOUCH_SESSION, {"touched_session_id": turn.session_id, "touched_at": utcnow()}
-            )
-            await session.commit()
+            await session.run_sync(_write_and_commit, statements)
+
+
+def _write_and_commit(session: Session, statements: list[tuple[Any, Any]]) -> None:
+    """Core statements on the session's connection, then the commit, in one greenlet.
+
+    SQLAlchemy Core rather than ORM objects: the unit of work's flush cost more CPU than
+    the statements themselves, on every chat's critical path. One `run_sync` rather than
+    an awaited call per statement: each of those is a greenlet of SQLAlchemy's async
+    adaptation, made and switched into and out of. On SQLite the writes are held for the
+    commit and go to aiosqlite's thread with it, in one trip (`defer_sqlite_writes`).
+    """
+    connection = session.connection()
+    defer_sqlite_writes(connection)
+    for statement, parameters in statements:
+        connection.execute(statement, parameters)
+    session.commit()

@@ -16,7 +16,7 @@ from advanced_alchemy.extensions.litestar import (
 )
 from litestar.types import Message, Scope
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bookchat.db.models import UUIDv7Base
@@ -213,10 +213,10 @@ def _is_write(sql: str) -> bool:
     return sql.lstrip()[:6].upper() in _WRITES
 
 
-def defer_sqlite_writes(connection: AsyncConnection) -> None:
+def defer_sqlite_writes(connection: Connection | AsyncConnection) -> None:
     """Hold the writes of `connection`'s transaction for its commit, on SQLite (see
     `InlineCursorConnection.defer_writes`); nothing on other databases."""
-    sync = connection.sync_connection
+    sync = connection.sync_connection if isinstance(connection, AsyncConnection) else connection
     driver = sync.connection.driver_connection if sync is not None else None
     if isinstance(driver, InlineCursorConnection):
         driver.defer_writes()
