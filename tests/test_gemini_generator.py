@@ -11,7 +11,13 @@ from bookchat.devtools.fake_gemini import (
     FakeGemini,
     PromptBlocked,
 )
-from bookchat.llm.gemini import GeminiGenerator, env_proxy, retry_delay_hint
+from bookchat.llm.gemini import (
+    GeminiGenerator,
+    _decode_chunk,
+    _piece_of,
+    env_proxy,
+    retry_delay_hint,
+)
 
 from .generator_helpers import REQUEST, collect, text_of
 
@@ -102,3 +108,17 @@ def test_the_environment_proxy_is_used_unless_no_proxy_names_the_host(
     assert env_proxy(api) == "http://proxy.internal:3128"
     monkeypatch.setenv("NO_PROXY", "googleapis.com")
     assert env_proxy(api) is None
+
+
+def test_chunk_text_leaves_out_thought_summaries() -> None:
+    """One part (the usual chunk) or several: the answer's text, without thoughts."""
+
+    def text(parts: str) -> str:
+        chunk = _decode_chunk(b'{"candidates": [{"content": {"parts": %s}}]}' % parts.encode())
+        return _piece_of(chunk).text
+
+    assert text('[{"text": "Lidar"}]') == "Lidar"
+    assert text('[{"text": "plan", "thought": true}]') == ""
+    assert text("[{}]") == ""
+    assert text("[]") == ""
+    assert text('[{"text": "a", "thought": true}, {"text": "b"}, {"text": "c"}]') == "bc"

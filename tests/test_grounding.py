@@ -125,6 +125,17 @@ def test_citation_mapper_handles_lists_adjacent_markers_and_ranges() -> None:
     assert [c.n for c in mapper.cited()] == [3, 1, 2, 4, 5]
 
 
+def test_citation_mapper_streamed_word_by_word_keeps_code_spans_apart() -> None:
+    """A backtick in a token with no `[` still opens or closes a code span (tokens without
+    either pass through untouched), and a held-back `[` waits for the next token."""
+    mapper = CitationMapper(_citations(3))
+    words = ["Call ", "`", "f[9]", "`", " then ", "see ", "[", "2", "] ", "and ", "[8]", "."]
+    words += ["\n```", "\nx[7]", "\n```", "\ndone [1]"]
+    out = "".join(mapper.feed(w) for w in words) + mapper.flush()
+    assert out == "Call `f[9]` then see [2] and .\n```\nx[7]\n```\ndone [1]"
+    assert [c.n for c in mapper.cited()] == [2, 1]
+
+
 def test_uncited_answer_lists_all_retrieved_citations() -> None:
     mapper = CitationMapper(_citations(3))
     mapper.feed("No markers at all.")

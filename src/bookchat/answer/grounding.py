@@ -372,8 +372,12 @@ class CitationMapper:
 
     def feed(self, delta: str) -> str:
         """Scan the next piece of answer text; return what may be shown to the reader."""
-        buffer = self._pending + delta
-        partial = _PARTIAL_RE.search(buffer) if "[" in buffer else None
+        buffer = self._pending + delta if self._pending else delta
+        if "[" not in buffer:
+            self._pending = ""
+            # No marker can start here: without a backtick either, nothing to rewrite.
+            return buffer if "`" not in buffer else self._rewrite(buffer)
+        partial = _PARTIAL_RE.search(buffer)
         if partial is not None and len(buffer) - partial.start() <= _MAX_HOLD:
             self._pending = buffer[partial.start() :]
             buffer = buffer[: partial.start()]

@@ -164,13 +164,15 @@ class PreparedAnswer:
             return
 
         mapper = CitationMapper(self.citations)
+        feed, parts = mapper.feed, self._parts  # `_emit` inlined: this runs per token
         finished: GenerationFinished | None = None
         async with aclosing(self._generator.stream(self.request)) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, TokenDelta):
-                    shown = mapper.feed(event.text)
+                    shown = feed(event.text)
                     if shown:
-                        yield self._emit(shown)
+                        parts.append(shown)
+                        yield AnswerToken(text=shown)
                 elif isinstance(event, GenerationFinished):
                     finished = event
         tail = mapper.flush()

@@ -113,13 +113,17 @@ class _Stream:
         return self.first_id + len(self.events) - 1
 
     def append(self, event: bytes, max_events: int) -> None:
-        self.events.append(event)
-        if len(self.events) > max_events:
+        events = self.events
+        events.append(event)
+        if len(events) > max_events:
             # Drop a quarter at a time: amortised O(1) per event, bounded memory.
-            drop = len(self.events) - max_events + max_events // 4
-            del self.events[:drop]
+            drop = len(events) - max_events + max_events // 4
+            del events[:drop]
             self.first_id += drop
-        self.wake()
+        for follower in self.followers:  # `wake()`, inlined: this runs per token
+            waiter = follower.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def wake(self, value: bytes | None = None) -> None:
         for follower in self.followers:
@@ -379,8 +383,12 @@ class StreamJournal:
                             mirror.publish(message_id, next_id, None)
                     if terminal:
                         continue
-                    if stream.followers and next_id - stream.slowest() > bound:
-                        await self._wait_for_room(message_id, stream)
+                    followers = stream.followers
+                    if followers:
+                        # `stream.slowest()`, inlined for the usual one follower (per token).
+                        slowest = followers[0].position if len(followers) == 1 else stream.slowest()
+                        if next_id - slowest > bound:
+                            await self._wait_for_room(message_id, stream)
                     if this_task is not None and this_task.cancelling():
                         # Stopped (abandoned, no grace): the provider's chunks that are
                         # already read ahead would go on without a suspension point.

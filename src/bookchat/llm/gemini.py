@@ -454,7 +454,12 @@ def _model_path(model: str) -> str:
 
 
 def _text_of(candidate: _Candidate) -> str:
-    if candidate.content is None or not candidate.content.parts:
+    content = candidate.content
+    if content is None or not content.parts:
         return ""
+    parts = content.parts
+    if len(parts) == 1:  # what a streamed chunk nearly always holds: no generator per chunk
+        part = parts[0]
+        return part.text if part.text and not part.thought else ""
     # Thought summaries are not part of the answer.
-    return "".join(p.text for p in candidate.content.parts if p.text and not p.thought)
+    return "".join(p.text for p in parts if p.text and not p.thought)
