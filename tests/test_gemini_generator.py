@@ -10,6 +10,7 @@ from bookchat.devtools.fake_gemini import (
     Blocked,
     FakeGemini,
     PromptBlocked,
+    ServerError,
 )
 from bookchat.llm.gemini import (
     GeminiGenerator,
@@ -18,6 +19,7 @@ from bookchat.llm.gemini import (
     env_proxy,
     retry_delay_hint,
 )
+from bookchat.llm.health import LLMHealth, TrackedGenerator
 
 from .generator_helpers import REQUEST, collect, text_of
 
@@ -122,3 +124,45 @@ def test_chunk_text_leaves_out_thought_summaries() -> None:
     assert text("[{}]") == ""
     assert text("[]") == ""
     assert text('[{"text": "a", "thought": true}, {"text": "b"}, {"text": "c"}]') == "bc"
+
+
+class _Plain:
+    """A generator that does not report health itself: TrackedGenerator wraps its stream."""
+
+    def __init__(self, inner: GeminiGenerator) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def stream(self, request):  # type: ignore[no-untyped-def]
+        return self.inner.stream(request)
+
+
+@pytest.mark.parametrize(
+    ("script", "state", "error"),
+    [
+        (None, "ok", None),
+        (Blocked(after_tokens=2), "ok", None),  # safety filters are not an outage
+        (PromptBlocked(), "ok", None),
+        (ServerError(status=400, message="API key not valid"), "failing", "generation_failed: "),
+    ],
+)
+async def test_the_generator_reports_health_as_the_tracking_wrapper_does(
+    fake_gemini: FakeGemini,
+    genai_client: genai.Client,
+    script: object,
+    state: str,
+    error: str | None,
+) -> None:
+    """`TrackedGenerator` hands its LLMHealth to the Gemini generator (no wrapper per
+    event): the same events, errors and health as around a generator it must wrap."""
+    outcomes = []
+    for wrap in (lambda g: g, _Plain):
+        if script is not None:
+            fake_gemini.script_generate(script)  # type: ignore[arg-type]
+        health = LLMHealth()
+        tracked = TrackedGenerator(wrap(make_generator(genai_client)), health)
+        events, failure = await collect(tracked)
+        assert health.state == state
+        assert (health.error or "").startswith(error or "") and bool(health.error) == bool(error)
+        outcomes.append((events, failure.code if failure else None, health.error))
+    assert outcomes[0] == outcomes[1]

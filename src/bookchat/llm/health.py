@@ -54,7 +54,14 @@ class TrackedGenerator:
     def __getattr__(self, attribute: str) -> Any:  # anything else the inner one has
         return getattr(self.inner, attribute)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        if getattr(self.inner, "reports_health", False):
+            # It reports the same outcomes itself (`StreamingGenerator`): no async
+            # generator of ours around its stream, whose every event would pass through it.
+            return self.inner.stream(request, health=self.health)  # type: ignore[call-arg]
+        return self._tracked(request)
+
+    async def _tracked(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         reported = False
         try:
             async for event in self.inner.stream(request):
@@ -62,15 +69,20 @@ class TrackedGenerator:
                     self.health.succeeded()
                     reported = True
                 yield event
-        except GenerationError as exc:
-            if exc.code in _NOT_AN_OUTAGE:
-                self.health.succeeded()
-            else:
-                self.health.failed(f"{exc.code}: {exc.message}")
-            raise
         except Exception as exc:  # cancellation (BaseException) is not the model's fault
-            self.health.failed(type(exc).__name__)
+            stream_failed(self.health, exc)
             raise
+
+
+def stream_failed(health: LLMHealth, exc: Exception) -> None:
+    """Record a generator's stream that raised `exc` (a cancellation is not recorded)."""
+    if isinstance(exc, GenerationError):
+        if exc.code in _NOT_AN_OUTAGE:
+            health.succeeded()
+        else:
+            health.failed(f"{exc.code}: {exc.message}")
+    else:
+        health.failed(type(exc).__name__)
 
 
 class TrackedEmbedder:

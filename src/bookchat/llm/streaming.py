@@ -29,6 +29,7 @@ from bookchat.llm.base import (
     GenerationRequest,
     TokenDelta,
 )
+from bookchat.llm.health import LLMHealth, stream_failed
 
 logger = logging.getLogger(__name__)
 
@@ -171,62 +172,83 @@ class StreamingGenerator:
         self._backoff_base = backoff_base
         self._max_backoff = max_backoff
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Yield `TokenDelta`s then one `GenerationFinished`, or raise `GenerationError`."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        total_deadline = started + self._total_timeout
-        first_deadline = min(started + self._first_token_timeout, total_deadline)
-        stream, piece = await self._open(request, first_deadline)
-        # The relay loop is inlined here: one async generator fewer for every chunk.
-        finish: str | None = None
-        blocked = False
-        prompt_tokens = completion_tokens = 0
+    # `TrackedGenerator` passes its `LLMHealth` to `stream` rather than wrapping it.
+    reports_health = True
+
+    async def stream(
+        self, request: GenerationRequest, health: LLMHealth | None = None
+    ) -> AsyncIterator[GenerationEvent]:
+        """Yield `TokenDelta`s then one `GenerationFinished`, or raise `GenerationError`.
+
+        `health` is told what `TrackedGenerator` would tell it (the first event: the model
+        answered; an exception: `stream_failed`) without an async generator around this
+        one, which every token would pass through.
+        """
+        reported = False
         try:
-            while True:
-                if piece.prompt_blocked:
-                    raise GenerationError(
-                        "generation_blocked",
-                        "The question was blocked by the model's safety filters.",
-                    )
-                if piece.prompt_tokens is not None:
-                    prompt_tokens = piece.prompt_tokens
-                if piece.completion_tokens is not None:
-                    completion_tokens = piece.completion_tokens
-                if piece.text:
-                    yield TokenDelta(text=piece.text)
-                if piece.finish_reason is not None:
-                    finish, blocked = piece.finish_reason, piece.finish_blocked
-                try:
-                    piece = await stream.next_piece(total_deadline)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise GenerationError(
-                        "generation_timeout", "The answer took too long.", retryable=True
-                    ) from None
-                except Exception as exc:
-                    raise GenerationError(
-                        "generation_failed",
-                        f"The answer stream broke off ({type(exc).__name__}).",
-                        retryable=True,
-                    ) from exc
-        finally:
-            await close_shielded(stream)
-        if finish is None:
-            raise GenerationError(
-                "generation_failed", "The answer stream ended unexpectedly.", retryable=True
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            total_deadline = started + self._total_timeout
+            first_deadline = min(started + self._first_token_timeout, total_deadline)
+            stream, piece = await self._open(request, first_deadline)
+            # The relay loop is inlined here: one async generator fewer for every chunk.
+            finish: str | None = None
+            blocked = False
+            prompt_tokens = completion_tokens = 0
+            try:
+                while True:
+                    if piece.prompt_blocked:
+                        raise GenerationError(
+                            "generation_blocked",
+                            "The question was blocked by the model's safety filters.",
+                        )
+                    if piece.prompt_tokens is not None:
+                        prompt_tokens = piece.prompt_tokens
+                    if piece.completion_tokens is not None:
+                        completion_tokens = piece.completion_tokens
+                    if piece.text:
+                        if health is not None and not reported:
+                            health.succeeded()  # the first token: the model answered
+                            reported = True
+                        yield TokenDelta(text=piece.text)
+                    if piece.finish_reason is not None:
+                        finish, blocked = piece.finish_reason, piece.finish_blocked
+                    try:
+                        piece = await stream.next_piece(total_deadline)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise GenerationError(
+                            "generation_timeout", "The answer took too long.", retryable=True
+                        ) from None
+                    except Exception as exc:
+                        raise GenerationError(
+                            "generation_failed",
+                            f"The answer stream broke off ({type(exc).__name__}).",
+                            retryable=True,
+                        ) from exc
+            finally:
+                await close_shielded(stream)
+            if finish is None:
+                raise GenerationError(
+                    "generation_failed", "The answer stream ended unexpectedly.", retryable=True
+                )
+            if blocked:
+                raise GenerationError(
+                    "generation_blocked", "The answer was blocked by the model's safety filters."
+                )
+            if health is not None and not reported:
+                health.succeeded()  # no token, yet the model answered
+            yield GenerationFinished(
+                finish_reason=finish,
+                model=stream.model,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
             )
-        if blocked:
-            raise GenerationError(
-                "generation_blocked", "The answer was blocked by the model's safety filters."
-            )
-        yield GenerationFinished(
-            finish_reason=finish,
-            model=stream.model,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
+        except Exception as exc:  # cancellation (BaseException) is not the model's fault
+            if health is not None:
+                stream_failed(health, exc)
+            raise
 
     async def _open(
         self, request: GenerationRequest, deadline: float
