@@ -153,6 +153,23 @@ def test_pin_citations_links_the_section_most_cited_sentences_sit_under(tmp_path
     assert pinned[0].score == base.score and pinned[1] == other  # no payload: unchanged
 
 
+def test_pin_citations_leaves_single_section_sources_without_reading_the_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sources under one section each (most answers): citations unchanged, and the
+    answer's sentences are never split (that work only serves merged chunks)."""
+    chunk = _merged(tmp_path)
+    single = msgspec.structs.replace(chunk, sections=chunk.sections[:1])
+    base = citation_for(1, SearchHit(id="x", score=0.5, payload=single))
+
+    def unused(answer: str) -> dict[int, list[str]]:
+        raise AssertionError("cited_passages ran for single-section sources")
+
+    monkeypatch.setattr("bookchat.answer.grounding.cited_passages", unused)
+    answer = "The second part covers chains [1]. Unrelated [2]."
+    assert pin_citations([base], answer, {1: single}) == [base]
+
+
 async def test_offline_answer_cites_the_merged_later_sections_anchor() -> None:
     chunks = _sample_chunks()
     pipeline = AnswerPipeline(

@@ -306,12 +306,16 @@ _PARTIAL_RE = re.compile(r"\[[\d\s,;–-]*$")
 _MAX_HOLD = 40
 
 
+_LIST_SEP_RE = re.compile(r"\s*[,;]\s*")
+_RANGE_SEP_RE = re.compile(r"\s*[-–]\s*")
+
+
 def _parse_numbers(inner: str) -> list[int]:
     out: list[int] = []
-    for part in re.split(r"\s*[,;]\s*", inner.strip()):
+    for part in _LIST_SEP_RE.split(inner.strip()):
         if not part:
             continue
-        bounds = re.split(r"\s*[-–]\s*", part)
+        bounds = _RANGE_SEP_RE.split(part)
         if len(bounds) == 2 and bounds[0] and bounds[1]:
             lo, hi = int(bounds[0]), int(bounds[1])
             if 0 <= hi - lo <= 20:
@@ -432,12 +436,18 @@ def pin_citations(
     When one source is cited for sentences from several of its sections, the section
     most of them sit under wins (the earliest cited on a tie).
     """
-    passages = cited_passages(answer)
+    passages: dict[int, list[str]] | None = None
     pinned: list[Citation] = []
     for citation in citations:
         payload = payloads.get(citation.n)
+        if payload is None or len(payload.sections) < 2:
+            pinned.append(citation)
+            continue
+        if passages is None:
+            # Only a source that spans sections needs them: most answers cite none.
+            passages = cited_passages(answer)
         used = passages.get(citation.n, [])
-        if payload is None or len(payload.sections) < 2 or not used:
+        if not used:
             pinned.append(citation)
             continue
         votes = Counter(section_for(payload, text) for text in used)
