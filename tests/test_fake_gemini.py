@@ -65,6 +65,8 @@ async def test_request_log_records_model_action_and_body(
     assert record.body["contents"][0]["parts"][0]["text"] == "What is odometry?"
     assert record.body["systemInstruction"]["parts"][0]["text"] == "You are a tutor."
     assert fake_gemini.generate_requests == 1
+    # The fake records the closure after its last chunk left: the client may be first.
+    assert await fake_gemini.until(lambda f: f.stream_closures, within=10)
     assert fake_gemini.stream_closures[0].reason == "completed"
 
 
@@ -132,6 +134,7 @@ async def test_cut_closes_the_socket_mid_body(
             received.append(chunk.text or "")
 
     assert received == ["Odometry ", "integrates "]
+    assert await fake_gemini.until(lambda f: f.stream_closures, within=10)
     assert fake_gemini.stream_closures[0].reason == "cut"
 
 

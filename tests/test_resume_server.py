@@ -151,6 +151,7 @@ async def test_resume_on_the_same_worker_gets_every_later_event_once_and_a_compl
     assert text == ANSWER
     assert stored["id"] == session["message_id"]
     assert stored["status"] == "complete" and stored["content"] == text
+    assert await fake.until(lambda f: f.stream_closures, within=10)
     assert [c.reason for c in fake.stream_closures] == ["completed"]
 
 
@@ -224,6 +225,7 @@ async def test_resume_on_another_worker_through_redis_gets_every_later_event_onc
     assert text_of([e for e in first if e.id <= 3] + resumed) == ANSWER
     # Worker A kept generating for the reader on B (about 4 s, past A's grace period).
     assert stored["status"] == "complete" and stored["content"] == ANSWER
+    assert await fake.until(lambda f: f.stream_closures, within=10)
     assert [c.reason for c in fake.stream_closures] == ["completed"]
 
 

@@ -81,6 +81,7 @@ async def test_stop_closes_the_provider_stream_at_once_and_saves_what_was_writte
         session = events[0].data
         stored = await settled_answer(http, session)
     assert response.status_code == 204 and response.content == b""
+    assert await fake.until(lambda f: f.stream_closures, within=10)
     [closure] = fake.stream_closures
     assert closure.reason == "client_closed"
     assert closure.closed_at - stopped_at < PROMPT  # not the 30 s grace period
@@ -139,6 +140,7 @@ async def test_stop_sent_to_another_worker_reaches_the_one_writing_the_answer_th
         events, stopped_at, response = await read_then_stop(on_a, on_b, tokens=3)
         stored = await settled_answer(on_b, events[0].data)
     assert response.status_code == 204
+    assert await fake.until(lambda f: f.stream_closures, within=10)
     [closure] = fake.stream_closures
     assert closure.reason == "client_closed"
     assert closure.closed_at - stopped_at < PROMPT
