@@ -170,7 +170,7 @@ def test_a_sentence_read_with_the_one_before_never_repeats_it() -> None:
     assert answer.count("Digital twins enable safe development") == 1
 
 
-def _sample_section(page: str, heading: str) -> ContextBlock:
+def _sample_section(page: str, heading: str, *, n: int = 1, title: str = "Lab") -> ContextBlock:
     """A real sample-book section (from `heading` to the next heading of its level)."""
     from bookchat.devtools.evaluation import SAMPLE_DOCS
 
@@ -179,7 +179,7 @@ def _sample_section(page: str, heading: str) -> ContextBlock:
     level = heading.split(" ", 1)[0] + " "
     end = text.find("\n" + level, start + len(heading))
     return ContextBlock(
-        n=1, title="Lab", section=heading.lstrip("# "), text=text[start : end if end > 0 else None]
+        n=n, title=title, section=heading.lstrip("# "), text=text[start : end if end > 0 else None]
     )
 
 
@@ -321,11 +321,10 @@ def test_a_list_item_quoted_alone_ends_as_a_sentence() -> None:
 
 def _lidar(*headings: str) -> list[ContextBlock]:
     """Sections of the sample book's lidar page, in the given (search) order."""
-    blocks = []
-    for n, heading in enumerate(headings, start=1):
-        block = _sample_section("01-sensors/01-lidar.md", heading)
-        blocks.append(msgspec.structs.replace(block, n=n, title="Lidar Range Sensing"))
-    return blocks
+    return [
+        _sample_section("01-sensors/01-lidar.md", heading, n=n, title="Lidar Range Sensing")
+        for n, heading in enumerate(headings, start=1)
+    ]
 
 
 def test_a_negated_question_asks_for_the_limitations() -> None:
@@ -360,11 +359,13 @@ def test_a_how_question_gets_the_principle_of_the_page_it_quotes() -> None:
 def test_the_books_overview_of_its_chapters_does_not_answer_for_them() -> None:
     # "What the book covers" names every chapter's topics ("topics, services and …"):
     # it matches many questions and answers none; the chapter's own section does.
-    overview = _sample_section("index.md", "## What the book covers")
-    services = _sample_section("04-software/01-middleware.md", "## Services and actions")
     context = [
-        msgspec.structs.replace(overview, n=1, title="Foundations of Mobile Robotics"),
-        msgspec.structs.replace(services, n=2, title="Robot Middleware"),
+        _sample_section(
+            "index.md", "## What the book covers", title="Foundations of Mobile Robotics"
+        ),
+        _sample_section(
+            "04-software/01-middleware.md", "## Services and actions", n=2, title="Robot Middleware"
+        ),
     ]
     question = "Is a topic or a service the right way to send my arm back to its home pose?"
     answer = OfflineGenerator().compose(question, context)

@@ -22,10 +22,10 @@ The kind follows from the fields: `selection` → selected-text, `out_of_book` �
 out-of-book, `history` → follow-up (the earlier questions are asked first and their
 answers become the conversation), else in-book. `expected` lists acceptable doc_paths
 (relative, no extension); a hit matches when its doc_path equals one or lies inside it
-(`"01-sensors"` matches the whole folder). The corpus format
-An in-book or follow-up question may carry `"answer_has": ["d = c · t / 2", ...]`:
-verbatim phrases of the sentence(s) on its expected pages that answer it (compared
-case-insensitively, ignoring emphasis, citation marks and spacing). The corpus format
+(`"01-sensors"` matches the whole folder). An in-book or follow-up question may carry
+`"answer_has": ["d = c · t / 2", ...]`: verbatim phrases of the sentence(s) on its
+expected pages that answer it (compared case-insensitively, ignoring emphasis, citation
+marks and spacing). The corpus format
 `{"test_queries": [{"id", "query", "expected_chapter": N}]}` is accepted too: N means
 the docs folder whose name starts with `0N-`.
 

@@ -25,6 +25,7 @@ encoded: selected-text mode uses nothing but its own text.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import re
 from collections import OrderedDict
@@ -98,7 +99,7 @@ _CAVEAT_SECTION_RE = re.compile(
 _CAVEAT_QUESTION_RE = re.compile(
     r"\b(limit\w*|drawback\w*|disadvantage\w*|pitfall\w*|trade-?offs?|weak\w*|fail\w*|"
     r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*"
-    r"|can't|cannot|can’t|cant|doesn't|doesn’t|doesnt|don't|don’t|dont|won't|won’t|isn't|isn’t|isnt|never)\b",
+    r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never)\b",
     re.I,
 )
 _END_PUNCT = (".", "!", "?", ":", "…")
@@ -499,10 +500,10 @@ class OfflineGenerator:
         if not chosen or any(_MECHANISM_SECTION_RE.search(c.heading) for c in chosen):
             return
         page = chosen[0].block.title
-        same_page = [
+        same_page = (
             c for c in pool if c.score <= 0 and c.block.title == page and c.segment.kind == "prose"
-        ]
-        for cand in [*scored, *same_page]:  # best first
+        )
+        for cand in itertools.chain(scored, same_page):  # best first, then the same page
             if (
                 _MECHANISM_SECTION_RE.search(cand.heading)
                 and _MECHANISM_S_RE.search(cand.segment.text)
