@@ -187,6 +187,23 @@ async def _ask(pipeline: AnswerPipeline, question: str, *history: str) -> Answer
     return await _done(pipeline, question, history=turns)
 
 
+async def test_a_name_spelt_with_a_symbol_is_found(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # "What is A*?" was refused: "a" is a stop word and the tokenizers dropped the star.
+    done = await _ask(sample_pipeline, "What is A*?")
+    assert done.grounded and done.finish_reason != NOT_COVERED
+    assert {c.doc_path for c in done.citations} == {"03-navigation/02-planning/01-path-planning"}
+    assert "A* is guaranteed to return an optimal path" in done.text
+    done = await _ask(sample_pipeline, "Is RRT* better than RRT?")
+    assert "RRT* — Complete?: Probabilistically; Optimal?: Asymptotically" in done.text
+
+
+async def test_a_starred_name_the_book_lacks_is_refused() -> None:
+    retriever = Retriever(FakeBM25Store(SAMPLE_CHUNKS), None)
+    result = await retriever.search("What is A*?")
+    assert not result.relevant
+    assert result.evidence.missing_words == ["astar"]
+
+
 async def test_follow_up_on_a_techniques_drawbacks_stays_on_its_page(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     done = await _ask(sample_pipeline, "What are its main drawbacks?", "How does a lidar work?")
     assert done.grounded

@@ -79,3 +79,18 @@ def test_segments_keep_code_whole_and_split_lists_tables_headings() -> None:
 def test_strip_markdown_removes_syntax_but_keeps_words() -> None:
     raw = "**Bold** _it_ `code` [link](http://x) ![img](a.png) <Tabs>kept</Tabs> ~~old~~"
     assert strip_markdown(raw) == "Bold it code link kept old"
+
+
+def test_names_spelt_with_symbols_are_one_word_each() -> None:
+    from bookchat.text import spell_symbols, tokenize
+
+    assert tokenize("What is A*?") == ["what", "is", "astar"]
+    assert tokenize("Is RRT* better than D* Lite?") == [
+        "is", "rrtstar", "better", "than", "dstar", "lite",
+    ]  # fmt: skip
+    assert tokenize("a-star or A-Star") == ["astar", "or", "astar"]
+    assert tokenize("C++ and C# on a microcontroller")[:3] == ["cplusplus", "and", "csharp"]
+    # Markdown emphasis is not a starred name, and arithmetic is left alone.
+    assert spell_symbols("it is *admissible*, in *Isaac Sim*") == "it is admissible, in Isaac Sim"
+    assert spell_symbols("A* adds a **heuristic**") == "Astar adds a **heuristic**"
+    assert spell_symbols("2*3 = f(n)*2") == "2*3 = f(n)*2"

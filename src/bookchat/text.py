@@ -45,6 +45,7 @@ __all__ = [
     "prose_sentences",
     "segments",
     "specificity",
+    "spell_symbols",
     "split_sentences",
     "stem",
     "strip_markdown",
@@ -84,6 +85,31 @@ _WORD_RE = re.compile(r"\b[a-z]-[a-z]{2,}\b|[a-z0-9]+(?:['’][a-z]+)?")
 _TOKEN_CACHE_SIZE = 16384
 _T = TypeVar("_T")
 
+# Names spelt with a symbol that every tokenizer drops: "A*", "D* Lite", "RRT*" (search
+# algorithms), "C++", "C#". Without a rewrite "What is A*?" has no word left to search
+# for ("a" is a stop word), and "D* vs A*" matches any page that says "vs".
+# `_EMPHASIS_RE` first unwraps Markdown emphasis ("*admissible*", "*Isaac Sim*"), whose
+# closing star would otherwise look like one: an emphasis opener follows no word
+# character and precedes a non-space, so the star of "A* adds" opens nothing.
+_EMPHASIS_RE = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])")
+_STARRED_RE = re.compile(r"(?<![\w*])([A-Za-z][A-Za-z0-9]{0,5})(?:\*|-[Ss]tar\b)(?![\w*])")
+_PLUS_SHARP_RE = re.compile(r"(?<![\w+#])([CcFf])(\+\+|#)(?![\w+#])")
+_PLUS_SHARP_WORD = {"++": "plusplus", "#": "sharp"}
+
+
+def spell_symbols(text: str) -> str:
+    """`text` with symbol-spelt names as one word each: "A*" → "Astar", "C++" → "Cplusplus".
+
+    For matching only (BM25 documents and queries, the lexical signals), never for display.
+    """
+    if "*" in text:
+        text = _STARRED_RE.sub(r"\1star", _EMPHASIS_RE.sub(r"\1", text))
+    elif "-star" in text or "-Star" in text:
+        text = _STARRED_RE.sub(r"\1star", text)
+    if "+" in text or "#" in text:
+        text = _PLUS_SHARP_RE.sub(lambda m: m[1] + _PLUS_SHARP_WORD[m[2]], text)
+    return text
+
 
 # ---------------------------------------------------------------------------------------
 # Stemming: the BM25 index's own analysis
@@ -118,9 +144,10 @@ def stem(word: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """Lowercase word tokens (letters/digits); possessive 's and other clitics dropped;
-    a single letter hyphenated to a word is one token ("H-bridge" → "h-bridge")."""
+    a single letter hyphenated to a word is one token ("H-bridge" → "h-bridge"); a name
+    spelt with a symbol is one word ("A*" → "astar", see `spell_symbols`)."""
     out: list[str] = []
-    for tok in _WORD_RE.findall(text.lower()):
+    for tok in _WORD_RE.findall(spell_symbols(text).lower()):
         if "'" in tok or "’" in tok:
             word, clitic = re.split(r"['’]", tok, maxsplit=1)
             # "won't", "don't": negated auxiliaries are function words, not "won"/"don".

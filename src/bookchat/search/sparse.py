@@ -5,6 +5,8 @@ tokenizer, stop words and Snowball stemming, terms hashed to u32 indices.
 
 - Documents get BM25 term-frequency weights `tf·(k+1) / (tf + k·(1 − b + b·len/avg_len))`.
 - Queries get weight 1.0 per unique term.
+- Both are read through `text.spell_symbols` first: "A*", "RRT*" and "C++" are words
+  ("astar", "rrtstar", "cplusplus") the analyser keeps, not a stop word and a symbol.
 - The IDF factor is not in the vectors: the collection's sparse vector is created with
   the IDF modifier, so the engine computes IDF from the live collection at query time.
 
@@ -21,6 +23,7 @@ import msgspec
 import qdrant_edge
 
 from bookchat.search.types import ChunkPayload
+from bookchat.text import spell_symbols
 
 # Mean chunk length in BM25 tokens (stop words removed) for ~500-token chunks.
 BM25_AVG_LEN = 256.0
@@ -29,7 +32,8 @@ BM25_B = 0.75
 
 # Changing the encoder or its parameters changes this name and forces `--recreate`.
 # "+crumbs": documents are indexed with their heading breadcrumb (document_text).
-SPARSE_MODEL = f"qdrant-edge-bm25-en/k{BM25_K}-b{BM25_B}-avg{BM25_AVG_LEN:g}+crumbs"
+# "+symbols": names spelt with symbols are rewritten first (`text.spell_symbols`).
+SPARSE_MODEL = f"qdrant-edge-bm25-en/k{BM25_K}-b{BM25_B}-avg{BM25_AVG_LEN:g}+crumbs+symbols"
 
 
 class SparseVector(msgspec.Struct, frozen=True):
@@ -61,11 +65,11 @@ def document_text(payload: ChunkPayload) -> str:
 
 def encode_document(text: str) -> SparseVector:
     """BM25 term-frequency vector for a stored chunk (IDF is applied by the engine)."""
-    vector = _encoder().embed_document(text)
+    vector = _encoder().embed_document(spell_symbols(text))
     return SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
 def encode_query(text: str) -> SparseVector:
     """Query vector: weight 1.0 for each unique stemmed, non-stop-word term."""
-    vector = _encoder().embed_query(text)
+    vector = _encoder().embed_query(spell_symbols(text))
     return SparseVector(indices=list(vector.indices), values=list(vector.values))
