@@ -94,3 +94,12 @@ def test_names_spelt_with_symbols_are_one_word_each() -> None:
     assert spell_symbols("it is *admissible*, in *Isaac Sim*") == "it is admissible, in Isaac Sim"
     assert spell_symbols("A* adds a **heuristic**") == "Astar adds a **heuristic**"
     assert spell_symbols("2*3 = f(n)*2") == "2*3 = f(n)*2"
+
+
+def test_an_escaped_star_is_a_literal_star() -> None:
+    from bookchat.text import tokenize
+
+    # Markdown source of the sample book: "**RRT\*** rewires the tree".
+    assert strip_markdown("**RRT\\*** rewires the tree") == "RRT* rewires the tree"
+    assert tokenize("**RRT\\*** rewires")[:1] == ["rrtstar"]
+    assert strip_markdown("a `file\\.txt` here") == "a file\\.txt here"  # code is literal

@@ -90,9 +90,10 @@ _T = TypeVar("_T")
 # for ("a" is a stop word), and "D* vs A*" matches any page that says "vs".
 # `_EMPHASIS_RE` first unwraps Markdown emphasis ("*admissible*", "*Isaac Sim*"), whose
 # closing star would otherwise look like one: an emphasis opener follows no word
-# character and precedes a non-space, so the star of "A* adds" opens nothing.
+# character and precedes a non-space, so the star of "A* adds" opens nothing. An escaped
+# star ("**RRT\***" in Markdown source) is always a literal one.
 _EMPHASIS_RE = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*])")
-_STARRED_RE = re.compile(r"(?<![\w*])([A-Za-z][A-Za-z0-9]{0,5})(?:\*|-[Ss]tar\b)(?![\w*])")
+_STARRED_RE = re.compile(r"(?<!\w)([A-Za-z][A-Za-z0-9]{0,5})(?:\\\*|\*(?![\w*])|-[Ss]tar\b)")
 _PLUS_SHARP_RE = re.compile(r"(?<![\w+#])([CcFf])(\+\+|#)(?![\w+#])")
 _PLUS_SHARP_WORD = {"++": "plusplus", "#": "sharp"}
 
@@ -271,6 +272,9 @@ _HEADING_ID_RE = re.compile(r"\s*\{#[\w-]+\}\s*$")
 _EMPH_RE = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _ITALIC_RE = re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])")
 _STRIKE_RE = re.compile(r"~~(.+?)~~")
+# A backslash-escaped punctuation mark is the mark itself ("RRT\*" reads "RRT*"), except
+# inside inline code (group 1), where the backslash is literal.
+_ESCAPE_RE = re.compile(r"(`[^`]*`)|\\([\\`*_{}\[\]()#+\-.!|<>~])")
 _INLINE_CODE_RE = re.compile(r"`+([^`]+?)`+")
 _SPACES_RE = re.compile(r"[ \t]+")
 
@@ -294,6 +298,7 @@ def strip_markdown(text: str) -> str:
     text = _REF_LINK_RE.sub(r"\1", text)
     text = _HTML_TAG_RE.sub("", text)
     text = _HEADING_ID_RE.sub("", text)
+    text = _ESCAPE_RE.sub(lambda m: m[1] or m[2], text) if "\\" in text else text
     text = _INLINE_CODE_RE.sub(r"\1", text)
     text = _EMPH_RE.sub(r"\2", text)
     text = _ITALIC_RE.sub(r"\2", text)
