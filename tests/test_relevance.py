@@ -225,6 +225,16 @@ async def test_a_limitations_question_gets_the_sections_list(sample_pipeline) ->
     assert "Glass and mirrors" in done.text and "Sunlight" in done.text
 
 
+async def test_a_filler_word_does_not_pull_in_another_topics_sentence(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # "even" counted as a topic word: it diluted the SLAM sentences' scores until an
+    # integral-windup sentence sharing only "robot" came within reach and trailed them.
+    done = await _ask(
+        sample_pipeline, "how can a robot make a map while it doesn't even know where it is yet?"
+    )
+    assert "simultaneous localization and mapping" in done.text
+    assert {c.doc_path for c in done.citations} == {"03-navigation/01-localization-and-slam"}
+
+
 def test_a_formula_stays_with_the_sentence_that_introduces_it() -> None:
     from bookchat.ingest.chunking import chunk_book
     from bookchat.llm.base import ContextBlock

@@ -76,6 +76,8 @@ STOPWORDS: frozenset[str] = frozenset(
     anything everything kind kinds sort sorts way ways example examples e g ie eg
     use used using uses know want need help work works working happen happens
     book chapter section page passage selection selected
+    already even still actually basically maybe perhaps probably somehow anyway although
+    stuff lot lots
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
 
