@@ -204,6 +204,14 @@ async def test_a_starred_name_the_book_lacks_is_refused() -> None:
     assert result.evidence.missing_words == ["astar"]
 
 
+async def test_a_starred_name_is_not_a_misspelling_of_another(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # "dstar" is one letter from "astar" (the book teaches A*, not D*) and from "star":
+    # read as a typo, D* questions were answered from the A* section.
+    result = await sample_pipeline.retriever.search("How does D* replan when the map changes?")
+    assert not result.relevant
+    assert result.evidence.missing_words == ["dstar"]
+
+
 async def test_follow_up_on_a_techniques_drawbacks_stays_on_its_page(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     done = await _ask(sample_pipeline, "What are its main drawbacks?", "How does a lidar work?")
     assert done.grounded

@@ -103,3 +103,10 @@ def test_an_escaped_star_is_a_literal_star() -> None:
     assert strip_markdown("**RRT\\*** rewires the tree") == "RRT* rewires the tree"
     assert tokenize("**RRT\\*** rewires")[:1] == ["rrtstar"]
     assert strip_markdown("a `file\\.txt` here") == "a file\\.txt here"  # code is literal
+
+
+def test_symbol_names_are_the_words_made_of_symbols() -> None:
+    from bookchat.text import symbol_names
+
+    assert symbol_names("How does D* differ from A* in C++?") == {"dstar", "astar", "cplusplus"}
+    assert symbol_names("**bold**, 2*3 and a plain question") == frozenset()

@@ -49,6 +49,7 @@ __all__ = [
     "split_sentences",
     "stem",
     "strip_markdown",
+    "symbol_names",
     "term_set",
     "tokenize",
     "word_count",
@@ -112,6 +113,17 @@ def spell_symbols(text: str) -> str:
     if "+" in text or "#" in text:
         text = _PLUS_SHARP_RE.sub(lambda m: m[1] + _PLUS_SHARP_WORD[m[2]], text)
     return text
+
+
+def symbol_names(text: str) -> frozenset[str]:
+    """The words `spell_symbols` makes of `text`'s symbol-spelt names ("D*" → "dstar").
+
+    They are names, not misspellings: "dstar" is one letter from "astar" and is not it.
+    """
+    if "*" not in text and "+" not in text and "#" not in text:
+        return frozenset()
+    before = set(tokenize(text.replace("*", " ").replace("+", " ").replace("#", " ")))
+    return frozenset(t for t in tokenize(text) if t not in before)
 
 
 # ---------------------------------------------------------------------------------------

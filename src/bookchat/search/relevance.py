@@ -75,6 +75,7 @@ from bookchat.text import (
     light_stem,
     specificity,
     stem,
+    symbol_names,
 )
 
 __all__ = [
@@ -149,10 +150,12 @@ def judge(
         for w in content_words(word):
             weighted.setdefault(w, specificity(w) * EXPANSION_WEIGHT)
     in_book = {w: _credit(w, candidate_light, candidate_terms) for w in weighted}
+    names = symbol_names(question)  # "D*" is a name, not a misspelt "A*" or "star"
     for w in list(weighted):
         # Readers misspell: a rare word one edit from a word of the book is that word.
         if (
             in_book[w] == 0.0
+            and w not in names
             and weighted[w] >= TYPO_CHECK_SPECIFICITY
             and w.isalpha()
             and len(w) >= 4
@@ -177,8 +180,7 @@ def judge(
         for w in own
         if in_book[w] == 0.0
         and weighted[w] >= NAMED_THING_SPECIFICITY
-        and everyday_spelling(w) is None
-        and everyday_compound(w) is None
+        and (w in names or (everyday_spelling(w) is None and everyday_compound(w) is None))
     ]
     identifiers = {m.lower() for m in _IDENTIFIER_RE.findall(question)}
     if identifiers:
