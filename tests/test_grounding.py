@@ -159,6 +159,20 @@ def test_abstention_message_suggests_up_to_three_sections_one_per_page() -> None
     assert "rephrasing" in abstention_message([])
 
 
+def test_abstention_message_leaves_out_references_and_exercises() -> None:
+    refs = chunk("ros/nodes", "ROS 2 Nodes", "References", "1. ROS 2 documentation.")
+    quiz = chunk("sim/quiz", "Simulation", "Exercise 2: Digital twins", "Build a twin.")
+    pid, twins = (
+        next(c for c in SAMPLE_CHUNKS if c.section == name)
+        for name in ("PID controllers", "Digital twins")
+    )
+    text = abstention_message(_hits([refs, pid, quiz, twins]))
+    sections = re.findall(r"^- \[.+? › (.+?)\]", text, re.M)
+    assert sections == ["PID controllers", "Digital twins"]
+    # Only side sections found: still better than nothing.
+    assert "› References]" in abstention_message(_hits([refs]))
+
+
 def test_short_selection_note_mentions_word_count() -> None:
     assert "only 3 words" in short_selection_note(3)
 

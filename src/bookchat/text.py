@@ -39,6 +39,7 @@ __all__ = [
     "content_words",
     "edits1",
     "everyday_spelling",
+    "is_side_section",
     "jaccard",
     "light_stem",
     "light_term_set",
@@ -99,6 +100,25 @@ _EMPHASIS_RE = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*
 _STARRED_RE = re.compile(r"(?<!\w)([A-Za-z][A-Za-z0-9]{0,5})(?:\\\*|\*(?![\w*])|-[Ss]tar\b)")
 _PLUS_SHARP_RE = re.compile(r"(?<![\w+#])([CcFf])(\+\+|#)(?![\w+#])")
 _PLUS_SHARP_WORD = {"++": "plusplus", "#": "sharp"}
+
+
+# Sections that restate or quiz the content rather than explain it, or that only name
+# the chapters' topics ("What the book covers": it matches many questions, answers none).
+_SIDE_SECTION_RE = re.compile(
+    r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
+    r"references|further reading|prerequisites|key takeaways|scenario|"
+    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b",
+    re.I,
+)
+
+
+def is_side_section(heading: str) -> bool:
+    """True for a section that restates, quizzes or lists rather than explains.
+
+    ("Learning objectives", "Exercises", "References", "What the book covers": they match
+    many questions and answer none.)
+    """
+    return _SIDE_SECTION_RE.search(heading) is not None
 
 
 def spell_symbols(text: str) -> str:

@@ -27,7 +27,7 @@ import msgspec
 
 from bookchat.llm.base import ContextBlock, GenerationRequest, Turn
 from bookchat.search.types import ChunkPayload, section_for
-from bookchat.text import approx_tokens, prose_sentences
+from bookchat.text import approx_tokens, is_side_section, prose_sentences
 
 __all__ = [
     "NOT_COVERED_REPLY",
@@ -507,10 +507,16 @@ def short_selection_note(words: int) -> str:
 
 
 def related_sections(hits: Sequence[HitLike], limit: int = 3) -> list[Citation]:
-    """Up to `limit` sections from `hits`, one per page, best first."""
+    """Up to `limit` sections from `hits`, one per page, best first.
+
+    Side sections (references, exercises, objectives) are left out unless nothing else was
+    found: a reader who was just told the book lacks the answer gains nothing from a
+    chapter's reference list or its exercises.
+    """
     out: list[Citation] = []
     pages: set[str] = set()
-    for hit in hits:
+    content = [h for h in hits if not is_side_section(h.payload.section)]
+    for hit in content or hits:
         p = hit.payload
         if p.doc_path in pages:
             continue

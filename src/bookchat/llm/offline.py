@@ -45,6 +45,7 @@ from bookchat.llm.base import (
 from bookchat.text import (
     Segment,
     approx_tokens,
+    is_side_section,
     jaccard,
     segments,
     term_set,
@@ -80,14 +81,6 @@ _REASON_S_RE = re.compile(r"\b(because|since|so that|therefore|which is why|due 
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
-# Sections that restate or quiz the content rather than explain it, or that only name
-# the chapters' topics ("What the book covers": it matches many questions, answers none).
-_SIDE_SECTION_RE = re.compile(
-    r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
-    r"references|further reading|prerequisites|key takeaways|scenario|"
-    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b",
-    re.I,
-)
 # Caveat sections answer "what are its limits?", not "what is it?" or "how does it work?".
 _CAVEAT_SECTION_RE = re.compile(
     r"\b(limitations?|limits|drawbacks?|disadvantages?|pitfalls?|trade-?offs?|weakness(es)?|"
@@ -387,7 +380,7 @@ class OfflineGenerator:
                 kind *= 1.0 if caveat_list else 0.7
             elif cand.code is not None:
                 kind *= 0.8  # as code is: a prose sentence that says it is better
-            if text.endswith("?") or _SIDE_SECTION_RE.search(cand.heading):
+            if text.endswith("?") or is_side_section(cand.heading):
                 kind *= 0.4  # exercise prompts and objectives do not answer anything
                 cand.penalised = True
             if not asks_caveats and _CAVEAT_SECTION_RE.search(cand.heading):
