@@ -94,6 +94,7 @@ def test_names_spelt_with_symbols_are_one_word_each() -> None:
     assert spell_symbols("it is *admissible*, in *Isaac Sim*") == "it is admissible, in Isaac Sim"
     assert spell_symbols("A* adds a **heuristic**") == "Astar adds a **heuristic**"
     assert spell_symbols("2*3 = f(n)*2") == "2*3 = f(n)*2"
+    assert spell_symbols("char* name; void* p") == "char* name; void* p"  # C pointers
 
 
 def test_an_escaped_star_is_a_literal_star() -> None:

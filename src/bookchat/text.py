@@ -100,6 +100,15 @@ _EMPHASIS_RE = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=[^\s*])\*(?![\w*
 _STARRED_RE = re.compile(r"(?<!\w)([A-Za-z][A-Za-z0-9]{0,5})(?:\\\*|\*(?![\w*])|-[Ss]tar\b)")
 _PLUS_SHARP_RE = re.compile(r"(?<![\w+#])([CcFf])(\+\+|#)(?![\w+#])")
 _PLUS_SHARP_WORD = {"++": "plusplus", "#": "sharp"}
+# C and C++ pointer types ("char* name", "void*") are the type word, not a starred name.
+_POINTER_TYPES = frozenset(
+    "auto bool char const double float int long short signed size struct unsigned void".split()  # noqa: SIM905 (word lists read better as text)
+)
+
+
+def _starred(m: re.Match[str]) -> str:
+    name = m[1]
+    return m[0] if name.lower() in _POINTER_TYPES else f"{name}star"
 
 
 # Sections that restate or quiz the content rather than explain it, or that only name
@@ -127,9 +136,9 @@ def spell_symbols(text: str) -> str:
     For matching only (BM25 documents and queries, the lexical signals), never for display.
     """
     if "*" in text:
-        text = _STARRED_RE.sub(r"\1star", _EMPHASIS_RE.sub(r"\1", text))
+        text = _STARRED_RE.sub(_starred, _EMPHASIS_RE.sub(r"\1", text))
     elif "-star" in text or "-Star" in text:
-        text = _STARRED_RE.sub(r"\1star", text)
+        text = _STARRED_RE.sub(_starred, text)
     if "+" in text or "#" in text:
         text = _PLUS_SHARP_RE.sub(lambda m: m[1] + _PLUS_SHARP_WORD[m[2]], text)
     return text
