@@ -344,7 +344,7 @@ async def test_database_down_at_start_is_503(tmp_path: Path) -> None:
 
 
 class _FailingSessions:
-    """A session factory whose sessions fail like a database that went away."""
+    """A session or connection factory whose products fail like a database that went away."""
 
     def __call__(self) -> _FailingSessions:
         return self
@@ -361,8 +361,8 @@ async def test_database_failing_mid_chat_still_streams_with_warning(
 ) -> None:
     async for client in app_client(book_settings):
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        real_sessions = runtime.chat.session_maker
-        runtime.chat.session_maker = _FailingSessions()  # the stream's own sessions fail
+        real_connect = runtime.chat.connect
+        runtime.chat.connect = _FailingSessions()  # the stream's own connections fail
         runtime.chat.save_timeout = 0.5  # retried until then
         with LogCapture("bookchat.chat") as logs:
             started = time.perf_counter()
@@ -375,7 +375,7 @@ async def test_database_failing_mid_chat_still_streams_with_warning(
         assert elapsed < 3  # gave up within the save timeout
         (failure,) = [r for r in logs.records() if r["msg"] == "could not save answer"]
         assert failure["attempts"] > 1 and failure["message_id"] == done["message_id"]
-        runtime.chat.session_maker = real_sessions
+        runtime.chat.connect = real_connect
         # The answer's row exists (as `streaming`) until this process exits.
         session = answer.first("session")
         stored = await client.get(
@@ -386,7 +386,7 @@ async def test_database_failing_mid_chat_still_streams_with_warning(
 
 
 class _FlakySessions:
-    """Sessions that fail `failures` times like a cut connection, then work."""
+    """Connections that fail `failures` times like a cut one, then work."""
 
     def __init__(self, real: Any, failures: int) -> None:
         self.real, self.failures, self.calls = real, failures, 0
@@ -431,7 +431,7 @@ async def test_stop_during_the_final_save_still_ends_with_done_as_stored(
 async def test_a_failed_answer_save_is_retried_with_backoff(book_settings: Settings) -> None:
     async for client in app_client(book_settings):
         chat = client.app.state.runtime.chat  # type: ignore[attr-defined]
-        chat.session_maker = flaky = _FlakySessions(chat.session_maker, failures=3)
+        chat.connect = flaky = _FlakySessions(chat.connect, failures=3)
         answer = await ask(client, PID)
         done = answer.first("done")
         assert "persistence_warning" not in done

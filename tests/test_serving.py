@@ -264,12 +264,12 @@ async def test_a_failed_answer_save_makes_health_503_until_a_write_succeeds(
 
     async for client in app_client(book):
         chat = client.app.state.runtime.chat  # type: ignore[attr-defined]
-        real = chat.session_maker
-        chat.session_maker, chat.save_timeout = _FailingSessions(), 0.3
+        real = chat.connect
+        chat.connect, chat.save_timeout = _FailingSessions(), 0.3
         answer = await ask(client, PID)
         assert answer.first("done")["persistence_warning"]
         assert (await client.get("/api/v1/health")).status_code == 503
-        chat.session_maker = real
+        chat.connect = real
         assert (await ask(client, PID)).status == 200  # a write that works
         assert (await client.get("/api/v1/health")).status_code == 200
 
