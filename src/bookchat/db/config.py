@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import aiosqlite
+import msgspec
 from advanced_alchemy.extensions.litestar import (
     AlembicAsyncConfig,
     AsyncSessionConfig,
@@ -231,13 +232,22 @@ def connect_sqlite(database: str, **kwargs: Any) -> InlineCursorConnection:
     return connection
 
 
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# JSON columns (citations, related sections) through msgspec rather than the json module,
+# whose Python-level encoder a chat ran four times.
+_JSON = {"json_serializer": _json_text, "json_deserializer": msgspec.json.decode}
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     """An async engine tuned per backend (WAL + busy timeout on SQLite, a pool on PostgreSQL)."""
     url = make_url(settings.database_url)
     if url.drivername.startswith("sqlite"):
         ensure_sqlite_directory(settings.database_url)
         engine = create_async_engine(
-            url, connect_args={"timeout": 30, "async_creator_fn": connect_sqlite}
+            url, connect_args={"timeout": 30, "async_creator_fn": connect_sqlite}, **_JSON
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -250,6 +260,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         # Neon and PgBouncer in transaction mode do not keep prepared statements.
         connect_args={"statement_cache_size": 0, "timeout": 5},
+        **_JSON,
     )
 
 
