@@ -156,6 +156,14 @@ SECURITY_HEADERS = {
 }
 
 
+# As raw ASGI headers: one pass over a response's headers instead of a case-insensitive
+# lookup (lower-casing every header) per name.
+_SECURITY_RAW = [
+    (name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
+]
+_CACHE_CONTROL = (b"cache-control", b"no-store")
+
+
 async def add_security_headers(message: Message, scope: Scope) -> None:
     """`SECURITY_HEADERS`, and `Cache-Control: no-store` on the API (tokens, history).
 
@@ -163,12 +171,12 @@ async def add_security_headers(message: Message, scope: Scope) -> None:
     """
     if message["type"] != "http.response.start":
         return
-    headers = MutableScopeHeaders.from_message(message)
-    for name, value in SECURITY_HEADERS.items():
-        if name not in headers:
-            headers[name] = value
-    if scope["path"].startswith("/api/") and "Cache-Control" not in headers:
-        headers["Cache-Control"] = "no-store"
+    headers = list(message.get("headers", ()))
+    present = {name.lower() for name, _ in headers}
+    headers += [header for header in _SECURITY_RAW if header[0] not in present]
+    if scope["path"].startswith("/api/") and _CACHE_CONTROL[0] not in present:
+        headers.append(_CACHE_CONTROL)
+    message["headers"] = headers
 
 
 _CORS_REJECTION = "bookchat.cors_rejection"
