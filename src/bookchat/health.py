@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from sqlalchemy import update
 
+from bookchat.db.config import SQLITE_BUSY_TIMEOUT_MS
 from bookchat.db.models import ServerProcess
 from bookchat.runtime import Runtime
 
@@ -66,14 +67,22 @@ async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> Compon
 
 async def check_health(runtime: Runtime) -> HealthReport:
     """Probe the database and the vector store concurrently, each under the health timeout."""
+    probe_busy_ms = int(runtime.settings.health_timeout * 1000 / 2)
 
     async def database() -> None:
         # Chats write, so the probe writes too (this process's heartbeat row, rewritten
         # as it is) in a transaction that is rolled back: a database that answers reads
         # but refuses writes (read-only, immutable, locked) is not ready.
         async with runtime.engine.connect() as connection:
+            sqlite = connection.dialect.name == "sqlite"
             transaction = await connection.begin()
             try:
+                if sqlite:
+                    # Give up on a locked database before the probe's timeout: a write cut
+                    # off in SQLite's busy handler by cancellation can leave aiosqlite's
+                    # thread stopped under a queued call, and the task then never ends
+                    # (a worker that hangs at shutdown).
+                    await connection.exec_driver_sql(f"PRAGMA busy_timeout={probe_busy_ms}")
                 await connection.execute(
                     update(ServerProcess)
                     .where(ServerProcess.id == runtime.chat.owner.id)
@@ -81,6 +90,10 @@ async def check_health(runtime: Runtime) -> HealthReport:
                 )
             finally:
                 await transaction.rollback()
+                if sqlite:
+                    await connection.exec_driver_sql(
+                        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
+                    )
 
     timeout = runtime.settings.health_timeout
     lost = await runtime.storage_lost()
