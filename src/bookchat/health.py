@@ -67,7 +67,8 @@ async def _probe(check: Callable[[], Awaitable[object]], limit: float) -> Compon
 
 async def check_health(runtime: Runtime) -> HealthReport:
     """Probe the database and the vector store concurrently, each under the health timeout."""
-    probe_busy_ms = int(runtime.settings.health_timeout * 1000 / 2)
+    timeout = runtime.settings.health_timeout
+    probe_busy_ms = int(timeout * 1000 / 2)
 
     async def database() -> None:
         # Chats write, so the probe writes too (this process's heartbeat row, rewritten
@@ -95,7 +96,6 @@ async def check_health(runtime: Runtime) -> HealthReport:
                         f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}"
                     )
 
-    timeout = runtime.settings.health_timeout
     lost = await runtime.storage_lost()
     db_status, store_status = await asyncio.gather(
         _probe(database, timeout), _probe(runtime.store.ping, timeout)

@@ -111,25 +111,6 @@ def _starred(m: re.Match[str]) -> str:
     return m[0] if name.lower() in _POINTER_TYPES else f"{name}star"
 
 
-# Sections that restate or quiz the content rather than explain it, or that only name
-# the chapters' topics ("What the book covers": it matches many questions, answers none).
-_SIDE_SECTION_RE = re.compile(
-    r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
-    r"references|further reading|prerequisites|key takeaways|scenario|"
-    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b",
-    re.I,
-)
-
-
-def is_side_section(heading: str) -> bool:
-    """True for a section that restates, quizzes or lists rather than explains.
-
-    ("Learning objectives", "Exercises", "References", "What the book covers": they match
-    many questions and answer none.)
-    """
-    return _SIDE_SECTION_RE.search(heading) is not None
-
-
 def spell_symbols(text: str) -> str:
     """`text` with symbol-spelt names as one word each: "A*" → "Astar", "C++" → "Cplusplus".
 
@@ -153,6 +134,25 @@ def symbol_names(text: str) -> frozenset[str]:
         return frozenset()
     before = set(tokenize(text.replace("*", " ").replace("+", " ").replace("#", " ")))
     return frozenset(t for t in tokenize(text) if t not in before)
+
+
+# Sections that restate or quiz the content rather than explain it, or that only name
+# the chapters' topics ("What the book covers": it matches many questions, answers none).
+_SIDE_SECTION_RE = re.compile(
+    r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
+    r"references|further reading|prerequisites|key takeaways|scenario|"
+    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b",
+    re.I,
+)
+
+
+def is_side_section(heading: str) -> bool:
+    """True for a section that restates, quizzes or lists rather than explains.
+
+    ("Learning objectives", "Exercises", "References", "What the book covers": they match
+    many questions and answer none.)
+    """
+    return _SIDE_SECTION_RE.search(heading) is not None
 
 
 # ---------------------------------------------------------------------------------------
