@@ -106,6 +106,15 @@ def test_an_escaped_star_is_a_literal_star() -> None:
     assert strip_markdown("a `file\\.txt` here") == "a file\\.txt here"  # code is literal
 
 
+def test_character_references_are_their_characters_outside_code() -> None:
+    # MDX makes authors write "&lt;"; the site shows "<", and so must answers and the index.
+    assert strip_markdown("target: &lt;120 s, &gt;90% &amp; up&#8212;ok") == (
+        "target: <120 s, >90% & up\u2014ok"
+    )
+    assert strip_markdown("write `&lt;` for <") == "write &lt; for <"  # code is literal
+    assert strip_markdown("R&D and AT&T; &notanentity") == "R&D and AT&T; &notanentity"
+
+
 def test_symbol_names_are_the_words_made_of_symbols() -> None:
     from bookchat.text import symbol_names
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import gzip
+import html
 import json
 import math
 import re
@@ -319,6 +320,9 @@ _STRIKE_RE = re.compile(r"~~(.+?)~~")
 # inside inline code (group 1), where the backslash is literal.
 _ESCAPE_RE = re.compile(r"(`[^`]*`)|\\([\\`*_{}\[\]()#+\-.!|<>~])")
 _INLINE_CODE_RE = re.compile(r"`+([^`]+?)`+")
+# A character reference ("&lt;", "&#8212;"), which the site renders as its character;
+# inside inline code it is literal text (CommonMark).
+_ENTITY_RE = re.compile(r"(`[^`]*`)|(&(?:#[0-9]{1,7}|#x[0-9a-f]{1,6}|[a-z][a-z0-9]{1,31});)", re.I)
 _SPACES_RE = re.compile(r"[ \t]+")
 
 # Words that end with "." without ending a sentence.
@@ -342,6 +346,8 @@ def strip_markdown(text: str) -> str:
     text = _HTML_TAG_RE.sub("", text)
     text = _HEADING_ID_RE.sub("", text)
     text = _ESCAPE_RE.sub(lambda m: m[1] or m[2], text) if "\\" in text else text
+    if "&" in text:
+        text = _ENTITY_RE.sub(lambda m: m[1] or html.unescape(m[2]), text)
     text = _INLINE_CODE_RE.sub(r"\1", text)
     text = _EMPH_RE.sub(r"\2", text)
     text = _ITALIC_RE.sub(r"\2", text)
