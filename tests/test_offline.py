@@ -225,6 +225,18 @@ def test_a_section_of_one_intro_line_and_code_can_lead_the_answer() -> None:
     assert "integral += error * dt" in text
 
 
+def test_a_question_about_a_setting_is_shown_the_configuration() -> None:
+    # "Pose update" ends with the YAML that holds the teleoperation limits; the sentence
+    # that introduces it says no more than that a file exists.
+    block = _sample_section("02-motion/01-differential-drive.md", "## Pose update", n=1)
+    question = "Which setting limits how fast the robot drives under teleoperation?"
+    text = OfflineGenerator().compose(question, [block])
+    assert "```yaml" in text and "max_linear: 0.5" in text
+    # Not every question is about configuration: the kinematics are prose.
+    prose = OfflineGenerator().compose("How is the robot's pose updated?", [block])
+    assert "```yaml" not in prose
+
+
 def test_an_intro_ending_as_follows_is_kept_with_its_code() -> None:
     # "…is as follows:" / "…below:" would be a sentence cut short, but not before code.
     block = ContextBlock(

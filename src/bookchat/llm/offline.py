@@ -64,7 +64,7 @@ _CODE_WORDS = frozenset(
     """
     code command commands snippet script run install implement implementation write syntax
     launch function class api program cli terminal python cpp yaml xml config configure
-    configuration file
+    configuration file setting settings
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
 _DEFINITION_Q_RE = re.compile(r"^\s*(what\s+(is|are|'s)|define|who\s+(is|are)|what\s+does)\b", re.I)
