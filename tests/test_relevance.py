@@ -115,6 +115,18 @@ def test_a_compound_of_everyday_words_is_not_a_name() -> None:
     )
 
 
+def test_a_word_the_book_hyphenates_is_in_the_book() -> None:
+    # The frequency list lacks "wifi" (no everyday weight), so a book without it refuses
+    # the question as one about a missing name; a book that writes "Wi-Fi" answers it.
+    question = "My camera messages get dropped when the wifi is bad, what helps?"
+    without = "Reliable delivery retransmits lost camera messages; best effort drops them."
+    evidence = _judge(question, without)
+    assert evidence.verdict == "refuse" and "wifi" in evidence.missing_words
+    with_it = without + " Discovery can flood a busy Wi-Fi network."
+    evidence = _judge(question, with_it)
+    assert evidence.verdict != "refuse" and "wifi" not in evidence.missing_words
+
+
 def test_declines_recognises_the_models_not_covered_reply() -> None:
     assert declines(f"{NOT_COVERED_REPLY} The sources cover PID tuning [1].")
     assert declines("I'm sorry, but the provided sources do not mention hand-eye calibration.")

@@ -28,7 +28,8 @@ paraphrases are made of and weigh almost nothing.
   uses is the question's subject, and the book lacks it. Readers misspell, so a rare word
   one edit from a word of the book counts as found, and one one edit from an everyday word
   ("shoud") is not taken for a name, nor is a closed compound of two everyday words
-  ("onboard": the frequency list lacks many of them).
+  ("onboard": the frequency list lacks many of them). A word the book writes hyphenated
+  ("wifi" for "Wi-Fi", "estop" for "e-stop") is in the book.
 - **Identifiers**: a snake_case name in the question ("ros2_control", "cmd_vel") is a
   package, topic or function name, as specific as a word can be. The tokenizer splits it
   into everyday parts ("ros2", "control") that any ROS book contains, so it is looked up
@@ -114,6 +115,13 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
 
 
 STEM_ONLY_CREDIT = 0.5  # found only through stemming ("predictive" ~ "predict")
+# Letters joined by hyphens ("Wi-Fi", "e-stop", "set-up"), read as one closed word.
+_HYPHEN_COMPOUND_RE = re.compile(r"\b[a-z]+(?:-[a-z]+)+\b", re.I)
+
+
+def _hyphen_compounds(texts: Sequence[str]) -> set[str]:
+    """The hyphenated words of `texts`, written closed and lower-case ("wi-fi" → "wifi")."""
+    return {m.replace("-", "").lower() for text in texts for m in _HYPHEN_COMPOUND_RE.findall(text)}
 
 
 def _credit(word: str, light: AbstractSet[str], stems: AbstractSet[str]) -> float:
@@ -162,6 +170,14 @@ def judge(
             and edits1(light_stem(w)) & candidate_light
         ):
             in_book[w] = 1.0
+    if candidate_texts and any(
+        c == 0.0 and len(w) >= 4 and w.isalpha() for w, c in in_book.items()
+    ):
+        # "wifi" where the book writes "Wi-Fi": a word the book hyphenates is in the book.
+        joined = _hyphen_compounds(candidate_texts)
+        for w, c in in_book.items():
+            if c == 0.0 and w in joined:
+                in_book[w] = 1.0
     total = sum(weighted.values())
     missing = [w for w, c in in_book.items() if c < 1.0]
     missing_mass = sum(weighted[w] * (1.0 - in_book[w]) for w in missing)
