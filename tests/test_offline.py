@@ -9,7 +9,7 @@ import msgspec
 
 from bookchat.answer.grounding import PromptBuilder
 from bookchat.llm.base import ContextBlock, GenerationFinished, TokenDelta
-from bookchat.llm.offline import OFFLINE_LABEL, OfflineGenerator
+from bookchat.llm.offline import OFFLINE_LABEL, OfflineGenerator, _readable_units
 
 BLOCKS = [
     ContextBlock(
@@ -235,6 +235,21 @@ def test_a_question_about_a_setting_is_shown_the_configuration() -> None:
     # Not every question is about configuration: the kinematics are prose.
     prose = OfflineGenerator().compose("How is the robot's pose updated?", [block])
     assert "```yaml" not in prose
+
+
+def test_an_exercise_question_is_not_an_answer_and_an_intro_keeps_its_list() -> None:
+    # The lab's report questions rank first for "double the D gain" ("…when you double
+    # Kd?"); the answer is the tuning section's, and its "Then set" (no colon) runs into
+    # the list of gains, so it is never quoted alone.
+    report = _sample_section("05-practice/01-line-follower-lab.md", "## Questions for your report")
+    tuning = _sample_section("02-motion/02-pid-control.mdx", "## Tuning with Ziegler", n=2)
+    text = OfflineGenerator().compose("if I double the D gain what happens?", [report, tuning])
+    body = text[len(OFFLINE_LABEL) :]
+    assert "?" not in body and "[2]" in body
+    assert "Then set [2]" not in body
+    units = _readable_units(tuning.text)
+    then_set = next(u for u in units if u.segment.text.startswith("Then set"))
+    assert [b.text for b in then_set.bullets][:1] == ["Kp = 0.6 · Ku"]
 
 
 def test_an_intro_ending_as_follows_is_kept_with_its_code() -> None:

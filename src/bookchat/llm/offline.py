@@ -182,12 +182,16 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             heading = seg.text
             continue
         following = segs[idx + 1] if idx + 1 < len(segs) else None
-        # "…as follows:" before a list or a code block is complete with it.
+        # "…as follows:" before a list or a code block is complete with it, and so is a
+        # sentence that runs into a list without its colon ("Then set" + the gains; one
+        # that runs into code is a formula's, below).
         introduces = (
             seg.kind == "prose"
-            and seg.text.endswith(":")
             and following is not None
-            and following.kind in ("bullet", "code")
+            and (
+                (seg.text.endswith(":") and following.kind in ("bullet", "code"))
+                or (not seg.text.endswith(_END_PUNCT) and following.kind == "bullet")
+            )
         )
         terms = term_set(seg.text)
         if seg.kind == "prose" and not introduces and _DANGLING_RE.search(seg.text):
@@ -209,7 +213,7 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
         # An intro line reads well only with the list or the code it introduces: in
         # technical books a section is often one such line and the code that answers.
         code = following if introduces and following and following.kind == "code" else None
-        if code is None and seg.kind == "prose" and seg.text.endswith(":"):
+        if code is None and seg.kind == "prose" and (seg.text.endswith(":") or introduces):
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
         units.append(
             _Unit(
@@ -402,6 +406,10 @@ class OfflineGenerator:
         )
         pool, _ = self._candidates(question, context, wants_code=wants_code, similarity=similarity)
         scored = sorted((c for c in pool if c.score > 0), key=lambda c: -c.score)
+        if any(not c.segment.text.endswith("?") for c in scored):
+            # A question (an exercise prompt) answers nothing; chosen as a later sentence,
+            # book order could still put it first.
+            scored = [c for c in scored if not c.segment.text.endswith("?")]
         if not scored and not wants_code:
             # The matching passage may be code only (e.g. a launch file): show it.
             pool, _ = self._candidates(question, context, wants_code=True, similarity=similarity)
