@@ -252,6 +252,19 @@ def test_an_exercise_question_is_not_an_answer_and_an_intro_keeps_its_list() -> 
     assert [b.text for b in then_set.bullets][:1] == ["Kp = 0.6 · Ku"]
 
 
+def test_a_how_far_question_gets_the_figure_in_its_units() -> None:
+    # The range is a bullet that shares no word with "how far … see", and other sentences
+    # of the section carry numbers in other units (Hz, degrees, ranges per scan).
+    specs = _sample_section("01-sensors/01-lidar.md", "## Scan geometry and specifications")
+    text = OfflineGenerator().compose("How far can a typical lidar see?", [specs])
+    assert "indoor units reach 12–30 m" in text
+    # Inside another question "how far" is not what is asked.
+    from bookchat.llm.offline import _QUANTITY_Q_RE
+
+    assert _QUANTITY_Q_RE.search("how does a scanner tell how far away a wall is?") is None
+    assert _QUANTITY_Q_RE.search("is it faster? by how much?") is not None
+
+
 def test_an_intro_ending_as_follows_is_kept_with_its_code() -> None:
     # "…is as follows:" / "…below:" would be a sentence cut short, but not before code.
     block = ContextBlock(

@@ -78,6 +78,34 @@ _MECHANISM_SECTION_RE = re.compile(
 )
 _WHY_Q_RE = re.compile(r"^\s*(why|how\s+come)\b", re.I)
 _REASON_S_RE = re.compile(r"\b(because|since|so that|therefore|which is why|due to)\b", re.I)
+# "How far / fast / many …?" asks for a quantity: the sentence that states one answers.
+# Only as the question's own interrogative (at its start or a clause's, "by how much"),
+# not inside another question ("how does a scanner tell how far away a wall is?").
+_QUANTITY_Q_RE = re.compile(
+    r"(?:^|[,;?]\s*|\b(?:and|but|by)\s+)how\s+(far|fast|long|much|many|often|big|heavy"
+    r"|accurate|precise|high|wide|quickly|large|small|close|low|tall|strong)\b",
+    re.I,
+)
+_LENGTH = r"\d\s?(?:mm|cm|m|km|metres?|meters?|centimetres?|millimetres?)\b"
+_SPEED = r"\d\s?(?:m/s|km/h|rad/s|°/s|mph|hz|khz|fps)\b"
+_TIME = r"\d\s?(?:ns|µs|us|ms|s|seconds?|minutes?|min|h|hours?)\b"
+_RATE = r"\d\s?(?:hz|khz|mhz|fps)\b|\btimes\s+(?:per|a)\b"
+# The dimension each "how …" asks for, as books name it ("how far" → the range), and the
+# units a figure of it is given in.
+_QUANTITY_ASKS: dict[str, tuple[str, str | None]] = {
+    "far": ("range distance", _LENGTH), "close": ("distance", _LENGTH),
+    "high": ("height", _LENGTH), "tall": ("height", _LENGTH), "wide": ("width", _LENGTH),
+    "long": ("duration length time", f"{_TIME}|{_LENGTH}"),
+    "fast": ("speed rate", _SPEED), "quickly": ("speed rate", f"{_SPEED}|{_TIME}"),
+    "often": ("rate frequency", _RATE), "heavy": ("weight mass", r"\d\s?(?:g|kg|t)\b"),
+    "much": ("amount cost", None), "many": ("number count", None), "big": ("size", None),
+    "large": ("size", None), "small": ("size", None), "low": ("minimum", None),
+    "accurate": ("accuracy", None), "precise": ("precision", None),
+    "strong": ("strength force", None),
+}  # fmt: skip
+_QUANTITY_UNITS = {
+    ask: re.compile(units, re.I) for ask, (_, units) in _QUANTITY_ASKS.items() if units
+}
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
@@ -315,6 +343,12 @@ class OfflineGenerator:
         definitional = _DEFINITION_Q_RE.match(question) is not None
         mechanism = _MECHANISM_Q_RE.match(question) is not None
         why = _WHY_Q_RE.match(question) is not None
+        asks = _QUANTITY_Q_RE.search(question)
+        figure: re.Pattern[str] | None = None  # a figure in the units asked for
+        if asks is not None:
+            ask = asks[1].lower()
+            q_terms = q_terms | term_set(_QUANTITY_ASKS[ask][0])
+            figure = _QUANTITY_UNITS.get(ask)
         pool: list[_Candidate] = []
         for rank, block in enumerate(context):
             for unit in _readable_units(block.text):
@@ -364,6 +398,8 @@ class OfflineGenerator:
                 score += 0.2
             if gives_reason:
                 score += 0.3  # "why …?" is answered by the sentence that gives the reason
+            if figure is not None and figure.search(cand.segment.text):
+                score += 0.2  # "how far can a lidar see?" is answered by "reach 12–30 m"
             if mechanism and matched and _MECHANISM_S_RE.search(cand.segment.text):
                 score += 0.2  # "how does X work?" is answered by the how, not the what
             words = cand.words
