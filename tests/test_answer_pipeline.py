@@ -149,6 +149,14 @@ async def test_abstention_lists_related_sections_from_weak_hits() -> None:
     assert "[Sensors › LiDAR](https://book.example/sensors/lidar#lidar)" in done.text
 
 
+async def test_a_question_sharing_nothing_specific_gets_no_related_sections() -> None:
+    # The search always returns something; a banana-bread question matched only "good".
+    pipeline = _pipeline(generator=RaisingGenerator())
+    done = _done(await _events(pipeline, "What's a good recipe for banana bread?"))
+    assert not done.grounded
+    assert "Related sections" not in done.text and "table of contents" in done.text
+
+
 async def test_normal_mode_answers_with_citations_in_order() -> None:
     events = await _events(_pipeline(), "How does a PID controller compute its command?")
     retrieved, done = events[0], _done(events)

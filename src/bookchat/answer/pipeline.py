@@ -260,7 +260,11 @@ class AnswerPipeline:
         if not retrieval.relevant:
             return PreparedAnswer(
                 mode=mode, citations=[], retrieval=retrieval, generator=None, request=None,
-                canned_text=abstention_message(retrieval.hits),
+                # Hits that share no specific word with the question are no lead for its
+                # reader ("a recipe for banana bread" matched only "good").
+                canned_text=abstention_message(
+                    retrieval.hits if retrieval.evidence.found > 0 else []
+                ),
             )  # fmt: skip
         built = self.prompt_builder.compose(question, retrieval.hits, history, selected_text)
         request = built.request
