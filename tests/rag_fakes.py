@@ -97,6 +97,7 @@ class FakeBM25Store:
         dense: list[float] | None,
         filters: SearchFilters | None,
         limit: int,
+        topic: Sequence[str] = (),
     ) -> list[SearchHit]:
         self.calls.append({"query_text": query_text, "dense": dense, "limit": limit})
         q = set(_terms(query_text))

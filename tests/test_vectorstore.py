@@ -12,7 +12,12 @@ from qdrant_client import AsyncQdrantClient
 from bookchat.search.embedded import EmbeddedVectorStore
 from bookchat.search.factory import make_vector_store
 from bookchat.search.qdrant_server import QdrantServerStore
-from bookchat.search.sparse import encode_document, encode_query
+from bookchat.search.sparse import (
+    QUERY_WEIGHT_FLOOR,
+    TOPIC_WEIGHT,
+    encode_document,
+    encode_query,
+)
 from bookchat.search.types import (
     ChunkPayload,
     ChunkRecord,
@@ -314,10 +319,20 @@ async def test_make_vector_store_picks_the_implementation(tmp_path: Path) -> Non
     await server.close()
 
 
-def test_sparse_encoding_stems_and_weights_documents_not_queries() -> None:
+def test_sparse_encoding_stems_documents_and_weighs_query_words_by_specificity() -> None:
     query = encode_query("walking humanoids walk")
-    assert query.values == [1.0] * len(query.indices)
     assert len(query.indices) == 2  # walk/walking share a stem
+    # A word rare in everyday English weighs more than an everyday one the book may use
+    # anywhere ("keep" matched "Keep last N messages" before the balance section).
+    mixed = encode_query("keep the IMU level")
+    weights = dict(zip(mixed.indices, mixed.values, strict=True))
+    keep, imu = encode_query("keep").indices[0], encode_query("IMU").indices[0]
+    assert weights[imu] == 1.0 and QUERY_WEIGHT_FLOOR <= weights[keep] < 0.5
+    # A follow-up's earlier topic outweighs the follow-up's own words.
+    follow = encode_query("what are its main drawbacks? lidar", topic=["lidar"])
+    weights = dict(zip(follow.indices, follow.values, strict=True))
+    assert weights[encode_query("lidar").indices[0]] == TOPIC_WEIGHT
+    assert weights[encode_query("drawbacks").indices[0]] == 1.0
     document = encode_document("Humanoid robots walk; the robot walked.")
     assert set(query.indices) <= set(document.indices)
     weights = dict(zip(document.indices, document.values, strict=True))

@@ -423,10 +423,15 @@ class EmbeddedVectorStore:
         return await anyio.to_thread.run_sync(scroll)
 
     def _query_request(
-        self, query_text: str, dense: list[float] | None, filters: SearchFilters | None, limit: int
+        self,
+        query_text: str,
+        dense: list[float] | None,
+        filters: SearchFilters | None,
+        limit: int,
+        topic: Sequence[str] = (),
     ) -> edge.QueryRequest | None:
         payload_filter = _payload_filter(filters)
-        sparse = encode_query(query_text)
+        sparse = encode_query(query_text, topic)
         # A BM25-only collection (built offline) cannot answer a dense query.
         if self._meta is not None and self._meta.dense_dim is None:
             dense = None
@@ -467,6 +472,7 @@ class EmbeddedVectorStore:
         dense: list[float] | None,
         filters: SearchFilters | None,
         limit: int,
+        topic: Sequence[str] = (),
     ) -> list[SearchHit]:
         """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
 
@@ -474,7 +480,7 @@ class EmbeddedVectorStore:
             shard = self._shard_for_read()
             if shard is None:
                 return []
-            request = self._query_request(query_text, dense, filters, limit)
+            request = self._query_request(query_text, dense, filters, limit, topic)
             return [] if request is None else _hits(shard, request, self._payloads)
 
         return await self._read(query)

@@ -219,10 +219,11 @@ class QdrantServerStore:
         dense: list[float] | None,
         filters: SearchFilters | None,
         limit: int,
+        topic: Sequence[str] = (),
     ) -> list[SearchHit]:
         """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
         payload_filter = _payload_filter(filters)
-        sparse = encode_query(query_text)
+        sparse = encode_query(query_text, topic)
         use_dense = dense is not None and self._has_dense is not False
         kwargs: dict[str, Any]
         if use_dense:

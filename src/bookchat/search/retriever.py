@@ -317,6 +317,7 @@ class Retriever:
             dense=dense,
             filters=filters if filters is not None and not filters.is_empty() else None,
             limit=max(self.candidates, top_k),
+            topic=extra_words,
         )
         # Fused RRF scores tie often (a chunk first in one list, second in the other), and
         # the engine returns ties in no fixed order: break them by id, so a question gets

@@ -362,13 +362,14 @@ class SnapshotVectorStore:
         dense: list[float] | None,
         filters: SearchFilters | None,
         limit: int,
+        topic: Sequence[str] = (),
     ) -> list[SearchHit]:
         """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
         async with self._lease() as copy:
             if copy.store is None:
                 return []
             return await copy.store.search(
-                query_text=query_text, dense=dense, filters=filters, limit=limit
+                query_text=query_text, dense=dense, filters=filters, limit=limit, topic=topic
             )
 
     async def search_dense(

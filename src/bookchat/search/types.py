@@ -179,8 +179,12 @@ class VectorStore(Protocol):
         dense: list[float] | None,
         filters: SearchFilters | None,
         limit: int,
+        topic: Sequence[str] = (),
     ) -> list[SearchHit]:
-        """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25."""
+        """Hybrid search (dense + BM25 fused with RRF) when `dense` is given, else BM25.
+
+        `topic`: words of `query_text` that weigh more in BM25 (a follow-up's earlier topic).
+        """
 
     # Optional: `search_dense(*, dense, filters, limit) -> list[SearchHit]` with cosine
     # scores, used as a relevance signal (search/relevance.py); every store here has it.
