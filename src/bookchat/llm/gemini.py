@@ -318,13 +318,20 @@ class _GeminiStream:
         return _piece_of(self._chunks.popleft())
 
     async def _feed(self, data: bytes) -> None:
-        # SSE: events end at a blank line; Gemini sends CRLFs, the format allows LFs too.
-        *events, self._pending = (self._pending + data).replace(b"\r\n", b"\n").split(b"\n\n")
+        # SSE: events end at a blank line. Gemini sends CRLFs: split on those as they come
+        # (rewriting every read to LFs cost a copy); the format allows LFs too.
+        buffer = self._pending + data if self._pending else data
+        if buffer.find(b"\n\n") < 0:
+            *events, self._pending = buffer.split(b"\r\n\r\n")
+        else:
+            *events, self._pending = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
         for event in events:
-            if event.startswith(b"data: ") and b"\n" not in event:
+            # `find`, not `in`: a bytes `in` first tries its operand as an int and formats
+            # the TypeError it catches, once per chunk.
+            if event.startswith(b"data: ") and event.find(b"\n") < 0:
                 payload = event[6:]  # what Gemini sends: one `data:` line per event
             else:
-                lines = event.split(b"\n")
+                lines = event.replace(b"\r\n", b"\n").split(b"\n")
                 payload = b"\n".join(
                     line[5:].lstrip() for line in lines if line.startswith(b"data:")
                 )
