@@ -13,7 +13,6 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
-from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bookchat import metrics
@@ -33,6 +32,7 @@ from bookchat.chat.schemas import (
     SessionSummary,
 )
 from bookchat.chat.service import DB_ERRORS, ChatService, ChatTurn
+from bookchat.chat.sse import EventStream
 from bookchat.db.models import ChatSession, Message, User
 from bookchat.db.services import ChatSessionService, MessageService
 from bookchat.errors import ApiError
@@ -348,7 +348,7 @@ class ChatController(Controller):
                 raise
             return Response(answer, headers=headers)
         headers.update(SSE_HEADERS)  # X-Accel-Buffering: nginx must not buffer the stream
-        return Stream(
+        return EventStream(
             sse_messages(runtime.journal, service, turn, runtime.settings.sse_ping_interval),
             media_type="text/event-stream",
             headers=headers,
@@ -418,7 +418,7 @@ class ChatController(Controller):
                 f"the answer is {message.status} and its events are no longer kept",
                 located=located,
             ) from None
-        return Stream(source, media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStream(source, media_type="text/event-stream", headers=SSE_HEADERS)
 
     @post(
         "/messages/{message_id:uuid}/stop",
