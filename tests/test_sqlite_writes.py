@@ -4,15 +4,34 @@ aiosqlite's thread per transaction, with the same outcomes as statement by state
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from advanced_alchemy.types import DateTimeUTC, JsonB
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bookchat.db.config import InlineCursorConnection, create_engine, defer_sqlite_writes
+from bookchat.db.config import (
+    InlineCursorConnection,
+    create_engine,
+    defer_sqlite_writes,
+    hold_sqlite_writes,
+)
 from tests.conftest import make_settings
 
 METADATA = MetaData()
@@ -21,6 +40,14 @@ ITEMS = Table(
     METADATA,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("name", String, nullable=False),
+)
+NOTES = Table(
+    "notes",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("body", JsonB, nullable=True),
+    Column("at", DateTimeUTC(timezone=True), nullable=False),
+    Column("kind", String, nullable=False, default="plain"),
 )
 
 
@@ -114,3 +141,59 @@ async def test_a_rollback_drops_the_held_writes(engine: AsyncEngine, trips: list
         await connection.execute(insert(ITEMS), {"id": 2, "name": "kept"})
         await connection.commit()
     assert await _names(engine) == ["kept"]
+
+
+def _held_and_executed(connection: Connection) -> list[bool]:
+    """Notes 1-3 held directly, notes 4-6 through `Connection.execute`, then the commit."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    held = hold_sqlite_writes(connection)
+    assert held is not None
+    added = []
+    for offset, hold in ((0, True), (3, False)):
+        one = {"id": 1 + offset, "body": {"a": [1, "x"]}, "at": at, "kind": "k"}
+        rows = [{**one, "id": 2 + offset, "body": None}, {**one, "id": 3 + offset}]
+        touch = {"note_id": 3 + offset, "body": [7]}
+        statements: list[tuple[Any, Any]] = [
+            (insert(NOTES), one),
+            (insert(NOTES), rows),
+            (update(NOTES).where(NOTES.c.id == bindparam("note_id")), touch),
+        ]
+        for statement, parameters in statements:
+            if hold:
+                added.append(held.add(statement, parameters))
+            else:
+                connection.execute(statement, parameters)
+    connection.commit()
+    return added
+
+
+async def test_held_core_writes_store_what_execute_stores(
+    engine: AsyncEngine, trips: list[Any]
+) -> None:
+    async with engine.connect() as connection:
+        await connection.run_sync(lambda c: METADATA.create_all(c, tables=[NOTES]))
+        await connection.commit()
+    trips.clear()
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_held_and_executed) == [True, True, True]
+    assert len(trips) == 1  # the writes and the commit, one trip
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(NOTES).order_by(NOTES.c.id))).all()
+        raw = (await connection.exec_driver_sql("SELECT * FROM notes ORDER BY id")).all()
+    assert [tuple(row[1:]) for row in stored[:3]] == [tuple(row[1:]) for row in stored[3:]]
+    assert [tuple(row[1:]) for row in raw[:3]] == [tuple(row[1:]) for row in raw[3:]]
+    assert stored[2].body == [7] and stored[1].body is None
+
+
+async def test_a_write_with_a_default_computed_at_execution_is_not_held(
+    engine: AsyncEngine,
+) -> None:
+    def add_without_kind(connection: Connection) -> bool:
+        held = hold_sqlite_writes(connection)
+        assert held is not None
+        row = {"id": 1, "body": None, "at": datetime.now(UTC)}  # `kind` has a default
+        return held.add(insert(NOTES), row)
+
+    async with engine.connect() as connection:
+        await connection.run_sync(lambda c: METADATA.create_all(c, tables=[NOTES]))
+        assert not await connection.run_sync(add_without_kind)

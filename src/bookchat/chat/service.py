@@ -59,7 +59,7 @@ from bookchat.chat.schemas import (
     Usage,
 )
 from bookchat.db import ownership
-from bookchat.db.config import defer_sqlite_writes
+from bookchat.db.config import hold_sqlite_writes
 from bookchat.db.models import ChatSession, Message, User, utcnow
 from bookchat.db.services import (
     ChatSessionService,
@@ -368,7 +368,9 @@ class ChatService:
     ) -> tuple[str | None, UUID, UUID]:
         """The question and its answer's row (`streaming`, owned by this process).
 
-        One transaction, no read-backs: ids and defaults are made here. SQLAlchemy Core
+        One transaction, no read-backs: ids and defaults are made here (every column of
+        the new rows is given, so that on SQLite they are held without SQLAlchemy's
+        execution path: `bookchat.db.config.HeldWrites`). SQLAlchemy Core
         inserts rather than ORM objects: the unit of work's flush cost more CPU than the
         statements themselves, on every chat's critical path.
         """
@@ -411,13 +413,22 @@ class ChatService:
         }
         statements: list[tuple[Any, Any]] = []
         if token is not None:
-            user = {"id": user_id, "token_hash": hash_token(token), "tier": "token"}
+            user = {
+                "id": user_id,
+                "token_hash": hash_token(token),
+                "tier": "token",
+                "created_at": asked_at,
+                "last_seen_at": asked_at,
+            }
             statements.append((INSERT_USER, user))
         if chat is None:
             new_session = {
                 "id": session_id,
                 "user_id": user_id,
                 "title": session_title(data.message),
+                "status": "active",
+                "created_at": asked_at,
+                "last_activity": asked_at,
                 # Created tokenless: may be continued tokenless from this client IP.
                 "client_binding": identity.client_binding if identity.user is None else None,
             }
@@ -646,13 +657,14 @@ def _write_and_commit(connection: Connection, statements: list[tuple[Any, Any]])
     the statements themselves, on every chat's critical path. One `run_sync` rather than
     an awaited call per statement: each of those is a greenlet of SQLAlchemy's async
     adaptation, made and switched into and out of. On SQLite the writes are held for the
-    commit and go to aiosqlite's thread with it, in one trip (`defer_sqlite_writes`).
+    commit and go to aiosqlite's thread with it, in one trip (`hold_sqlite_writes`).
     """
     _write(connection, statements)
     connection.commit()
 
 
 def _write(connection: Connection, statements: list[tuple[Any, Any]]) -> None:
-    defer_sqlite_writes(connection)
+    held = hold_sqlite_writes(connection)
     for statement, parameters in statements:
-        connection.execute(statement, parameters)
+        if held is None or not held.add(statement, parameters):
+            connection.execute(statement, parameters)

@@ -6,7 +6,7 @@ import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import aiosqlite
 import msgspec
@@ -17,7 +17,7 @@ from advanced_alchemy.extensions.litestar import (
 )
 from litestar.types import Message, Scope
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bookchat.db.models import UUIDv7Base
@@ -221,6 +221,102 @@ def defer_sqlite_writes(connection: Connection | AsyncConnection) -> None:
     driver = sync.connection.driver_connection if sync is not None else None
     if isinstance(driver, InlineCursorConnection):
         driver.defer_writes()
+
+
+def hold_sqlite_writes(connection: Connection) -> HeldWrites | None:
+    """`defer_sqlite_writes`, and what adds a Core write to the held ones directly; None
+    on other databases."""
+    driver = connection.connection.driver_connection
+    if not isinstance(driver, InlineCursorConnection):
+        return None
+    if not connection.in_transaction():
+        connection.begin()  # SQLAlchemy commits only a transaction it began
+    driver.defer_writes()
+    return HeldWrites(connection.dialect, driver)
+
+
+class _CompiledWrite(NamedTuple):
+    sql: str
+    names: tuple[str, ...]  # the parameters in placeholder order
+    processors: tuple[Callable[[Any], Any] | None, ...]  # their types' bind processors
+
+
+# One compiled form per (statement, parameter names, dialect); None: not held directly.
+_COMPILED_WRITES: dict[tuple[Any, tuple[str, ...], Dialect], _CompiledWrite | None] = {}
+
+
+class HeldWrites:
+    """Core writes added to a SQLite transaction's held writes without SQLAlchemy's
+    execution path.
+
+    A held write's result is never read, so what `Connection.execute` adds around the
+    statement (its cache key, rebuilt every call, the execution context, a cursor made,
+    used and closed through three greenlet switches to aiosqlite's adapter) bought
+    nothing: each statement is compiled once, and its parameters go through the same
+    bind processors (JSON, GUID, UTC datetimes) SQLAlchemy applies. A statement that
+    needs more (a column default computed at execution, RETURNING) is not held here.
+    """
+
+    def __init__(self, dialect: Dialect, driver: InlineCursorConnection) -> None:
+        self._dialect = dialect
+        self._driver = driver
+
+    def add(self, statement: Any, parameters: dict[str, Any] | list[dict[str, Any]]) -> bool:
+        """Hold `statement` with `parameters` (one row, or rows of the same keys); False
+        when it must go through `Connection.execute`."""
+        held = self._driver.deferred
+        rows = parameters if isinstance(parameters, list) else [parameters]
+        if held is None or not rows:
+            return False
+        names = tuple(rows[0])
+        if any(len(row) != len(names) or row.keys() != rows[0].keys() for row in rows[1:]):
+            return False
+        compiled = _compiled_write(statement, names, self._dialect)
+        if compiled is None:
+            return False
+        values = [
+            tuple(
+                row[name] if process is None else process(row[name])
+                for name, process in zip(compiled.names, compiled.processors, strict=True)
+            )
+            for row in rows
+        ]
+        if isinstance(parameters, list):
+            held.append((compiled.sql, values, True))
+        else:
+            held.append((compiled.sql, values[0], False))
+        return True
+
+
+def _compiled_write(
+    statement: Any, names: tuple[str, ...], dialect: Dialect
+) -> _CompiledWrite | None:
+    key = (statement, names, dialect)
+    if key in _COMPILED_WRITES:
+        return _COMPILED_WRITES[key]
+    compiled = statement.compile(dialect=dialect, column_keys=list(names))
+    order = compiled.positiontup
+    simple = (
+        order is not None
+        and not compiled.insert_prefetch
+        and not compiled.update_prefetch
+        and not compiled.effective_returning
+        and set(order) == set(names)
+    )
+    write = (
+        _CompiledWrite(
+            sql=compiled.string,
+            names=tuple(order),
+            processors=tuple(
+                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+                for name in order
+            ),
+        )
+        if simple and order is not None
+        else None
+    )
+    _COMPILED_WRITES[key] = write
+    return write
 
 
 def connect_sqlite(database: str, **kwargs: Any) -> InlineCursorConnection:
