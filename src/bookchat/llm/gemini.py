@@ -300,17 +300,21 @@ class _GeminiStream:
     async def next_piece(self, deadline: float) -> StreamPiece:
         """The next chunk; TimeoutError past `deadline` (loop time), StopAsyncIteration at end.
 
-        One socket read often holds several chunks: only reads wait under the deadline.
+        One socket read often holds several chunks, and what aiohttp has read ahead is
+        taken without a wait: only waiting reads run under the deadline (a loop timer each).
         """
         while not self._chunks:
             if self._ended:
                 raise StopAsyncIteration
-            async with asyncio.timeout_at(deadline):
-                if self._response is None:
-                    self._response = await self._rest.open(
-                        self.model, "streamGenerateContent?alt=sse", self._body
-                    )
-                data = await self._response.content.readany()
+            response = self._response
+            data = response.content.read_nowait() if response is not None else b""
+            if not data and (response is None or not response.content.at_eof()):
+                async with asyncio.timeout_at(deadline):
+                    if response is None:
+                        response = self._response = await self._rest.open(
+                            self.model, "streamGenerateContent?alt=sse", self._body
+                        )
+                    data = await response.content.readany()
             if not data:
                 self._ended = True
                 data = b"\n\n"  # a last event without its blank line still counts
