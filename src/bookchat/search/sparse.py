@@ -107,7 +107,7 @@ def encode_query(text: str, topic: Sequence[str] = ()) -> SparseVector:
             if weight > weights.get(index, 0.0):
                 weights[index] = weight
     for word in topic:
-        for index in _encoder().embed_query(spell_symbols(word)).indices:
+        for index, _ in _word_weights(spell_symbols(word).lower()):
             weights[index] = TOPIC_WEIGHT
     indices = list(vector.indices)
     return SparseVector(indices=indices, values=[weights.get(i, 1.0) for i in indices])
