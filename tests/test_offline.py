@@ -411,3 +411,59 @@ def test_the_books_overview_of_its_chapters_does_not_answer_for_them() -> None:
     answer = OfflineGenerator().compose(question, context)
     assert "arm motions are usually actions [2]" in answer
     assert "[1]" not in answer
+
+
+def _planning(*headings: str) -> list[ContextBlock]:
+    """Sections of the sample book's path-planning page, each up to the next heading of
+    any level (as the chunker cuts them), in the given (search) order."""
+    from bookchat.devtools.evaluation import SAMPLE_DOCS
+
+    text = (SAMPLE_DOCS / "03-navigation/02-planning/01-path-planning.md").read_text("utf-8")
+    blocks = []
+    for n, heading in enumerate(headings, start=1):
+        start = text.index(heading)
+        end = text.find("\n#", start + len(heading))
+        section = heading.lstrip("# ").split(" {#")[0]
+        title = "Path Planning with A* and RRT"
+        blocks.append(ContextBlock(n=n, title=title, section=section, text=text[start:end]))
+    return blocks
+
+
+def test_a_definition_question_leads_with_the_sentence_that_defines_it() -> None:
+    # BM25 ranks the two-sentence "Weighted A*" section above "The A* algorithm": the
+    # answer still opens with "A* adds a heuristic …", read on through its formula.
+    context = _planning("### Weighted A*", "## The A* algorithm {#a-star}")
+    answer = OfflineGenerator().compose("What is A*?", context)
+    body = answer.split("\n\n", 1)[1]
+    assert body.startswith("A* adds a heuristic h(n)"), body
+    assert "expands the node with the lowest f(n) = g(n) + h(n) [2]." in body
+    assert body.index("[2]") < body.index("[1]")
+    # A sentence that only mentions the subject ("makes A* greedier") does not lead, and
+    # one that opens with it but says nothing ("The integral term.") is no definition.
+    pid = _sample_section("02-motion/02-pid-control.mdx", "## Integral term", title="PID")
+    quiz = _sample_section("05-practice/02-quiz.md", "## Answers", n=2, title="Quiz")
+    answer = OfflineGenerator().compose("What does the integral term do?", [pid, quiz])
+    assert answer.split("\n\n", 1)[1].startswith("The I term accumulates the error"), answer
+
+
+def test_a_formula_is_read_with_the_line_that_names_its_symbols() -> None:
+    # "… the distance is\n\n    d = c · t / 2\n\nwhere c ≈ 3 × 10⁸ m/s is the speed of light."
+    answer = OfflineGenerator().compose(
+        "What is the time-of-flight principle?", _lidar("## Time-of-flight principle")
+    )
+    assert "the distance is d = c · t / 2, where c ≈ 3 × 10⁸ m/s is the speed of light [1]." in (
+        answer
+    )
+    assert answer.count("where c ≈") == 1
+
+
+def test_a_sentence_that_matches_only_the_pages_title_does_not_lead() -> None:
+    # Every chunk of the page carries its title "Path Planning with A* and RRT": the page's
+    # opening sentence shares no word of the question and does not lead the answer.
+    context = _planning(
+        "# Path Planning with A* and RRT", "## Choosing a planner", "### Weighted A*"
+    )
+    answer = OfflineGenerator().compose("how is RRT different from A*?", context)
+    body = answer.split("\n\n", 1)[1]
+    assert not body.startswith("Once the robot knows where it is"), body
+    assert "RRT — Complete?: Probabilistically" in body

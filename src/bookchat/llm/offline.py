@@ -11,7 +11,11 @@ scaled by the block's rank and by a length/kind factor. Code is left out unless 
 question asks about code, or a chosen sentence introduces it ("Reject measurements that
 don't match model predictions:"): such a line is shown with its code block or not at all,
 since technical books often answer a question with one such line and the code under it.
-Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped.
+Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped. The answer leads with the best
+source's best sentence that shares a word with the question (the page title every chunk
+carries does not count); a definition question ("What is A*?") leads with the sentence of
+the top two sources that opens with its subject ("A* adds a heuristic …"). A sentence that
+runs into a formula line is shown with it, and with the "where …" line naming its symbols.
 
 With the local sentence encoder (`EMBEDDING_PROVIDER=local`) a sentence's cosine with
 the question adds to its score (`SEM_WEIGHT` × the excess over `SEM_FLOOR`), so a
@@ -47,6 +51,7 @@ from bookchat.text import (
     approx_tokens,
     is_side_section,
     jaccard,
+    light_stem,
     segments,
     term_set,
     tokenize,
@@ -69,6 +74,16 @@ _CODE_WORDS = frozenset(
 )
 _DEFINITION_Q_RE = re.compile(r"^\s*(what\s+(is|are|'s)|define|who\s+(is|are)|what\s+does)\b", re.I)
 _DEFINITION_S_RE = re.compile(r"\b(is|are|refers? to|means|describes?|stands for)\b", re.I)
+# The thing a definition question asks about: "What is A*?" → "A*", "what does a PID
+# controller do?" → "PID controller". A sentence opening with it defines it ("A* adds a
+# heuristic …"); one that merely mentions it ("Weighted A* makes A* greedier") does not.
+_DEFINED_RE = re.compile(
+    r"^\s*(?:what|who)\s*(?:is|are|'s|’s)\s+(?:an?\s+|the\s+)?(?P<a>[^?,;:]+?)\s*\??\s*$"
+    r"|^\s*define\s+(?:an?\s+|the\s+)?(?P<b>[^?,;:]+?)\s*[?.]?\s*$"
+    r"|^\s*what\s+does\s+(?:an?\s+|the\s+)?(?P<c>[^?,;:]+?)\s+(?:do|mean|stand\s+for)\s*\??\s*$",
+    re.I,
+)
+_ARTICLES = frozenset({"a", "an", "the"})
 _MECHANISM_Q_RE = re.compile(r"^\s*how\s+(does|do|is|are|can)\b(?!\s+(i|we|you)\b)", re.I)
 # Sentences that give a mechanism: a cause, a means, or a formula.
 _MECHANISM_S_RE = re.compile(r"\b(because|by\s+\w+ing|so that|therefore|until)\b|\s=\s", re.I)
@@ -142,6 +157,8 @@ _BACK_REFERENCE_RE = re.compile(
     r"^(?:this|these|that|those|it|they|such)\b|^[^.]{0,60}\b(?:this|these)\s*:", re.I
 )
 _FORMULA_MAX_CHARS = 80
+# The line after a formula that names its symbols: part of the formula's sentence.
+_WHERE_RE = re.compile(r"^where\s")
 # What a code block shown after its intro line counts for in the answer's word budget.
 _CODE_WORDS_BUDGET = 20
 # Semantic scoring (with a local sentence encoder): a unit's cosine with the question
@@ -191,6 +208,9 @@ class _Unit(msgspec.Struct, frozen=True):
     # A sentence shown with the one just before it ("This is why…"): the sentence alone,
     # for an answer that already shows the one before.
     alone: Segment | None = None
+    # The lines it reads on with: a formula and the "where …" line that names its symbols.
+    through: int = -1  # the last segment position shown with it (-1: its own only)
+    words: int = 0  # the sentence's own words, without those lines (0: count the text)
 
 
 @lru_cache(maxsize=4096)
@@ -204,7 +224,10 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
     segs = segments(text)
     units: list[_Unit] = []
     heading = ""
+    through = -1
     for idx, seg in enumerate(segs):
+        if idx <= through:
+            continue  # the formula (and its "where …" line) of the sentence before
         if seg.kind == "heading":
             # Small sections are merged into one chunk: a unit answers under its own heading.
             heading = seg.text
@@ -222,12 +245,27 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             )
         )
         terms = term_set(seg.text)
-        if seg.kind == "prose" and not introduces and _DANGLING_RE.search(seg.text):
-            # "the distance is" introduces a formula: keep a short one with it.
+        dangling = _DANGLING_RE.search(seg.text) is not None
+        own_words = 0
+        if (
+            seg.kind == "prose"
+            and not introduces
+            and (dangling or not seg.text.endswith(_END_PUNCT))
+        ):
+            # "the distance is" or "… expands the node with the lowest" introduces a
+            # formula: keep a short one with it. Cut before one it cannot show, it goes.
             formula = _formula_after(segs, idx)
-            if formula is None:
+            if formula is not None:
+                own_words = len(seg.text.split())
+                seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula}")
+                through = idx + 1
+                after = segs[idx + 2] if idx + 2 < len(segs) else None
+                if after is not None and after.kind == "prose" and _WHERE_RE.match(after.text):
+                    # "… d = c · t / 2 where c ≈ 3 × 10⁸ m/s is the speed of light."
+                    seg = msgspec.structs.replace(seg, text=f"{seg.text}, {after.text}")
+                    through = idx + 2
+            elif dangling:
                 continue
-            seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula}")
         if seg.kind == "prose" and _BACK_REFERENCE_RE.match(seg.text):
             # "Anti-windup prevents this:" / "This is why…": read with what precedes.
             before = _previous_prose(segs, idx)
@@ -245,7 +283,14 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             bullets = tuple([s for s in segs[idx + 1 : idx + 6] if s.kind == "bullet"][:4])
         units.append(
             _Unit(
-                segment=seg, terms=terms, bullets=bullets, code=code, heading=heading, alone=alone
+                segment=seg,
+                terms=terms,
+                bullets=bullets,
+                code=code,
+                heading=heading,
+                alone=alone,
+                through=through if through > idx else -1,
+                words=own_words,
             )
         )
     return tuple(units)
@@ -253,8 +298,8 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
 
 class _Candidate:
     __slots__ = (
-        "alone", "block", "bullets", "code", "heading", "penalised", "rank", "score", "segment",
-        "terms", "unit", "words",
+        "alone", "block", "bullets", "code", "defines", "heading", "matched", "penalised", "rank",
+        "score", "segment", "terms", "unit", "words",
     )  # fmt: skip
 
     def __init__(self, block: ContextBlock, rank: int, unit: _Unit):
@@ -267,18 +312,41 @@ class _Candidate:
         self.code = unit.code
         self.alone = unit.alone
         self.heading = unit.heading or block.section
-        self.words = len(unit.segment.text.split())
+        # A formula shown with its sentence counts like a code block: not word for word.
+        self.words = unit.words or len(unit.segment.text.split())
         self.score = 0.0
         self.penalised = False  # an exercise prompt or an unasked-for caveat
+        self.matched = False  # shares a question word, gives the reason asked, or is close
+        self.defines = False  # opens with the subject of a definition question
 
     def parts(self) -> set[tuple[int, int]]:
         """(block n, segment position) of every sentence this candidate shows."""
         positions = [s.position for s in (self.segment, *self.bullets)]
+        positions += range(self.segment.position + 1, self.unit.through + 1)
         if self.code is not None:
             positions.append(self.code.position)
         if self.alone is not None:
             positions.append(self.segment.position - 1)  # the sentence read with it
         return {(self.block.n, p) for p in positions}
+
+
+def _defined_subject(question: str) -> tuple[str, ...]:
+    """The words of what a definition question asks about ("What is a PID controller?" →
+    ("pid", "controller")), or () for any other question or a subject of over 4 words."""
+    m = _DEFINED_RE.match(question)
+    if m is None:
+        return ()
+    words = tuple(light_stem(w) for w in tokenize(m["a"] or m["b"] or m["c"]))
+    return words if 0 < len(words) <= 4 else ()
+
+
+def _opens_with(text: str, subject: tuple[str, ...]) -> bool:
+    """Whether `text` opens with `subject`, after an article: "A* adds …" opens with
+    ("astar",); "Weighted A* makes A* greedier" does not."""
+    words = tokenize(text)[: len(subject) + 1]
+    if words and words[0] in _ARTICLES:
+        words = words[1:]
+    return tuple(light_stem(w) for w in words[: len(subject)]) == subject
 
 
 def _unit_text(unit: _Unit) -> str:
@@ -357,6 +425,7 @@ class OfflineGenerator:
                 pool.append(_Candidate(block, rank, unit))
         if not q_terms:
             return pool, q_terms
+        defined = _defined_subject(question)
 
         # Sentence frequency of each question term: frequent terms say less.
         weights = {
@@ -396,6 +465,14 @@ class OfflineGenerator:
             score += 0.25 * header
             if definitional and _DEFINITION_S_RE.search(cand.segment.text):
                 score += 0.2
+            if (
+                defined
+                and cand.rank <= 1
+                and cand.words >= len(defined) + 3
+                and _opens_with(cand.segment.text, defined)
+            ):
+                cand.defines = True
+                score += 0.3  # "A* adds a heuristic …" is what "What is A*?" asks for
             if gives_reason:
                 score += 0.3  # "why …?" is answered by the sentence that gives the reason
             if figure is not None and figure.search(cand.segment.text):
@@ -426,6 +503,12 @@ class OfflineGenerator:
             if not asks_caveats and _CAVEAT_SECTION_RE.search(cand.heading):
                 kind *= 0.3
                 cand.penalised = True
+            # A section titled after the question matches; the page's title alone, which
+            # every chunk of the page carries, does not.
+            cand.matched = (
+                bool(matched) or gives_reason or close > 0
+                or (header > 0 and cand.heading != cand.block.title)
+            )  # fmt: skip
             # The search ranked the blocks; a later block needs a much better sentence.
             cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
         return pool, q_terms
@@ -459,11 +542,16 @@ class OfflineGenerator:
             return opening[: self.min_sentences] or [c for c in pool if c.rank == 0][:1]
         # The search ranked the sources: the answer leads with the best source's best
         # sentence, so a stray word match elsewhere cannot take the answer off its page.
-        lead = next((c for c in scored if c.rank == 0 and not c.penalised), None)
+        # A sentence that matches only through its page's title ("Once the robot knows
+        # where it is …" for "how is RRT different from A*?") does not lead. A definition
+        # question's answer leads with the sentence that opens with its subject.
+        lead = next((c for c in scored if c.defines and not c.penalised), None) or next(
+            (c for c in scored if c.rank == 0 and not c.penalised and c.matched), None
+        )
         if (
             lead is not None
             and lead is not scored[0]
-            and lead.score >= scored[0].score * _LEAD_SHARE
+            and (lead.defines or lead.score >= scored[0].score * _LEAD_SHARE)
         ):
             scored.remove(lead)
             scored.insert(0, lead)
@@ -499,7 +587,7 @@ class OfflineGenerator:
                 for c in pool
                 if c.block is best.block and not c.bullets and c.code is None
             }
-            pos = max(s.position for s in (best.segment, *best.bullets)) + 1
+            pos = max(best.unit.through, *(s.position for s in (best.segment, *best.bullets))) + 1
             while words < self.min_words and len(chosen) < self.max_sentences:
                 nxt = by_pos.get(pos)
                 if nxt is None or (best.block.n, pos) in used:
@@ -516,7 +604,10 @@ class OfflineGenerator:
                 pos += 1
         if _MECHANISM_Q_RE.match(question):
             self._add_mechanism(chosen, scored, pool, used)
-        chosen.sort(key=lambda c: (c.rank, c.segment.position))
+        # Book order within a source, sources in the search's order; a definition's
+        # source first ("What is A*?" ranks the short "Weighted A*" section above it).
+        first = chosen[0].block if chosen and chosen[0].defines else None
+        chosen.sort(key=lambda c: (c.block is not first, c.rank, c.segment.position))
         return chosen
 
     def _add_mechanism(
