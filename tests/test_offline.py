@@ -9,7 +9,12 @@ import msgspec
 
 from bookchat.answer.grounding import PromptBuilder
 from bookchat.llm.base import ContextBlock, GenerationFinished, TokenDelta
-from bookchat.llm.offline import OFFLINE_LABEL, OfflineGenerator, _readable_units
+from bookchat.llm.offline import (
+    _CAPABILITY_Q_RE,
+    OFFLINE_LABEL,
+    OfflineGenerator,
+    _readable_units,
+)
 
 BLOCKS = [
     ContextBlock(
@@ -467,3 +472,13 @@ def test_a_sentence_that_matches_only_the_pages_title_does_not_lead() -> None:
     body = answer.split("\n\n", 1)[1]
     assert not body.startswith("Once the robot knows where it is"), body
     assert "RRT — Complete?: Probabilistically" in body
+
+
+def test_a_can_question_is_answered_from_the_limitations_too() -> None:
+    # "Can a lidar see through glass?" asks what it can and cannot do: the failure-mode list
+    # answers it, though the question names no limitation.
+    context = _lidar("## Limitations of lidar", "## Scan geometry and specifications")
+    answer = OfflineGenerator().compose("can lidar see through glass", context)
+    assert "Transparent surfaces let the beam pass" in answer
+    # "How can I …" asks how to, not whether: the limitations stay out of a how-to answer.
+    assert _CAPABILITY_Q_RE.match("How can I mount a lidar?") is None

@@ -138,6 +138,9 @@ _CAVEAT_QUESTION_RE = re.compile(
     r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never)\b",
     re.I,
 )
+# "Can a lidar see through glass?" asks what a thing can and cannot do: its limitations
+# answer as much as its features ("How can I …" and "can I …" ask how to, not whether).
+_CAPABILITY_Q_RE = re.compile(r"^\s*(?:can|could|will|does|do)\s+(?!i\b|we\b|you\b|there\b)", re.I)
 _END_PUNCT = (".", "!", "?", ":", "…")
 # A sentence cut before the formula or code it introduces.
 _DANGLING_RE = re.compile(
@@ -434,7 +437,10 @@ class OfflineGenerator:
         }
         total = sum(weights.values())
         header_match: dict[tuple[str, str], float] = {}
-        asks_caveats = _CAVEAT_QUESTION_RE.search(question) is not None
+        asks_caveats = (
+            _CAVEAT_QUESTION_RE.search(question) is not None
+            or _CAPABILITY_Q_RE.match(question) is not None
+        )
         for cand in pool:
             where = (cand.block.title, cand.heading)
             header = header_match.get(where)
