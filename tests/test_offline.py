@@ -482,3 +482,25 @@ def test_a_can_question_is_answered_from_the_limitations_too() -> None:
     assert "Transparent surfaces let the beam pass" in answer
     # "How can I …" asks how to, not whether: the limitations stay out of a how-to answer.
     assert _CAPABILITY_Q_RE.match("How can I mount a lidar?") is None
+
+
+def _middleware(*headings: str) -> list[ContextBlock]:
+    page = "04-software/01-middleware.md"
+    title = "Robot Middleware and Message Passing"
+    return [
+        _sample_section(page, heading, n=n, title=title)
+        for n, heading in enumerate(headings, start=1)
+    ]
+
+
+def test_a_comparison_says_what_each_side_is() -> None:
+    # The quality-of-service section names both ("every topic … quality of service") and
+    # ranks first; the answer still introduces each: "Topics …" and "A service is …".
+    context = _middleware(
+        "## Quality of service {#qos}", "## Publish/subscribe topics", "## Services and actions"
+    )
+    answer = OfflineGenerator().compose(
+        "what's the difference between a topic and a service?", context
+    )
+    assert "Topics suit continuous data streams" in answer, answer
+    assert "A service is a request/response call" in answer, answer

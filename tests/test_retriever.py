@@ -146,3 +146,41 @@ async def test_filters_and_top_k_are_passed_to_the_store() -> None:
 async def test_store_failure_propagates() -> None:
     with pytest.raises(VectorStoreUnavailableError):
         await Retriever(UnavailableStore(), None).search("What is a node?")
+
+
+# Passages that name both compared things rank above the ones that explain either.
+ROS_CHUNKS = [
+    chunk("ros/exercises", "Exercises", "Exercise 1",
+          "Topic or service? Pick a topic or a service for each: a camera topic, a map "
+          "service, a battery service, a joint state topic."),
+    chunk("ros/tools", "Command-line tools", "Listing",
+          "ros2 topic list shows every topic; ros2 service list shows every service; "
+          "ros2 topic echo prints a topic and ros2 service call calls a service."),
+    chunk("ros/concepts", "Core concepts", "Publish and subscribe",
+          "Topics enable asynchronous many-to-many communication between the programs of a "
+          "robot: publishers send messages without knowing who listens, any number of "
+          "subscribers receive them, and data flows one way, which suits sensor streams "
+          "such as camera images, laser scans and the robot's joint states."),
+    chunk("ros/concepts", "Core concepts", "Request and reply",
+          "Services provide synchronous one-to-one communication between two programs of a "
+          "robot: a client sends a request message and then blocks until the response "
+          "message arrives, which suits infrequent queries, configuration changes and "
+          "triggers that need an immediate result."),
+    *(chunk(f"ros/filler{i}", "Filler", f"Filler {i}", f"Launch files start nodes {i}.")
+      for i in range(6)),
+]  # fmt: skip
+
+
+async def test_a_comparison_retrieves_the_passage_that_explains_each_side() -> None:
+    question = "what's the difference between a topic and a service?"
+    store = FakeBM25Store(ROS_CHUNKS)
+    plain = await store.search(query_text=question, dense=None, filters=None, limit=3)
+    assert "Publish and subscribe" not in {h.payload.section for h in plain}  # the trap
+    result = await Retriever(store, None).search(question, top_k=3)
+    sections = [h.payload.section for h in result.hits]
+    assert sections[0] == plain[0].payload.section  # the question's own best stays first
+    assert {"Publish and subscribe", "Request and reply"} <= set(sections), sections
+    # Not a comparison: one search, nothing added.
+    store.calls.clear()
+    await Retriever(store, None).search("what is a topic?", top_k=3)
+    assert len(store.calls) == 1

@@ -120,3 +120,32 @@ def test_symbol_names_are_the_words_made_of_symbols() -> None:
 
     assert symbol_names("How does D* differ from A* in C++?") == {"dstar", "astar", "cplusplus"}
     assert symbol_names("**bold**, 2*3 and a plain question") == frozenset()
+
+
+def test_comparison_sides_are_the_words_next_to_the_comparison() -> None:
+    from bookchat.text import comparison_sides
+
+    assert comparison_sides("what's the difference between a topic and a service?") == (
+        ("topic",),
+        ("service",),
+    )
+    assert comparison_sides("When should I use a service vs a topic in ROS2?") == (
+        ("service",),
+        ("topic",),
+    )
+    assert comparison_sides("how is RRT different from A*?") == (("rrt",), ("astar",))
+    assert comparison_sides("A* compared with Dijkstra") == (("astar",), ("dijkstra",))
+    # A side that ends (or starts) on a function word is a clause, not a thing's name.
+    assert comparison_sides("the difference between sensors that look at it and others") is None
+    assert comparison_sides("What is a topic?") is None
+
+
+def test_opens_with_reads_a_sentence_about_the_subject_not_a_label() -> None:
+    from bookchat.text import opens_with
+
+    assert opens_with("A* adds a heuristic h(n) to the cost.", ("astar",))
+    assert opens_with("Services provide synchronous communication.", ("service",))
+    assert opens_with("The integral term removes the error.", ("integral", "term"))
+    assert not opens_with("Weighted A* makes A* greedier.", ("astar",))
+    assert not opens_with("Topic: /imu/data at 200 Hz", ("topic",))
+    assert not opens_with("A* — Complete?: Yes", ("astar",))

@@ -20,7 +20,7 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from functools import lru_cache
 from importlib import resources
@@ -36,6 +36,7 @@ __all__ = [
     "SegmentKind",
     "TermUnion",
     "approx_tokens",
+    "comparison_sides",
     "content_terms",
     "content_words",
     "edits1",
@@ -44,6 +45,7 @@ __all__ = [
     "jaccard",
     "light_stem",
     "light_term_set",
+    "opens_with",
     "prose_sentences",
     "segments",
     "specificity",
@@ -80,7 +82,7 @@ STOPWORDS: frozenset[str] = frozenset(
     use used using uses know want need help work works working happen happens
     book chapter section page passage selection selected
     already even still actually basically maybe perhaps probably somehow anyway although
-    stuff lot lots
+    stuff lot lots vs versus
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
 
@@ -623,3 +625,74 @@ def everyday_compound(word: str, *, min_zipf: float = 3.0) -> tuple[str, str] | 
         if _zipf(head) >= (min_zipf if cut > 2 else _PARTICLE_ZIPF) and _zipf(tail) >= min_zipf:
             return head, tail
     return None
+
+
+# "the difference between a topic and a service", "RRT vs A*", "how is RRT different from
+# A*?", "A* compared with Dijkstra": the two things a question compares.
+_COMPARISON_RES = (
+    re.compile(r"\bdifferences?\s+between\s+(?P<x>.+?)\s+and\s+(?P<y>[^?!.]+)", re.I),
+    re.compile(
+        r"(?P<x>[^,;:?!]+?)\s+(?:vs\.?|versus|compared\s+(?:to|with)|different\s+from)"
+        r"\s+(?P<y>[^,;:?!]+)",
+        re.I,
+    ),
+)
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def _run(tokens: Sequence[str], *, last: bool) -> tuple[str, ...]:
+    """The up to two content tokens next to the comparison word: the end of the phrase
+    before it (`last`), or the start of the one after it, past an article. () when a
+    function word stands there ("sensors that look at the robot itself and …")."""
+    seq = list(reversed(tokens)) if last else list(tokens)
+    if not last and seq and seq[0] in _ARTICLES:
+        seq = seq[1:]
+    run: list[str] = []
+    for tok in seq:
+        if tok in STOPWORDS or (len(tok) < 2 and not tok.isdigit()):
+            break
+        run.append(tok)
+        if len(run) == 2:
+            break
+    return tuple(reversed(run)) if last else tuple(run)
+
+
+def comparison_sides(question: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The words naming the two things `question` compares, or None.
+
+    "what's the difference between a topic and a service?" → (("topic",), ("service",));
+    "When should I use a service vs a topic in ROS2?" → (("service",), ("topic",)): the
+    words nearest the comparison, without articles, question words or what follows a
+    preposition.
+    """
+    for pattern in _COMPARISON_RES:
+        m = pattern.search(question)
+        if m is None:
+            continue
+        x, y = _run(tokenize(m["x"]), last=True), _run(tokenize(m["y"]), last=False)
+        if x and y and x != y:
+            return x, y
+    return None
+
+
+def opens_with(text: str, subject: Sequence[str]) -> bool:
+    """Whether `text` opens with the words `subject` (tokens; after an article, compared by
+    `light_stem`): "A* adds …" opens with ("astar",), "Services provide …" with
+    ("service",); "Weighted A* makes A* greedier" does not open with ("astar",), and
+    neither does a question, a label ("Topic: /imu/data") or a table row."""
+    if not subject or text.rstrip().endswith("?"):
+        return False  # a question ("Topic or service?") says nothing about it
+    words = tokenize(text[: 24 * (len(subject) + 1)])[: len(subject) + 1]
+    if words and words[0] in _ARTICLES:
+        words = words[1:]
+    if len(words) < len(subject):
+        return False
+    if not all(light_stem(w) == light_stem(s) for w, s in zip(words, subject, strict=False)):
+        return False
+    # A label or a table row ("Topic: /imu/data …", "A* — Complete?: Yes") names it
+    # without saying anything about it.
+    head = text.split()[: len(subject) + 2]
+    return not any(w.endswith(":") or w in _DASHES for w in head)
+
+
+_DASHES = frozenset({"—", "–", "-", "|"})

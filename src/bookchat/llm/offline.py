@@ -49,9 +49,10 @@ from bookchat.llm.base import (
 from bookchat.text import (
     Segment,
     approx_tokens,
+    comparison_sides,
     is_side_section,
     jaccard,
-    light_stem,
+    opens_with,
     segments,
     term_set,
     tokenize,
@@ -83,7 +84,6 @@ _DEFINED_RE = re.compile(
     r"|^\s*what\s+does\s+(?:an?\s+|the\s+)?(?P<c>[^?,;:]+?)\s+(?:do|mean|stand\s+for)\s*\??\s*$",
     re.I,
 )
-_ARTICLES = frozenset({"a", "an", "the"})
 _MECHANISM_Q_RE = re.compile(r"^\s*how\s+(does|do|is|are|can)\b(?!\s+(i|we|you)\b)", re.I)
 # Sentences that give a mechanism: a cause, a means, or a formula.
 _MECHANISM_S_RE = re.compile(r"\b(because|by\s+\w+ing|so that|therefore|until)\b|\s=\s", re.I)
@@ -339,17 +339,8 @@ def _defined_subject(question: str) -> tuple[str, ...]:
     m = _DEFINED_RE.match(question)
     if m is None:
         return ()
-    words = tuple(light_stem(w) for w in tokenize(m["a"] or m["b"] or m["c"]))
+    words = tuple(tokenize(m["a"] or m["b"] or m["c"]))
     return words if 0 < len(words) <= 4 else ()
-
-
-def _opens_with(text: str, subject: tuple[str, ...]) -> bool:
-    """Whether `text` opens with `subject`, after an article: "A* adds …" opens with
-    ("astar",); "Weighted A* makes A* greedier" does not."""
-    words = tokenize(text)[: len(subject) + 1]
-    if words and words[0] in _ARTICLES:
-        words = words[1:]
-    return tuple(light_stem(w) for w in words[: len(subject)]) == subject
 
 
 def _unit_text(unit: _Unit) -> str:
@@ -475,7 +466,7 @@ class OfflineGenerator:
                 defined
                 and cand.rank <= 1
                 and cand.words >= len(defined) + 3
-                and _opens_with(cand.segment.text, defined)
+                and opens_with(cand.segment.text, defined)
             ):
                 cand.defines = True
                 score += 0.3  # "A* adds a heuristic …" is what "What is A*?" asks for
@@ -610,6 +601,9 @@ class OfflineGenerator:
                 pos += 1
         if _MECHANISM_Q_RE.match(question):
             self._add_mechanism(chosen, scored, pool, used)
+        sides = comparison_sides(question)
+        if sides is not None:
+            self._add_sides(chosen, sides, scored, used)
         # Book order within a source, sources in the search's order; a definition's
         # source first ("What is A*?" ranks the short "Weighted A*" section above it).
         first = chosen[0].block if chosen and chosen[0].defines else None
@@ -648,6 +642,46 @@ class OfflineGenerator:
                 chosen.append(cand)
                 used |= cand.parts()
                 return
+
+    def _add_sides(
+        self,
+        chosen: list[_Candidate],
+        sides: tuple[tuple[str, ...], tuple[str, ...]],
+        scored: list[_Candidate],
+        used: set[tuple[int, int]],
+    ) -> None:
+        """A comparison's answer says what each thing is: for each side not yet introduced,
+        the best sentence that opens with it ("Topics enable …", "Services provide …").
+        The search puts such passages among the sources (`Retriever._with_sides`). A table
+        row that names both ("Communication — ROS1: …; ROS2: …") compares them already."""
+        words = [set(side) for side in sides]
+        if any(
+            c.segment.kind == "table_row" and all(w <= set(tokenize(c.segment.text)) for w in words)
+            for c in chosen
+        ):
+            return
+        added: list[_Candidate] = []
+        for side in sides:
+            if any(opens_with(c.segment.text, side) for c in chosen):
+                continue
+            for cand in scored:
+                if (
+                    not cand.penalised
+                    and cand.segment.kind in ("prose", "bullet")
+                    and opens_with(cand.segment.text, side)
+                    and not cand.parts() & used
+                ):
+                    if len(chosen) >= self.max_sentences:
+                        # Make room with the weakest sentence that is neither the lead nor
+                        # the other side's.
+                        spare = [c for c in chosen[1:] if c not in added]
+                        if not spare:
+                            return
+                        chosen.remove(min(spare, key=lambda c: c.score))
+                    chosen.append(cand)
+                    added.append(cand)
+                    used |= cand.parts()
+                    break
 
     async def _similarity(self, question: str, context: Sequence[ContextBlock]) -> dict[str, float]:
         """Cosine of the question with each candidate unit of `context` (unit text → cos).

@@ -9,6 +9,11 @@ On top of the store's ranking this module adds what the store cannot know:
   search query is the question plus the content words of the most recent user
   question(s), walking back over at most `follow_up_depth` questions until at least
   three expansion words are collected.
+- **Comparisons** ("the difference between a topic and a service", "RRT vs A*"): each
+  compared thing is searched alone too (BM25, no embedding call), and its best passage
+  with a sentence that opens with it ("Topics enable …") joins the hits after the
+  question's own best, so the answer can say what each is; BM25 alone ranks the passages
+  that merely name both (an exercise list, a command listing) first.
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
@@ -39,10 +44,13 @@ from bookchat.search.relevance import Evidence, judge
 from bookchat.search.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
 from bookchat.text import (
     TermUnion,
+    comparison_sides,
     content_terms,
     content_words,
     jaccard,
     light_term_set,
+    opens_with,
+    segments,
     term_set,
     tokenize,
 )
@@ -50,6 +58,9 @@ from bookchat.text import (
 __all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
 
 logger = logging.getLogger(__name__)
+
+# Hits read per compared thing of a comparison question (`Retriever._with_sides`).
+_SIDE_CANDIDATES = 10
 
 # Words that point back at something said earlier in the conversation.
 _ANAPHORA = frozenset(
@@ -206,6 +217,45 @@ class Retriever:
         )
         return nearest[0].score if nearest else None
 
+    async def _with_sides(
+        self,
+        ranked: list[SearchHit],
+        sides: tuple[tuple[str, ...], tuple[str, ...]],
+        filters: SearchFilters | None,
+        top_k: int,
+    ) -> list[SearchHit]:
+        """`ranked` with the passage that introduces each compared thing in its first
+        `top_k`: "what's the difference between a topic and a service?" ranks an exercise
+        and a command listing that name both above "Topics enable …" and "Services provide
+        …", which explain them.
+
+        Each side is searched alone (BM25 only: no embedding call); its best hit with a
+        sentence that opens with the side's words joins right after the question's own
+        best hit, unless it is among the first `top_k` already.
+        """
+        shown = {h.id for h in ranked[:top_k]}
+        joining: list[SearchHit] = []
+        for side in sides:
+            found = await self.store.search(
+                query_text=" ".join(side),
+                dense=None,
+                filters=filters if filters is not None and not filters.is_empty() else None,
+                limit=_SIDE_CANDIDATES,
+            )
+            for hit in sorted(found, key=lambda h: (-h.score, h.id)):
+                if any(
+                    seg.kind in ("prose", "bullet") and opens_with(seg.text, side)
+                    for seg in segments(hit.payload.text)
+                ):
+                    if hit.id not in shown and all(hit.id != j.id for j in joining):
+                        joining.append(hit)
+                    break
+        if not joining:
+            return ranked
+        ids = {h.id for h in joining}
+        rest = [h for h in ranked if h.id not in ids]
+        return [*rest[:1], *joining, *rest[1:]]
+
     def _terms(self, payload: ChunkPayload) -> _ChunkTerms:
         """A chunk's term sets, memoised by content hash: the same candidates recur, and
         the unions of three sets per candidate cost more than the rest of the ranking."""
@@ -322,7 +372,11 @@ class Retriever:
         # Fused RRF scores tie often (a chunk first in one list, second in the other), and
         # the engine returns ties in no fixed order: break them by id, so a question gets
         # the same sources every time.
-        pool = self._dedupe(sorted(raw, key=lambda h: (-h.score, h.id)))
+        ranked = sorted(raw, key=lambda h: (-h.score, h.id))
+        sides = comparison_sides(query) if not extra_words else None
+        if sides is not None:
+            ranked = await self._with_sides(ranked, sides, filters, top_k)
+        pool = self._dedupe(ranked)
 
         own_terms = content_terms(query)
         extra_terms = [t for t in content_terms(" ".join(extra_words)) if t not in own_terms]
