@@ -99,7 +99,9 @@ class FakeBM25Store:
         limit: int,
         topic: Sequence[str] = (),
     ) -> list[SearchHit]:
-        self.calls.append({"query_text": query_text, "dense": dense, "limit": limit})
+        self.calls.append(
+            {"query_text": query_text, "dense": dense, "limit": limit, "topic": tuple(topic)}
+        )
         q = set(_terms(query_text))
         scored: list[tuple[float, int]] = []
         for i, (p, d) in enumerate(zip(self.payloads, self._docs, strict=True)):

@@ -184,3 +184,17 @@ async def test_a_comparison_retrieves_the_passage_that_explains_each_side() -> N
     store.calls.clear()
     await Retriever(store, None).search("what is a topic?", top_k=3)
     assert len(store.calls) == 1
+
+
+async def test_a_follow_up_that_names_a_new_thing_does_not_favour_the_earlier_topic() -> None:
+    # "…different from Gazebo?" after an Isaac Sim question is about both: the earlier
+    # topic's words are searched at their own weight, not doubled over "Gazebo".
+    store = FakeBM25Store(SAMPLE_CHUNKS)
+    retriever = Retriever(store, None)
+    history = ["How does Isaac Sim generate training data?"]
+    result = await retriever.search("and how is that different from Gazebo?", history=history)
+    assert result.expanded and "isaac" in result.query_used.lower()
+    assert store.calls[-1]["topic"] == ()
+    # A follow-up in its own everyday words keeps the earlier topic's weight.
+    await retriever.search("What are its main drawbacks?", history=history)
+    assert "isaac" in store.calls[-1]["topic"]

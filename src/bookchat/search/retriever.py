@@ -8,7 +8,9 @@ On top of the store's ranking this module adds what the store cannot know:
   function word) or has fewer than two content terms ("why?", "and ROS 1?"). A follow-up's
   search query is the question plus the content words of the most recent user
   question(s), walking back over at most `follow_up_depth` questions until at least
-  three expansion words are collected.
+  three expansion words are collected. The earlier topic's words weigh double in BM25
+  (`sparse.TOPIC_WEIGHT`), unless the follow-up names a new thing of its own, a
+  capitalised word inside the sentence ("and how is that different from Gazebo?").
 - **Comparisons** ("the difference between a topic and a service", "RRT vs A*"): each
   compared thing is searched alone too (BM25, no embedding call), and its best passage
   with a sentence that opens with it ("Topics enable …") joins the hits after the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -73,6 +76,17 @@ _FUNCTION_WORDS = frozenset(
     using and or but like than
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
+
+
+# A capitalised word inside a sentence ("Gazebo", "ROS", "Kalman"): a name.
+_NAME_RE = re.compile(r"(?<=[\w,;:)] )[A-Z][A-Za-z0-9*+#-]*")
+
+
+def _names_new_thing(question: str, topic: Sequence[str]) -> bool:
+    """Whether a follow-up names something its earlier topic does not: a capitalised word
+    inside the sentence ("… different from Gazebo?"), other than "I"."""
+    known = {w.lower() for w in topic}
+    return any(name != "I" and name.lower() not in known for name in _NAME_RE.findall(question))
 
 
 class RetrievedHit(msgspec.Struct, kw_only=True, frozen=True):
@@ -367,7 +381,9 @@ class Retriever:
             dense=dense,
             filters=filters if filters is not None and not filters.is_empty() else None,
             limit=max(self.candidates, top_k),
-            topic=extra_words,
+            # A follow-up that names a new thing ("and how is that different from
+            # Gazebo?") is about both: the earlier topic does not outweigh it.
+            topic=() if _names_new_thing(query, extra_words) else extra_words,
         )
         # Fused RRF scores tie often (a chunk first in one list, second in the other), and
         # the engine returns ties in no fixed order: break them by id, so a question gets
