@@ -504,3 +504,20 @@ def test_a_comparison_says_what_each_side_is() -> None:
     )
     assert "Topics suit continuous data streams" in answer, answer
     assert "A service is a request/response call" in answer, answer
+
+
+def test_what_an_abbreviation_stands_for_is_not_about_standing() -> None:
+    from bookchat.devtools.evaluation import SAMPLE_DOCS
+
+    kinematics = _sample_section(
+        "02-motion/01-differential-drive.md", "## Forward kinematics", title="Differential Drive"
+    )
+    page = (SAMPLE_DOCS / "05-practice/01-line-follower-lab.md").read_text("utf-8")
+    start = page.index("# Lab: Build a PID Line Follower")
+    intro = page[start : page.index("<SafetyChecklist />", start)]  # the lab's opening
+    # …and the safety checklist that the ingester expands the MDX component into:
+    intro += "Before powering the motors: put the robot on a stand with its wheels off the table."
+    lab = ContextBlock(n=2, title="Lab: Build a PID Line Follower", section="", text=intro)
+    answer = OfflineGenerator().compose("what does ICR stand for", [kinematics, lab])
+    assert "instantaneous centre of rotation (ICR)" in answer
+    assert "on a stand" not in answer and "[2]" not in answer, answer

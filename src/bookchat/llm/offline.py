@@ -401,7 +401,10 @@ class OfflineGenerator:
         wants_code: bool,
         similarity: Mapping[str, float] | None = None,
     ) -> tuple[list[_Candidate], frozenset[str]]:
-        q_terms = term_set(question)
+        defined = _defined_subject(question)
+        # A definition question's words are its subject's: "what does ICR stand for?" is
+        # not about standing.
+        q_terms = term_set(" ".join(defined)) if defined else term_set(question)
         definitional = _DEFINITION_Q_RE.match(question) is not None
         mechanism = _MECHANISM_Q_RE.match(question) is not None
         why = _WHY_Q_RE.match(question) is not None
@@ -419,7 +422,6 @@ class OfflineGenerator:
                 pool.append(_Candidate(block, rank, unit))
         if not q_terms:
             return pool, q_terms
-        defined = _defined_subject(question)
 
         # Sentence frequency of each question term: frequent terms say less.
         weights = {
