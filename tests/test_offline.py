@@ -521,3 +521,26 @@ def test_what_an_abbreviation_stands_for_is_not_about_standing() -> None:
     answer = OfflineGenerator().compose("what does ICR stand for", [kinematics, lab])
     assert "instantaneous centre of rotation (ICR)" in answer
     assert "on a stand" not in answer and "[2]" not in answer, answer
+
+
+def test_a_code_only_section_named_after_the_question_is_shown() -> None:
+    # Technical books often answer with a heading and code alone: "how is a RAG chatbot
+    # evaluated?" is answered by the "Evaluation Metrics" code, not by the overview.
+    metrics = ContextBlock(
+        n=1, title="RAG Chatbots", section="Evaluation Metrics",
+        text="### Evaluation Metrics\n\n```python\ndef evaluate_chatbot(questions, expected):\n"
+        "    correct = sum(e in chatbot.answer(q) for q, e in zip(questions, expected))\n"
+        "    return correct / len(questions)\n```\n",
+    )  # fmt: skip
+    overview = ContextBlock(
+        n=2, title="RAG Chatbots", section="Overview",
+        text="## Overview\n\nA RAG chatbot grounds its answers in retrieved passages of a book.",
+    )  # fmt: skip
+    answer = OfflineGenerator().compose("how is a rag chatbot evaluated", [metrics, overview])
+    assert "def evaluate_chatbot" in answer and "Code from [1]" in answer
+    # Code whose heading the question does not name stays out of a prose question.
+    other = msgspec.structs.replace(metrics, section="Deployment", text=metrics.text.replace(
+        "### Evaluation Metrics", "### Deployment"))  # fmt: skip
+    assert "def evaluate_chatbot" not in OfflineGenerator().compose(
+        "how is a rag chatbot evaluated", [other, overview]
+    )

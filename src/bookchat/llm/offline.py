@@ -333,6 +333,19 @@ class _Candidate:
         return {(self.block.n, p) for p in positions}
 
 
+def _code_only_match(question: str, context: Sequence[ContextBlock]) -> bool:
+    """Whether the best source is code alone under a heading named after the question:
+    "how is a RAG chatbot evaluated?" is answered by the "Evaluation Metrics" code."""
+    if not context:
+        return False
+    units = _readable_units(context[0].text)
+    return (
+        bool(units)
+        and all(u.segment.kind == "code" for u in units)
+        and not term_set(question).isdisjoint(term_set(f"{context[0].section} {units[0].heading}"))
+    )
+
+
 def _defined_subject(question: str) -> tuple[str, ...]:
     """The words of what a definition question asks about ("What is a PID controller?" →
     ("pid", "controller")), or () for any other question or a subject of over 4 words."""
@@ -520,7 +533,9 @@ class OfflineGenerator:
     ) -> list[_Candidate]:
         """The sentences the answer is made of, in book order."""
         wants_code = (
-            not _CODE_WORDS.isdisjoint(tokenize(question)) or _HOW_TO_RE.match(question) is not None
+            not _CODE_WORDS.isdisjoint(tokenize(question))
+            or _HOW_TO_RE.match(question) is not None
+            or _code_only_match(question, context)
         )
         pool, _ = self._candidates(question, context, wants_code=wants_code, similarity=similarity)
         scored = sorted((c for c in pool if c.score > 0), key=lambda c: -c.score)
