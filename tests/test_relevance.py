@@ -407,3 +407,17 @@ def test_an_identifier_the_book_never_names_is_refused() -> None:
 def test_an_identifier_the_book_uses_is_found() -> None:
     evidence = _judge("What does the node publish on CMD_VEL?", CONTROL_BOOK)
     assert evidence.verdict == "answer" and "cmd_vel" not in evidence.missing_words
+
+
+def test_a_proper_name_the_book_never_uses_is_a_named_thing() -> None:
+    # "Windows" is an everyday word, but capitalised inside the sentence it names an
+    # operating system, which the book (ROS_BOOK: nodes, topics, install) never mentions.
+    evidence = _judge("How do I install ROS 2 on Windows?", ROS_BOOK)
+    assert evidence.verdict == "refuse" and evidence.missing_words[0] == "windows"
+    # Lower case, it is only a missing everyday word; names the book uses are found.
+    assert _judge("How do I install ROS 2 on windows?", ROS_BOOK).verdict != "refuse"
+    assert _judge("How do ROS nodes receive messages?", ROS_BOOK).verdict == "answer"
+    # A question typed in Title Case capitalises everything: no word is a name for it.
+    assert _judge("How Do ROS Nodes Receive Messages From Topics Quickly?", ROS_BOOK).verdict != (
+        "refuse"
+    )

@@ -46,6 +46,7 @@ __all__ = [
     "light_stem",
     "light_term_set",
     "opens_with",
+    "proper_names",
     "prose_sentences",
     "segments",
     "specificity",
@@ -696,3 +697,21 @@ def opens_with(text: str, subject: Sequence[str]) -> bool:
 
 
 _DASHES = frozenset({"—", "–", "-", "|"})
+
+
+# A capitalised word inside a sentence, after a word, not after a full stop: "Gazebo",
+# "Windows", "Raspberry", "PX4".
+_PROPER_NAME_RE = re.compile(r"(?<=[\w,;:)] )[A-Z][A-Za-z0-9*+#-]*")
+
+
+def proper_names(text: str) -> list[str]:
+    """The capitalised words inside `text`'s sentences ("How do I install ROS 2 on
+    Windows?" → ["ROS", "Windows"]), but "I". A sentence's first word is not one, and a
+    text in Title Case or capitals ("How Do I Stop It Wobbling?") has none."""
+    names = [name for name in _PROPER_NAME_RE.findall(text) if name != "I"]
+    if names and len(names) * 2 > len(_WORDS_RE.findall(text)) - 1:
+        return []
+    return names
+
+
+_WORDS_RE = re.compile(r"[A-Za-z][\w'’*+#-]*")

@@ -30,6 +30,9 @@ paraphrases are made of and weigh almost nothing.
   ("shoud") is not taken for a name, nor is a closed compound of two everyday words
   ("onboard": the frequency list lacks many of them). A word the book writes hyphenated
   ("wifi" for "Wi-Fi", "estop" for "e-stop") is in the book.
+- **Proper names**: a word capitalised inside the question ("How do I install ROS 2 on
+  Windows?") is a name however common it is in English; one the book never uses names a
+  thing the book lacks, like a rare word. A question in Title Case or capitals has none.
 - **Identifiers**: a snake_case name in the question ("ros2_control", "cmd_vel") is a
   package, topic or function name, as specific as a word can be. The tokenizer splits it
   into everyday parts ("ros2", "control") that any ROS book contains, so it is looked up
@@ -75,6 +78,7 @@ from bookchat.text import (
     everyday_compound,
     everyday_spelling,
     light_stem,
+    proper_names,
     specificity,
     stem,
     symbol_names,
@@ -201,6 +205,12 @@ def judge(
         and weighted[w] >= NAMED_THING_SPECIFICITY
         and (w in names or (everyday_spelling(w) is None and everyday_compound(w) is None))
     ]
+    for name in proper_names(question):
+        # A proper noun ("Windows", "Raspberry") the book never uses names a thing the
+        # book lacks, however common the word is in English.
+        words = [w for w in content_words(name) if w in in_book]
+        if words and all(in_book[w] == 0.0 for w in words) and words[0] not in named:
+            named.append(words[0])
     identifiers = {m.lower() for m in _IDENTIFIER_RE.findall(question)}
     if identifiers:
         text = "\n".join(candidate_texts).lower()

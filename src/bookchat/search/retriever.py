@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from bookchat.text import (
     jaccard,
     light_term_set,
     opens_with,
+    proper_names,
     segments,
     term_set,
     tokenize,
@@ -78,15 +78,11 @@ _FUNCTION_WORDS = frozenset(
 )
 
 
-# A capitalised word inside a sentence ("Gazebo", "ROS", "Kalman"): a name.
-_NAME_RE = re.compile(r"(?<=[\w,;:)] )[A-Z][A-Za-z0-9*+#-]*")
-
-
 def _names_new_thing(question: str, topic: Sequence[str]) -> bool:
     """Whether a follow-up names something its earlier topic does not: a capitalised word
-    inside the sentence ("… different from Gazebo?"), other than "I"."""
+    inside the sentence ("… different from Gazebo?")."""
     known = {w.lower() for w in topic}
-    return any(name != "I" and name.lower() not in known for name in _NAME_RE.findall(question))
+    return any(name.lower() not in known for name in proper_names(question))
 
 
 class RetrievedHit(msgspec.Struct, kw_only=True, frozen=True):
