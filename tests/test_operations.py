@@ -8,12 +8,16 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from bookchat.db.config import create_engine
 from bookchat.db.models import ChatSession
 from bookchat.db.services import ChatSessionService, session_title
+from bookchat.metrics import RouteMetricsMiddleware
 from bookchat.settings import Settings
 
 from .chat_helpers import aingest_sample_book, app_client, ask
@@ -86,3 +90,45 @@ def test_metrics_endpoint_is_not_in_the_api_docs(settings: Settings) -> None:
     with TestClient(app=create_app(settings)) as client:
         paths = client.get("/schema/openapi.json").json()["paths"]
     assert "/metrics" not in paths and "/api/v1/chat" in paths
+
+
+@pytest.mark.parametrize("middleware", [PrometheusMiddleware, RouteMetricsMiddleware])
+def test_request_metrics_count_by_method_route_and_status(
+    middleware: type[PrometheusMiddleware],
+) -> None:
+    """bookchat's request metrics middleware records what Litestar's own records."""
+    from litestar import Litestar, get
+    from litestar.exceptions import HTTPException
+    from litestar.params import FromPath
+    from litestar.testing import TestClient
+
+    @get("/items/{n:int}", sync_to_thread=False)
+    def item(n: FromPath[int]) -> dict[str, int]:
+        return {"n": n}
+
+    @get("/broken", sync_to_thread=False)
+    def broken() -> None:
+        raise HTTPException(status_code=503, detail="down")
+
+    app_name = f"metrics-test-{middleware.__name__}"
+    config = PrometheusConfig(
+        app_name=app_name, prefix="bookchat", group_path=True, middleware_class=middleware
+    )
+    app = Litestar([item, broken], middleware=[config.middleware])
+
+    def sample(name: str, path: str, status: int) -> float:
+        labels = {"method": "GET", "path": path, "status_code": str(status), "app_name": app_name}
+        return REGISTRY.get_sample_value(f"bookchat_{name}", labels) or 0.0
+
+    with TestClient(app=app) as client:
+        assert client.get("/items/1").status_code == 200
+        assert client.get("/items/2").status_code == 200
+        assert client.get("/broken").status_code == 503
+    assert sample("requests_total", "/items/{n}", 200) == 2
+    assert sample("request_duration_seconds_count", "/items/{n}", 200) == 2
+    assert sample("request_duration_seconds_sum", "/items/{n}", 200) > 0
+    assert sample("requests_error_total", "/items/{n}", 200) == 0
+    assert sample("requests_total", "/broken", 503) == 1
+    assert sample("requests_error_total", "/broken", 503) == 1
+    assert sample("requests_in_progress", "/items/{n}", 200) == 0
+    assert sample("requests_in_progress", "/broken", 200) == 0

@@ -40,6 +40,7 @@ from bookchat.errors import (
 )
 from bookchat.health import HealthController
 from bookchat.insights.controller import InsightsController, insights_page
+from bookchat.metrics import RouteMetricsMiddleware
 from bookchat.observability import configure_logging, request_id_middleware
 from bookchat.runtime import Runtime
 from bookchat.settings import Settings, get_settings
@@ -267,6 +268,7 @@ def create_app(
         prefix="bookchat",
         group_path=True,
         exclude=["/metrics", "/static"],
+        middleware_class=RouteMetricsMiddleware,
     )
 
     def add_event_schemas(app: Litestar) -> None:

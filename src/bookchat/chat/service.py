@@ -567,8 +567,8 @@ class ChatService:
         label = outcome.status
         if label == "complete" and not outcome.grounded:
             label = "abstained"
-        metrics.ANSWER_TOKENS.labels("prompt").inc(outcome.usage.prompt_tokens)
-        metrics.ANSWER_TOKENS.labels("completion").inc(outcome.usage.completion_tokens)
+        metrics.answer_tokens("prompt").inc(outcome.usage.prompt_tokens)
+        metrics.answer_tokens("completion").inc(outcome.usage.completion_tokens)
         values = {
             "content": "".join(outcome.text_parts),
             "citations": msgspec.to_builtins(outcome.citations),
@@ -632,7 +632,7 @@ class ChatService:
             )
         self.last_write_failed = False
         # Counted once the row says so: `chat_outcomes` equals the stored rows.
-        metrics.CHAT_OUTCOMES.labels(label).inc()
+        metrics.chat_outcome(label).inc()
         return None
 
     async def _write_answer(self, turn: ChatTurn, values: dict[str, Any]) -> None:
