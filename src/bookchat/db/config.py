@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
 
@@ -238,7 +239,10 @@ def hold_sqlite_writes(connection: Connection) -> HeldWrites | None:
 class _CompiledWrite(NamedTuple):
     sql: str
     names: tuple[str, ...]  # the parameters in placeholder order
-    processors: tuple[Callable[[Any], Any] | None, ...]  # their types' bind processors
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's, in that order (C-level)
+    # (position, bind processor) of the parameters whose types have one (JSON, GUID, UTC
+    # datetimes); the others go to the driver as they are
+    processed: tuple[tuple[int, Callable[[Any], Any]], ...]
 
 
 # One compiled form per (statement, parameter names, dialect); None: not held directly.
@@ -274,13 +278,15 @@ class HeldWrites:
         compiled = _compiled_write(statement, names, self._dialect)
         if compiled is None:
             return False
-        values = [
-            tuple(
-                row[name] if process is None else process(row[name])
-                for name, process in zip(compiled.names, compiled.processors, strict=True)
-            )
-            for row in rows
-        ]
+        values: list[Any] = []
+        for row in rows:
+            if not compiled.processed:
+                values.append(compiled.values(row))
+                continue
+            ordered = list(compiled.values(row))
+            for position, process in compiled.processed:
+                ordered[position] = process(ordered[position])
+            values.append(ordered)
         if isinstance(parameters, list):
             held.append((compiled.sql, values, True))
         else:
@@ -303,18 +309,23 @@ def _compiled_write(
         and not compiled.effective_returning
         and set(order) == set(names)
     )
-    write = (
-        _CompiledWrite(
+    write = None
+    if simple and order is not None:
+        processors = [
+            compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in order
+        ]
+        write = _CompiledWrite(
             sql=compiled.string,
             names=tuple(order),
-            processors=tuple(
-                compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in order
+            # itemgetter of one name gives the value, not a 1-tuple
+            values=itemgetter(*order) if len(order) > 1 else lambda row: (row[order[0]],),
+            processed=tuple(
+                (position, process)
+                for position, process in enumerate(processors)
+                if process is not None
             ),
         )
-        if simple and order is not None
-        else None
-    )
     _COMPILED_WRITES[key] = write
     return write
 
