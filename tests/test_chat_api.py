@@ -344,15 +344,15 @@ async def test_database_down_at_start_is_503(tmp_path: Path) -> None:
 
 
 class _FailingSessions:
-    """A session or connection factory whose products fail like a database that went away."""
+    """A connection factory whose connections fail like a database that went away."""
 
     def __call__(self) -> _FailingSessions:
         return self
 
-    async def __aenter__(self) -> _FailingSessions:
+    def __enter__(self) -> _FailingSessions:
         raise OperationalError("INSERT", {}, ConnectionRefusedError("database went away"))
 
-    async def __aexit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:
         return None
 
 

@@ -95,7 +95,7 @@ class Runtime:
         chat = ChatService(
             pipeline,
             async_sessionmaker(engine, expire_on_commit=False),
-            connect=engine.connect,
+            connect=engine.sync_engine.connect,
             history_messages=settings.history_messages,
             heartbeat_interval=settings.stream_heartbeat_interval,
         )

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -26,8 +26,9 @@ import msgspec
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.util import greenlet_spawn
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
@@ -178,14 +179,17 @@ class ChatService:
         pipeline: AnswerPipeline,
         session_maker: Any,
         *,
-        connect: Callable[[], AbstractAsyncContextManager[AsyncConnection]],
+        connect: Callable[[], AbstractContextManager[Connection]],
         history_messages: int,
         heartbeat_interval: float = 10.0,
     ) -> None:
         self.pipeline = pipeline
         self.session_maker = session_maker
-        # The answer's completion writes on a plain connection (`AsyncEngine.connect`):
-        # an ORM session around two Core statements cost a fifth of that transaction.
+        # The answer's completion writes on a plain connection (the sync side of
+        # `AsyncEngine`'s engine, `Engine.connect`): an ORM session around two Core
+        # statements cost a fifth of that transaction. It is opened, written, committed
+        # and closed in one greenlet (`_connect_write_and_commit`), not in the three plus a
+        # close task that `async with AsyncEngine.connect()` takes.
         self.connect = connect
         self.history_messages = history_messages
         # This process's boot id owns the answers it streams (see db/ownership.py).
@@ -640,8 +644,18 @@ class ChatService:
             (COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}),
             (TOUCH_SESSION, {"touched_session_id": turn.session_id, "touched_at": utcnow()}),
         ]
-        async with self._writing(), self.connect() as connection:
-            await connection.run_sync(_write_and_commit, statements)
+        async with self._writing():
+            await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+
+
+def _connect_write_and_commit(
+    connect: Callable[[], AbstractContextManager[Connection]],
+    statements: list[tuple[Any, Any]],
+) -> None:
+    """`_write_and_commit` on a connection of its own, closed when done (in a greenlet of
+    SQLAlchemy's async adaptation: its waits on the driver are awaits of the caller)."""
+    with connect() as connection:
+        _write_and_commit(connection, statements)
 
 
 def _write_session_and_commit(session: Session, statements: list[tuple[Any, Any]]) -> None:
