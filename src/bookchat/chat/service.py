@@ -24,7 +24,7 @@ from uuid import UUID
 
 import msgspec
 from sqlalchemy import Table, bindparam, insert, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -659,7 +659,17 @@ def _connect_write_and_commit(
 
 
 def _write_session_and_commit(session: Session, statements: list[tuple[Any, Any]]) -> None:
-    """`_write_and_commit` on the session's connection, committed through the session."""
+    """`_write_and_commit` for the request's session: on a plain connection of its engine
+    when the session holds no transaction (a new reader's chat: nothing read), else on
+    the session's connection, committed through the session.
+
+    The ORM transaction around the statements (autobegin, commit events, snapshots, close)
+    cost more than the plain connection's checkout, begin and commit.
+    """
+    bind = session.get_bind()
+    if isinstance(bind, Engine) and not session.in_transaction():
+        _connect_write_and_commit(bind.connect, statements)
+        return
     _write(session.connection(), statements)
     session.commit()
 
