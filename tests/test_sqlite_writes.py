@@ -197,3 +197,22 @@ async def test_a_write_with_a_default_computed_at_execution_is_not_held(
     async with engine.connect() as connection:
         await connection.run_sync(lambda c: METADATA.create_all(c, tables=[NOTES]))
         assert not await connection.run_sync(add_without_kind)
+
+
+async def test_a_question_joins_the_request_sessions_open_transaction(
+    engine: AsyncEngine,
+) -> None:
+    # A session that already wrote holds SQLite's write lock: the question must be written
+    # and committed in that transaction, not on a connection of its own that would wait.
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from bookchat.chat.service import _write_session_and_commit
+
+    async with async_sessionmaker(engine)() as session:
+        await session.execute(insert(ITEMS).values(id=1, name="earlier write"))
+        statements = [(insert(ITEMS), {"id": 2, "name": "question"})]
+        await session.run_sync(_write_session_and_commit, statements)
+        assert not session.in_transaction()
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(ITEMS.c.name).order_by(ITEMS.c.id))).all()
+    assert [name for (name,) in stored] == ["earlier write", "question"]
