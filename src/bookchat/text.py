@@ -638,6 +638,7 @@ _COMPARISON_RES = (
         re.I,
     ),
 )
+_COMPARISON_HINT_RE = re.compile(r"differen|\bvs\b|versus|compared", re.I)
 _ARTICLES = frozenset({"a", "an", "the"})
 
 
@@ -666,6 +667,8 @@ def comparison_sides(question: str) -> tuple[tuple[str, ...], tuple[str, ...]] |
     words nearest the comparison, without articles, question words or what follows a
     preposition.
     """
+    if _COMPARISON_HINT_RE.search(question) is None:
+        return None  # the patterns scan from every position: 25 µs on a plain question
     for pattern in _COMPARISON_RES:
         m = pattern.search(question)
         if m is None:
