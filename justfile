@@ -46,6 +46,10 @@ lint:
 bench *ARGS:
     bookchat bench {{ARGS}}
 
+# The chat path's CPU, Python calls or instructions per chat, in one process (--mode cpu|cprofile|callgrind)
+bench-inprocess *ARGS:
+    python -m bookchat.devtools.bench.inprocess {{ARGS}}
+
 # Answer quality on a question set (default: the sample book's)
 eval *ARGS:
     bookchat eval {{ARGS}}

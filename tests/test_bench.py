@@ -100,3 +100,30 @@ async def test_load_generator_counts_connection_failures_as_errors() -> None:
     assert result.chats == 0
     assert sum(result.errors.values()) == 2
     assert set(result.errors) == {"ConnectionRefusedError"}
+
+
+@pytest.mark.parametrize("mode", ["cpu", "cprofile"])
+def test_the_in_process_driver_reports_a_chats_cost(mode: str, tmp_path: Path) -> None:
+    # The driver behind issue 15's instruction counts: the product app as a raw ASGI app,
+    # sequential chats against the fake. In a subprocess: it sets the bench environment.
+    import subprocess
+    import sys
+
+    args = ["--mode", mode, "--chats", "4", "--skip", "1", "--tokens", "3"]
+    if mode == "cprofile":
+        args += ["--dump", str(tmp_path / "chats.pstats")]
+    done = subprocess.run(
+        [sys.executable, "-m", "bookchat.devtools.bench.inprocess", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    if mode == "cpu":
+        assert "ms (event loop thread), 3 chats" in done.stdout, done.stdout
+    else:
+        assert done.stdout.startswith("calls per chat ") and "bookchat/" in done.stdout
+        assert (tmp_path / "chats.pstats").stat().st_size > 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "bookchat.devtools.bench.inprocess", "--chats", "2", "--skip", "2"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--skip must be" in bad.stderr
