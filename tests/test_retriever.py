@@ -198,3 +198,17 @@ async def test_a_follow_up_that_names_a_new_thing_does_not_favour_the_earlier_to
     # A follow-up in its own everyday words keeps the earlier topic's weight.
     await retriever.search("What are its main drawbacks?", history=history)
     assert "isaac" in store.calls[-1]["topic"]
+
+
+async def test_a_failing_side_search_leaves_the_questions_own_hits() -> None:
+    class FailsAfterFirst(FakeBM25Store):
+        async def search(self, **kwargs):  # type: ignore[no-untyped-def]
+            if self.calls:
+                raise VectorStoreUnavailableError("the store went away")
+            return await super().search(**kwargs)
+
+    store = FailsAfterFirst(ROS_CHUNKS)
+    result = await Retriever(store, None).search(
+        "what's the difference between a topic and a service?", top_k=3
+    )
+    assert len(store.calls) == 1 and result.hits  # answered from the first search

@@ -43,7 +43,13 @@ import msgspec
 
 from bookchat.llm.base import Embedder
 from bookchat.search.relevance import Evidence, judge
-from bookchat.search.types import ChunkPayload, SearchFilters, SearchHit, VectorStore
+from bookchat.search.types import (
+    ChunkPayload,
+    SearchFilters,
+    SearchHit,
+    VectorStore,
+    VectorStoreUnavailableError,
+)
 from bookchat.text import (
     TermUnion,
     comparison_sides,
@@ -246,12 +252,17 @@ class Retriever:
         shown = {h.id for h in ranked[:top_k]}
         joining: list[SearchHit] = []
         for side in sides:
-            found = await self.store.search(
-                query_text=" ".join(side),
-                dense=None,
-                filters=filters if filters is not None and not filters.is_empty() else None,
-                limit=_SIDE_CANDIDATES,
-            )
+            try:
+                found = await self.store.search(
+                    query_text=" ".join(side),
+                    dense=None,
+                    filters=filters if filters is not None and not filters.is_empty() else None,
+                    limit=_SIDE_CANDIDATES,
+                )
+            except VectorStoreUnavailableError as exc:
+                # The question's own search succeeded: answer from it rather than fail.
+                logger.warning("comparison side search failed, answering without: %s", exc)
+                return ranked
             for hit in sorted(found, key=lambda h: (-h.score, h.id)):
                 if any(
                     seg.kind in ("prose", "bullet") and opens_with(seg.text, side)
