@@ -640,6 +640,7 @@ _COMPARISON_RES = (
 )
 _COMPARISON_HINT_RE = re.compile(r"differen|\bvs\b|versus|compared", re.I)
 _ARTICLES = frozenset({"a", "an", "the"})
+_DASHES = frozenset({"—", "–", "-", "|"})
 
 
 def _run(tokens: Sequence[str], *, last: bool) -> tuple[str, ...]:
@@ -699,12 +700,10 @@ def opens_with(text: str, subject: Sequence[str]) -> bool:
     return not any(w.endswith(":") or w in _DASHES for w in head)
 
 
-_DASHES = frozenset({"—", "–", "-", "|"})
-
-
 # A capitalised word inside a sentence, after a word, not after a full stop: "Gazebo",
 # "Windows", "Raspberry", "PX4".
 _PROPER_NAME_RE = re.compile(r"(?<=[\w,;:)] )[A-Z][A-Za-z0-9*+#-]*")
+_WORDS_RE = re.compile(r"[A-Za-z][\w'’*+#-]*")
 
 
 def proper_names(text: str) -> list[str]:
@@ -715,6 +714,3 @@ def proper_names(text: str) -> list[str]:
     if names and len(names) * 2 > len(_WORDS_RE.findall(text)) - 1:
         return []
     return names
-
-
-_WORDS_RE = re.compile(r"[A-Za-z][\w'’*+#-]*")

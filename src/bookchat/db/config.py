@@ -238,8 +238,8 @@ def hold_sqlite_writes(connection: Connection) -> HeldWrites | None:
 
 class _CompiledWrite(NamedTuple):
     sql: str
-    names: tuple[str, ...]  # the parameters in placeholder order
-    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a row's, in that order (C-level)
+    # a row's parameter values in placeholder order (C-level)
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
     # (position, bind processor) of the parameters whose types have one (JSON, GUID, UTC
     # datetimes); the others go to the driver as they are
     processed: tuple[tuple[int, Callable[[Any], Any]], ...]
@@ -317,7 +317,6 @@ def _compiled_write(
         ]
         write = _CompiledWrite(
             sql=compiled.string,
-            names=tuple(order),
             # itemgetter of one name gives the value, not a 1-tuple
             values=itemgetter(*order) if len(order) > 1 else lambda row: (row[order[0]],),
             processed=tuple(

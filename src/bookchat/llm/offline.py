@@ -177,15 +177,21 @@ class SentenceEncoder(Protocol):
     def encode(self, texts: list[str]) -> list[list[float]]: ...
 
 
-def _formula_after(segs: Sequence[Segment], idx: int) -> str | None:
-    """The short formula line right after segment `idx` ("d = c · t / 2"), if any.
+def _formula_after(segs: Sequence[Segment], idx: int) -> tuple[str, int] | None:
+    """The short formula line right after segment `idx` ("d = c · t / 2"), with the
+    "where …" line naming its symbols when one follows, and the position of the last line
+    read; None if there is no formula.
 
     An indented formula reads as its own prose segment; fenced code is never a formula.
     """
     if idx + 1 < len(segs) and segs[idx + 1].kind == "prose":
         text = segs[idx + 1].text.strip()
         if "=" in text and len(text) <= _FORMULA_MAX_CHARS:
-            return text
+            after = segs[idx + 2] if idx + 2 < len(segs) else None
+            if after is not None and after.kind == "prose" and _WHERE_RE.match(after.text):
+                # "d = c · t / 2, where c ≈ 3 × 10⁸ m/s is the speed of light."
+                return f"{text}, {after.text}", idx + 2
+            return text, idx + 1
     return None
 
 
@@ -227,10 +233,10 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
     segs = segments(text)
     units: list[_Unit] = []
     heading = ""
-    through = -1
+    read_to = -1  # the last segment a unit has shown with its own (a formula's lines)
     for idx, seg in enumerate(segs):
-        if idx <= through:
-            continue  # the formula (and its "where …" line) of the sentence before
+        if idx <= read_to:
+            continue
         if seg.kind == "heading":
             # Small sections are merged into one chunk: a unit answers under its own heading.
             heading = seg.text
@@ -249,7 +255,7 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
         )
         terms = term_set(seg.text)
         dangling = _DANGLING_RE.search(seg.text) is not None
-        own_words = 0
+        own_words, through = 0, -1
         if (
             seg.kind == "prose"
             and not introduces
@@ -260,13 +266,8 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
             formula = _formula_after(segs, idx)
             if formula is not None:
                 own_words = len(seg.text.split())
-                seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula}")
-                through = idx + 1
-                after = segs[idx + 2] if idx + 2 < len(segs) else None
-                if after is not None and after.kind == "prose" and _WHERE_RE.match(after.text):
-                    # "… d = c · t / 2 where c ≈ 3 × 10⁸ m/s is the speed of light."
-                    seg = msgspec.structs.replace(seg, text=f"{seg.text}, {after.text}")
-                    through = idx + 2
+                seg = msgspec.structs.replace(seg, text=f"{seg.text} {formula[0]}")
+                through = read_to = formula[1]
             elif dangling:
                 continue
         if seg.kind == "prose" and _BACK_REFERENCE_RE.match(seg.text):
@@ -292,7 +293,7 @@ def _readable_units(text: str) -> tuple[_Unit, ...]:
                 code=code,
                 heading=heading,
                 alone=alone,
-                through=through if through > idx else -1,
+                through=through,
                 words=own_words,
             )
         )

@@ -228,9 +228,7 @@ class Retriever:
         search_dense = getattr(self.store, "search_dense", None)
         if search_dense is None or not hits:
             return None
-        nearest = await search_dense(
-            dense=dense, filters=filters if filters and not filters.is_empty() else None, limit=1
-        )
+        nearest = await search_dense(dense=dense, filters=filters, limit=1)
         return nearest[0].score if nearest else None
 
     async def _with_sides(
@@ -256,7 +254,7 @@ class Retriever:
                 found = await self.store.search(
                     query_text=" ".join(side),
                     dense=None,
-                    filters=filters if filters is not None and not filters.is_empty() else None,
+                    filters=filters,
                     limit=_SIDE_CANDIDATES,
                 )
             except VectorStoreUnavailableError as exc:
@@ -381,16 +379,18 @@ class Retriever:
         """
         started = time.perf_counter()
         top_k = max(1, min(top_k, 20))
+        if filters is not None and filters.is_empty():
+            filters = None
         query_used, extra_words = self.build_query(query, history)
         dense = await self._embed(query_used) if self.embedder is not None else None
         raw = await self.store.search(
             query_text=query_used,
             dense=dense,
-            filters=filters if filters is not None and not filters.is_empty() else None,
+            filters=filters,
             limit=max(self.candidates, top_k),
             # A follow-up that names a new thing ("and how is that different from
             # Gazebo?") is about both: the earlier topic does not outweigh it.
-            topic=() if _names_new_thing(query, extra_words) else extra_words,
+            topic=extra_words if extra_words and not _names_new_thing(query, extra_words) else (),
         )
         # Fused RRF scores tie often (a chunk first in one list, second in the other), and
         # the engine returns ties in no fixed order: break them by id, so a question gets
