@@ -18,7 +18,7 @@ from bookchat.ingest.pipeline import ingest_book
 from bookchat.llm.base import Turn
 from bookchat.llm.offline import CLOSEST_LABEL, OfflineGenerator
 from bookchat.search.embedded import EmbeddedVectorStore
-from bookchat.search.relevance import judge
+from bookchat.search.relevance import REFUSE_MISSING_SHARE, SCATTERED_BEST_HIT_SHARE, judge
 from bookchat.search.retriever import Retriever
 from bookchat.settings import SAMPLE_BOOK
 from bookchat.text import (
@@ -421,3 +421,28 @@ def test_a_proper_name_the_book_never_uses_is_a_named_thing() -> None:
     assert _judge("How Do ROS Nodes Receive Messages From Topics Quickly?", ROS_BOOK).verdict != (
         "refuse"
     )
+
+
+ARM_BOOK = (
+    "A wrist camera is an eye on the object the hand is about to grasp. The arm has six joints. "
+    "Calibration of the simulator's friction makes the digital twin match the real robot."
+)
+ARM_HITS = (
+    "A wrist camera is an eye on the object the hand is about to grasp. The arm has six joints."
+)
+
+
+def test_hits_without_the_questions_subject_and_a_rare_word_missing_are_adrift() -> None:
+    question = "How do I do hand-eye calibration between my wrist camera and the arm's flange?"
+    # The book lacks "flange" and has "calibration", but only in a passage not returned:
+    # the hits hold the wrist, the camera and the arm, not what the question asks about.
+    adrift = _judge(question, ARM_BOOK, hits=ARM_HITS)
+    assert adrift.verdict == "refuse" and adrift.missing_words == ["flange"]
+    # Without the adrift rule the same evidence would be answered (as the closest passages).
+    assert adrift.missing_share < REFUSE_MISSING_SHARE
+    assert adrift.best_hit_share >= SCATTERED_BEST_HIT_SHARE
+    # Hits holding the subject are not adrift, though "flange" is still missing...
+    assert _judge(question, ARM_BOOK).verdict != "refuse"
+    # ...nor is a question whose missing word is everyday ("towel"), not rare.
+    everyday = "How do I do calibration between my wrist camera and the arm's towel?"
+    assert _judge(everyday, ARM_BOOK, hits=ARM_HITS).verdict != "refuse"

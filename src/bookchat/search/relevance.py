@@ -33,26 +33,35 @@ paraphrases are made of and weigh almost nothing.
 - **Proper names**: a word capitalised inside the question ("How do I install ROS 2 on
   Windows?") is a name however common it is in English; one the book never uses names a
   thing the book lacks, like a rare word. A question in Title Case or capitals has none.
+- **Adrift**: the book lacks a rare question word (specificity ≥ `TYPO_CHECK_SPECIFICITY`,
+  zipf ≤ 2.5: "flange"), and the question's most specific word that the book does use
+  ("calibration") is in none of the returned hits. The hits then match the question's
+  surroundings ("wrist", "camera", "arm"), not what it asks about.
 - **Identifiers**: a snake_case name in the question ("ros2_control", "cmd_vel") is a
   package, topic or function name, as specific as a word can be. The tokenizer splits it
   into everyday parts ("ros2", "control") that any ROS book contains, so it is looked up
   whole, case-insensitively, in the candidates' text: absent there, the question is about
   something the book does not name, and it is refused like any other named thing.
 
-Verdicts: `refuse` when nothing specific was found, a named thing is missing, or the
-missing share is at least `REFUSE_MISSING_SHARE`; in the band from `GREY_MISSING_SHARE`
-up, `refuse` when the best hit holds less than `SCATTERED_BEST_HIT_SHARE` of the
-question, else `grey`; below the band, `answer`. With dense vectors a `refuse` needs the
-dense side to agree too: the best dense cosine in the book below `DENSE_CLEAR_MISS` (the
-model decides the grey zone under the grounding rules, so the gate refuses only clear
-misses).
+Verdicts: `refuse` when nothing specific was found, a named thing is missing, the search
+is adrift, or the missing share is at least `REFUSE_MISSING_SHARE`; in the band from
+`GREY_MISSING_SHARE` up, `refuse` when the best hit holds less than
+`SCATTERED_BEST_HIT_SHARE` of the question, else `grey`; below the band, `answer`. With
+dense vectors a `refuse` needs the dense side to agree too: the best dense cosine in the
+book below `DENSE_CLEAR_MISS` (the model decides the grey zone under the grounding rules,
+so the gate refuses only clear misses).
 
 Where the numbers come from: `REFUSE_MISSING_SHARE`, `GREY_MISSING_SHARE` and
 `SCATTERED_BEST_HIT_SHARE` were set on the calibration part of the sample book's reader
 questions (`sample_book/reader_questions.json`: paraphrases, symptoms, compound and short
 questions, near and far out-of-book ones) and then checked, unchanged, on its held-out
 part and on an unseen book. `NAMED_THING_SPECIFICITY` is where the frequency list leaves
-everyday English (fewer than about 30 occurrences per billion words). `DENSE_CLEAR_MISS`
+everyday English (fewer than about 30 occurrences per billion words). The adrift rule
+adds no number of its own: "rare" is the typo check's `TYPO_CHECK_SPECIFICITY`. An
+out-of-book question of the unseen book prompted it (hand-eye calibration), so that book
+no longer measures it blind; on every reader set it changes no other verdict, and a set
+written to probe it (`reader_questions_fresh3.json`: in-book questions with rare words the
+book lacks, "shag carpet", "gridworld", "haywire") had none refused by it. `DENSE_CLEAR_MISS`
 could not be calibrated here (no network, so no real Gemini embeddings): it is set so
 that dense evidence can only rescue a question from a lexical refusal, never cause one;
 measure it on your book with `bookchat eval` and a key before relying on it. With the
@@ -137,6 +146,33 @@ def _credit(word: str, light: AbstractSet[str], stems: AbstractSet[str]) -> floa
     return STEM_ONLY_CREDIT if stem(word) in stems else 0.0
 
 
+def _adrift(
+    own: Sequence[str],
+    weighted: dict[str, float],
+    in_book: dict[str, float],
+    hit_light: AbstractSet[str],
+    hit_terms: AbstractSet[str],
+) -> bool:
+    """The book lacks a rare word of the question and the hits lack its most specific word
+    the book has: they hold the question's surroundings, not its subject ("hand-eye
+    calibration … the arm's flange" finds wrists and cameras, none of them calibrated)."""
+    rare_missing = [
+        w
+        for w in own
+        if in_book[w] == 0.0
+        and weighted[w] >= TYPO_CHECK_SPECIFICITY
+        and everyday_spelling(w) is None
+        and everyday_compound(w) is None
+    ]
+    if not rare_missing:
+        return False
+    present = [w for w in own if in_book[w] > 0.0 and weighted[w] > 0.0]
+    if not present:
+        return False
+    top = max(weighted[w] for w in present)
+    return all(_credit(w, hit_light, hit_terms) == 0.0 for w in present if weighted[w] == top)
+
+
 def judge(
     question: str,
     expansion: Iterable[str],
@@ -216,7 +252,8 @@ def judge(
         text = "\n".join(candidate_texts).lower()
         named += sorted(name for name in identifiers if name not in text)
     verdict: Verdict
-    if found <= 0 or share >= REFUSE_MISSING_SHARE or named:
+    adrift = _adrift(own, weighted, in_book, hit_light, hit_terms)
+    if found <= 0 or share >= REFUSE_MISSING_SHARE or named or adrift:
         # `named`: the question names a thing (a product, a tool, a brand: a word nearly
         # absent from general English) that the book never mentions.
         verdict = "refuse"
