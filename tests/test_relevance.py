@@ -261,6 +261,16 @@ async def test_a_limitations_question_gets_the_sections_list(sample_pipeline) ->
     assert "Glass and mirrors" in done.text and "Sunlight" in done.text
 
 
+async def test_a_why_question_is_answered_from_the_limitations_it_asks_about(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # "Why does X go wrong?" is answered by X's limitations section, which answers only
+    # questions asking for caveats: a gyro sentence with "which is why" led instead.
+    done = await _ask(sample_pipeline, "why is my wheel odometry so much worse on thick carpet?")
+    assert "the encoders count rotation that never became motion" in done.text
+    assert "01-sensors/02-imu-and-odometry" in {c.doc_path for c in done.citations}
+
+
 async def test_a_filler_word_does_not_pull_in_another_topics_sentence(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     # "even" counted as a topic word: it diluted the SLAM sentences' scores until an
     # integral-windup sentence sharing only "robot" came within reach and trailed them.

@@ -124,7 +124,8 @@ _QUANTITY_UNITS = {
 _HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
-# Caveat sections answer "what are its limits?", not "what is it?" or "how does it work?".
+# Caveat sections answer "what are its limits?" and "why does it go wrong?", not "what is
+# it?" or "how does it work?".
 _CAVEAT_SECTION_RE = re.compile(
     r"\b(limitations?|limits|drawbacks?|disadvantages?|pitfalls?|trade-?offs?|weakness(es)?|"
     r"failure modes?|caveats?)\b",
@@ -447,6 +448,7 @@ class OfflineGenerator:
         asks_caveats = (
             _CAVEAT_QUESTION_RE.search(question) is not None
             or _CAPABILITY_Q_RE.match(question) is not None
+            or why  # "why is my odometry worse on carpet?": its limitations say why
         )
         for cand in pool:
             where = (cand.block.title, cand.heading)
