@@ -271,6 +271,13 @@ async def test_a_why_question_is_answered_from_the_limitations_it_asks_about(
     assert "01-sensors/02-imu-and-odometry" in {c.doc_path for c in done.citations}
 
 
+async def test_a_figure_in_words_answers_a_how_long_question(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # "Plan for about two hours." states the duration without a digit: the figure rule
+    # ("how long" → a time) looked for digits only and quoted speeds and lap times.
+    done = await _ask(sample_pipeline, "how long will the line follower lab take me?")
+    assert "Plan for about two hours" in done.text
+
+
 async def test_a_filler_word_does_not_pull_in_another_topics_sentence(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     # "even" counted as a topic word: it diluted the SLAM sentences' scores until an
     # integral-windup sentence sharing only "robot" came within reach and trailed them.

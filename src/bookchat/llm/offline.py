@@ -101,10 +101,15 @@ _QUANTITY_Q_RE = re.compile(
     r"|accurate|precise|high|wide|quickly|large|small|close|low|tall|strong)\b",
     re.I,
 )
-_LENGTH = r"\d\s?(?:mm|cm|m|km|metres?|meters?|centimetres?|millimetres?)\b"
-_SPEED = r"\d\s?(?:m/s|km/h|rad/s|°/s|mph|hz|khz|fps)\b"
-_TIME = r"\d\s?(?:ns|µs|us|ms|s|seconds?|minutes?|min|h|hours?)\b"
-_RATE = r"\d\s?(?:hz|khz|mhz|fps)\b|\btimes\s+(?:per|a)\b"
+# A figure's number: digits, or a number in words ("plan for about two hours").
+_NUMBER = (
+    r"(?:\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen"
+    r"|twenty|thirty|forty|fifty|sixty|ninety|hundreds?|thousands?|a\s+few|several))"
+)
+_LENGTH = rf"{_NUMBER}\s?(?:mm|cm|m|km|metres?|meters?|centimetres?|millimetres?)\b"
+_SPEED = rf"{_NUMBER}\s?(?:m/s|km/h|rad/s|°/s|mph|hz|khz|fps)\b"
+_TIME = rf"{_NUMBER}\s?(?:ns|µs|us|ms|s|seconds?|minutes?|min|h|hours?)\b"
+_RATE = rf"{_NUMBER}\s?(?:hz|khz|mhz|fps)\b|\btimes\s+(?:per|a)\b"
 # The dimension each "how …" asks for, as books name it ("how far" → the range), and the
 # units a figure of it is given in.
 _QUANTITY_ASKS: dict[str, tuple[str, str | None]] = {
@@ -112,7 +117,7 @@ _QUANTITY_ASKS: dict[str, tuple[str, str | None]] = {
     "high": ("height", _LENGTH), "tall": ("height", _LENGTH), "wide": ("width", _LENGTH),
     "long": ("duration length time", f"{_TIME}|{_LENGTH}"),
     "fast": ("speed rate", _SPEED), "quickly": ("speed rate", f"{_SPEED}|{_TIME}"),
-    "often": ("rate frequency", _RATE), "heavy": ("weight mass", r"\d\s?(?:g|kg|t)\b"),
+    "often": ("rate frequency", _RATE), "heavy": ("weight mass", rf"{_NUMBER}\s?(?:g|kg|t)\b"),
     "much": ("amount cost", None), "many": ("number count", None), "big": ("size", None),
     "large": ("size", None), "small": ("size", None), "low": ("minimum", None),
     "accurate": ("accuracy", None), "precise": ("precision", None),
