@@ -269,6 +269,9 @@ async def test_a_why_question_is_answered_from_the_limitations_it_asks_about(
     done = await _ask(sample_pipeline, "why is my wheel odometry so much worse on thick carpet?")
     assert "the encoders count rotation that never became motion" in done.text
     assert "01-sensors/02-imu-and-odometry" in {c.doc_path for c in done.citations}
+    # Readers often tell the symptom first and ask "why?" last.
+    done = await _ask(sample_pipeline, "my wheel odometry is so much worse on thick carpet. Why?")
+    assert "the encoders count rotation that never became motion" in done.text
 
 
 async def test_a_figure_in_words_answers_a_how_long_question(sample_pipeline) -> None:  # type: ignore[no-untyped-def]

@@ -91,7 +91,8 @@ _MECHANISM_S_RE = re.compile(r"\b(because|by\s+\w+ing|so that|therefore|until)\b
 _MECHANISM_SECTION_RE = re.compile(
     r"\b(principles?|mechanisms?|how\b.*\bworks?|operation|theory of operation)\b", re.I
 )
-_WHY_Q_RE = re.compile(r"^\s*(why|how\s+come)\b", re.I)
+# "Why …?", and a symptom told first: "… after a few laps it is somewhere else. Why?"
+_WHY_Q_RE = re.compile(r"^\s*(why|how\s+come)\b|(?:^|[.,;:!?]\s*)why\W*$", re.I)
 _REASON_S_RE = re.compile(r"\b(because|since|so that|therefore|which is why|due to)\b", re.I)
 # "How far / fast / many …?" asks for a quantity: the sentence that states one answers.
 # Only as the question's own interrogative (at its start or a clause's, "by how much"),
@@ -427,7 +428,7 @@ class OfflineGenerator:
         q_terms = term_set(" ".join(defined)) if defined else term_set(question)
         definitional = _DEFINITION_Q_RE.match(question) is not None
         mechanism = _MECHANISM_Q_RE.match(question) is not None
-        why = _WHY_Q_RE.match(question) is not None
+        why = _WHY_Q_RE.search(question) is not None
         asks = _QUANTITY_Q_RE.search(question)
         figure: re.Pattern[str] | None = None  # a figure in the units asked for
         if asks is not None:
