@@ -202,6 +202,27 @@ def test_a_sentence_that_introduces_code_is_shown_with_its_code() -> None:
             assert following.startswith("```")
 
 
+def test_a_how_to_question_after_the_readers_context_gets_the_code() -> None:
+    # "How do I …?" wants the code that does it, also when the reader sets the scene first
+    # ("for a two-joint leg, how do I …"): read from the start only, the code was left out.
+    block = ContextBlock(
+        n=1,
+        title="Modeling",
+        section="Inverse Kinematics",
+        text=(
+            "### Inverse Kinematics\n\nFind joint angles given a desired foot position.\n\n"
+            "Analytical IK for a 2-DOF leg:\n\n```python\ndef leg_ik(foot_x, foot_z):\n"
+            '    """Compute hip and knee angles from the desired foot position"""\n'
+            "    d = (foot_x**2 + foot_z**2) ** 0.5\n    return hip(d), knee(d)\n```\n"
+        ),
+    )
+    for question in (
+        "how do I get the hip and knee angles that put the foot at a given spot?",
+        "for a two-joint leg, how do I get the hip and knee angles that put the foot there?",
+    ):
+        assert "def leg_ik" in OfflineGenerator().compose(question, [block]), question
+
+
 def test_a_section_of_one_intro_line_and_code_can_lead_the_answer() -> None:
     # The best source holds only "…limits:" and code; before, it could not lead, and a
     # word match on another page answered instead.

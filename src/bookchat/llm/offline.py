@@ -127,7 +127,10 @@ _QUANTITY_ASKS: dict[str, tuple[str, str | None]] = {
 _QUANTITY_UNITS = {
     ask: re.compile(units, re.I) for ask, (_, units) in _QUANTITY_ASKS.items() if units
 }
-_HOW_TO_RE = re.compile(r"^\s*how\s+(do|can|should|would)\s+(i|we|you)\b|^\s*how\s+to\b", re.I)
+# "How do I …?", also after the reader's context: "for a two-joint leg, how do I …?"
+_HOW_TO_RE = re.compile(
+    r"(?:^|[,;:]\s*)(?:how\s+(?:do|can|should|would)\s+(?:i|we|you)|how\s+to)\b", re.I
+)
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
 # Caveat sections answer "what are its limits?" and "why does it go wrong?", not "what is
@@ -543,7 +546,7 @@ class OfflineGenerator:
         """The sentences the answer is made of, in book order."""
         wants_code = (
             not _CODE_WORDS.isdisjoint(tokenize(question))
-            or _HOW_TO_RE.match(question) is not None
+            or _HOW_TO_RE.search(question) is not None
             or _code_only_match(question, context)
         )
         pool, _ = self._candidates(question, context, wants_code=wants_code, similarity=similarity)
