@@ -75,6 +75,37 @@ async def test_chat_streams_events_in_protocol_order(client: httpx.AsyncClient) 
     assert "PID" in answer.text or "pid" in answer.text.lower()
 
 
+async def test_stream_events_pass_the_layers_that_act_on_start_and_end_only(
+    book_settings: Settings,
+) -> None:
+    """Hooks and middleware see the SSE response's start and its end, not every event."""
+    from litestar.config.app import AppConfig
+    from litestar.plugins import InitPluginProtocol
+    from litestar.testing import AsyncTestClient
+
+    from bookchat.app import create_app
+
+    seen: list[tuple[str, bool]] = []
+
+    async def record(message: Any, scope: Any) -> None:
+        if scope["path"] == "/api/v1/chat":
+            seen.append((message["type"], bool(message.get("more_body"))))
+
+    class RecordSends(InitPluginProtocol):
+        def on_app_init(self, app_config: AppConfig) -> AppConfig:
+            app_config.before_send.append(record)
+            return app_config
+
+    async with AsyncTestClient(app=create_app(book_settings, plugins=[RecordSends()])) as client:
+        answer = await ask(client, PID)
+        metrics = (await client.get("/metrics")).text
+    names = answer.names()
+    assert names[0] == "session" and names[-1] == "done" and names.count("token") > 3
+    assert answer.headers["x-request-id"]
+    assert seen == [("http.response.start", False), ("http.response.body", False)]
+    assert 'path="/api/v1/chat",status_code="200"} 1.0' in metrics
+
+
 async def test_json_mode_returns_the_same_answer(client: httpx.AsyncClient) -> None:
     streamed = await ask(client, PID)
     response = await client.post(

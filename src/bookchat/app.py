@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from advanced_alchemy.exceptions import RepositoryError
@@ -28,6 +29,7 @@ from bookchat import __version__
 from bookchat.chat.controller import ChatController, SessionsController
 from bookchat.chat.openapi import finish_document, operation_id
 from bookchat.chat.signin import AuthController
+from bookchat.chat.sse import SERVER_SEND
 from bookchat.db.config import make_alchemy_config
 from bookchat.errors import (
     ApiError,
@@ -251,6 +253,17 @@ def body_read_timeout(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
     return middleware_factory
 
 
+class BookchatApp(Litestar):
+    """Litestar, with the server's own `send` kept in each HTTP request's scope state: the
+    SSE routes send their events with it, past the layers that only act on a response's
+    start and end (`bookchat.chat.sse`)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -284,7 +297,7 @@ def create_app(
     async def close_runtime() -> None:
         await runtime.close()
 
-    return Litestar(
+    return BookchatApp(
         route_handlers=[
             HealthController,
             SessionsController,
