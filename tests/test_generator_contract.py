@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ from bookchat.llm.base import (
 )
 from bookchat.llm.gemini import GeminiProvider, close_genai_client, make_genai_client
 from bookchat.llm.openai import OpenAIProvider, make_openai_client
-from bookchat.llm.streaming import Provider, Route, StreamingGenerator
+from bookchat.llm.streaming import Provider, Route, StreamDeadline, StreamingGenerator
 
 from .generator_helpers import REQUEST, collect, text_of
 
@@ -162,6 +163,28 @@ async def test_total_timeout_after_first_token(harness: Harness) -> None:
 
     assert 1 <= len(events) < len(DEFAULT_ANSWER.split(" "))
     assert error is not None and error.code == "generation_timeout"
+
+
+async def test_tokens_arriving_one_by_one_arm_one_timer_per_deadline(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first-token and total deadlines are a loop timer each, not one per read."""
+    harness.fake.configure(token_delay=0.02)
+    loop = asyncio.get_running_loop()
+    deadline_timers: list[object] = []
+    call_at = loop.call_at
+
+    def recording_call_at(when: float, callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(getattr(callback, "__self__", None), asyncio.Timeout | StreamDeadline):
+            deadline_timers.append(callback)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", recording_call_at)
+    events, error = await collect(harness.generator())
+
+    assert error is None and len(events) > 5
+    # The two deadlines, and aiohttp's connect timeout when it opens a connection.
+    assert len(deadline_timers) <= 3
 
 
 async def test_cut_stream_gives_partial_tokens_then_error(harness: Harness) -> None:

@@ -30,6 +30,7 @@ import ssl
 import urllib.request
 import weakref
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,7 @@ from bookchat.llm.base import GenerationRequest
 from bookchat.llm.streaming import (
     MAX_BACKOFF,
     Route,
+    StreamDeadline,
     StreamingGenerator,
     StreamPiece,
     provider_transport,
@@ -296,12 +298,17 @@ class _GeminiStream:
         self._pending = b""
         self._chunks: deque[_Chunk] = deque()
         self._ended = False
+        self._deadline = StreamDeadline()
+
+    def _open(self) -> Awaitable[aiohttp.ClientResponse]:
+        return self._rest.open(self.model, "streamGenerateContent?alt=sse", self._body)
 
     async def next_piece(self, deadline: float) -> StreamPiece:
         """The next chunk; TimeoutError past `deadline` (loop time), StopAsyncIteration at end.
 
         One socket read often holds several chunks, and what aiohttp has read ahead is
-        taken without a wait: only waiting reads run under the deadline (a loop timer each).
+        taken without a wait: only waiting reads run under the deadline (one loop timer
+        for the stream, `StreamDeadline`).
         """
         while not self._chunks:
             if self._ended:
@@ -309,12 +316,9 @@ class _GeminiStream:
             response = self._response
             data = response.content.read_nowait() if response is not None else b""
             if not data and (response is None or not response.content.at_eof()):
-                async with asyncio.timeout_at(deadline):
-                    if response is None:
-                        response = self._response = await self._rest.open(
-                            self.model, "streamGenerateContent?alt=sse", self._body
-                        )
-                    data = await response.content.readany()
+                if response is None:
+                    response = self._response = await self._deadline.wait(deadline, self._open)
+                data = await self._deadline.wait(deadline, response.content.readany)
             if not data:
                 self._ended = True
                 data = b"\n\n"  # a last event without its blank line still counts
@@ -353,6 +357,7 @@ class _GeminiStream:
     async def close(self) -> None:
         """Close the HTTP response: the provider sees the socket close and stops (a
         stream read to its end gives its connection back to the pool instead)."""
+        self._deadline.cancel()
         if self._response is not None:
             try:
                 if self._ended:

@@ -13,7 +13,6 @@ response also lets `close()` drop the connection the moment the consumer stops.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +23,7 @@ import openai
 
 from bookchat.llm.base import GenerationRequest
 from bookchat.llm.embeddings import BatchEmbedder
-from bookchat.llm.streaming import StreamPiece, provider_transport
+from bookchat.llm.streaming import StreamDeadline, StreamPiece, provider_transport
 
 logger = logging.getLogger(__name__)
 
@@ -118,26 +117,30 @@ class _OpenAIStream:
         self._body = body
         self._response: Any = None  # openai.AsyncAPIResponse once the headers arrived
         self._lines: AsyncIterator[str] | None = None
+        self._deadline = StreamDeadline()
 
     async def next_piece(self, deadline: float) -> StreamPiece:
-        async with asyncio.timeout_at(deadline):
-            if self._lines is None:
-                manager = self._client.chat.completions.with_streaming_response.create(
-                    model=self.model, stream=True, **self._body
-                )
-                self._response = await manager.__aenter__()
-                self._lines = self._response.iter_lines()
-            while True:
-                line = await anext(self._lines)
-                # SSE: blank separators, `: comments` (keep-alives) and `event:` lines skip.
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    raise StopAsyncIteration
-                return _piece_of(_decode_chunk(data))
+        return await self._deadline.wait(deadline, self._next_piece)
+
+    async def _next_piece(self) -> StreamPiece:
+        if self._lines is None:
+            manager = self._client.chat.completions.with_streaming_response.create(
+                model=self.model, stream=True, **self._body
+            )
+            self._response = await manager.__aenter__()
+            self._lines = self._response.iter_lines()
+        while True:
+            line = await anext(self._lines)
+            # SSE: blank separators, `: comments` (keep-alives) and `event:` lines skip.
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                raise StopAsyncIteration
+            return _piece_of(_decode_chunk(data))
 
     async def close(self) -> None:
+        self._deadline.cancel()
         if self._response is not None:
             await self._response.close()
 

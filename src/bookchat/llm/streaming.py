@@ -14,9 +14,9 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -32,6 +32,8 @@ from bookchat.llm.base import (
 from bookchat.llm.health import LLMHealth, stream_failed
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_BACKOFF = 10.0
 
@@ -79,6 +81,59 @@ class Provider(Protocol):
     def retry_hint(self, exc: BaseException) -> float | None: ...
 
     def describe(self, exc: BaseException) -> str: ...
+
+
+class StreamDeadline:
+    """A provider stream's deadline as one loop timer for the whole stream.
+
+    `asyncio.timeout_at` around each read that waits made a `Timeout`, a timer handle and
+    its cancellation per read, i.e. per token when tokens arrive one by one. Like it, this
+    cancels the task only while the task waits in `wait()`, and turns that cancellation
+    (and no other) into `TimeoutError`; a deadline that passed meanwhile fails the next
+    `wait()` at once. A new deadline (the first token's, then the total one) re-arms it.
+    """
+
+    __slots__ = ("_fired", "_timer", "_waiting", "_when")
+
+    def __init__(self) -> None:
+        self._when: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting: asyncio.Task[object] | None = None
+        self._fired = False
+
+    async def wait(self, deadline: float, read: Callable[[], Awaitable[T]]) -> T:
+        """`await read()`, or TimeoutError once loop time reaches `deadline`."""
+        if deadline != self._when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._when, self._fired = deadline, False
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+        if self._fired:
+            raise TimeoutError
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._waiting = task
+        try:
+            return await read()
+        except asyncio.CancelledError:
+            if self._fired and task.uncancel() <= cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._fired = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def cancel(self) -> None:
+        """Drop the timer (the stream is closed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 @dataclass(frozen=True, slots=True)
