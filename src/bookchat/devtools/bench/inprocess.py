@@ -6,8 +6,8 @@ driver measures what a change to the chat path does, steadily enough to compare 
 with its parent:
 
 - the product app (`create_app`) is called as a raw ASGI app, one chat after the other,
-  on SQLite and the embedded store, with the fake Gemini (instant, one word per chunk) in
-  a thread; no server, no sockets, no load generator;
+  on SQLite (or `--database-url`) and the embedded store, with the fake Gemini (instant,
+  one word per chunk) in a thread; no server, no sockets, no load generator;
 - the first `--skip` chats warm the caches (they are not counted);
 - `--mode cpu` prints the process CPU (the fake's thread included) and the event loop
   thread's CPU per chat;
@@ -154,14 +154,26 @@ def _report_profile(stats: Any, chats: int, top: int = 20) -> None:
         )
 
 
-def run(mode: str, chats: int, skip: int, tokens: int, dump: Path | None = None) -> int:
-    """Measure `chats - skip` chats after `skip` warm-up ones; 0 when every chat ended well."""
+def run(
+    mode: str,
+    chats: int,
+    skip: int,
+    tokens: int,
+    dump: Path | None = None,
+    database_url: str | None = None,
+) -> int:
+    """Measure `chats - skip` chats after `skip` warm-up ones; 0 when every chat ended well.
+
+    `database_url`: another database than the temporary SQLite file (e.g. an empty
+    PostgreSQL database; it is migrated here)."""
     from bookchat.settings import SAMPLE_BOOK
 
     with tempfile.TemporaryDirectory(prefix="bookchat-inprocess-") as tmp:
         data = Path(tmp)
         with FakeGemini(answer=_answer(tokens), words_per_chunk=1) as fake:
             env = bench_env(data, fake.api_url)
+            if database_url is not None:
+                env["DATABASE_URL"] = database_url
             prepare_data(env, Path(SAMPLE_BOOK))
             saved = dict(os.environ)
             os.environ.update({k: v for k, v in env.items() if k.isupper()})
@@ -225,10 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip", type=int, default=20, help="warm-up chats not counted")
     parser.add_argument("--tokens", type=int, default=50, help="answer words (one per chunk)")
     parser.add_argument("--dump", type=Path, help="cprofile: also write the pstats here")
+    parser.add_argument(
+        "--database-url",
+        help="an empty database to use instead of a temporary SQLite file (migrated here), "
+        "e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/inprocess",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.skip < args.chats:
         parser.error("--skip must be at least 0 and below --chats")
-    return run(args.mode, args.chats, args.skip, args.tokens, args.dump)
+    return run(args.mode, args.chats, args.skip, args.tokens, args.dump, args.database_url)
 
 
 if __name__ == "__main__":
