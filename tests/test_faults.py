@@ -152,6 +152,51 @@ async def test_postgres_going_away_between_chats_is_503_then_recovers(
 
 
 @pytest.mark.postgres
+async def test_pooled_postgres_connections_are_pinged_after_sitting_idle_only(
+    pg_url: str,
+) -> None:
+    """Back-to-back checkouts take the connection as it is; one that sat idle is pinged,
+    and one that died meanwhile is replaced before a statement can fail on it."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from bookchat.db.config import ping_idle_connections
+
+    engine = create_async_engine(pg_url, pool_size=1, max_overflow=0)
+    dialect = engine.sync_engine.dialect
+    pings: list[object] = []
+    real_ping = dialect.do_ping
+
+    def counting_ping(dbapi_connection: object) -> bool:
+        pings.append(dbapi_connection)
+        return real_ping(dbapi_connection)
+
+    dialect.do_ping = counting_ping  # type: ignore[method-assign]
+    ping_idle_connections(engine, idle_after=0.2)
+
+    async def backend_pid() -> int:
+        async with engine.connect() as connection:
+            return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+    try:
+        first = await backend_pid()
+        assert [await backend_pid() for _ in range(3)] == [first] * 3
+        assert pings == []
+        await asyncio.sleep(0.3)
+        assert await backend_pid() == first and len(pings) == 1
+
+        admin = create_async_engine(pg_url)
+        async with admin.connect() as connection:
+            await connection.execute(text(f"SELECT pg_terminate_backend({first})"))
+        await admin.dispose()
+        await asyncio.sleep(0.3)
+        assert await backend_pid() != first  # the failed ping made the pool connect anew
+        assert len(pings) == 2
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
 @pytest.mark.server
 async def test_postgres_cut_mid_stream_on_a_real_server_saves_the_answer_after_retries(
     tmp_path: Path, pg_proxy: tuple[TcpProxy, str], pg_url: str
