@@ -283,6 +283,43 @@ async def test_twenty_messages_come_back_in_order(any_db_settings: Settings) -> 
         assert times == sorted(times)
 
 
+async def test_an_answers_completion_is_stored_and_touches_its_session(
+    any_db_settings: Settings,
+) -> None:
+    """On PostgreSQL as one statement (the touch a CTE of the answer's update)."""
+    from litestar.testing import AsyncTestClient
+    from sqlalchemy import event
+
+    from bookchat.app import create_app
+
+    await aingest_sample_book(any_db_settings)
+    app = create_app(any_db_settings)
+    engine = app.state.runtime.engine
+    updates: list[str] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "WHERE messages.id =" in statement:  # a completion
+            updates.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    async with AsyncTestClient(app=app) as client:
+        answer = await ask(client, PID)
+        session = answer.first("session")
+        auth = {"Authorization": f"Bearer {session['token']}"}
+        (listed,) = (await client.get("/api/v1/sessions", headers=auth)).json()["sessions"]
+        messages = (
+            await client.get(f"/api/v1/sessions/{session['session_id']}/messages", headers=auth)
+        ).json()["messages"]
+    stored = messages[-1]
+    assert stored["id"] == session["message_id"] and stored["status"] == "complete"
+    assert stored["content"] == answer.text
+    # Touched when the answer was completed, after the question and its answer's row.
+    assert listed["last_activity"] > stored["created_at"]
+    if engine.dialect.name == "postgresql":
+        (statement,) = updates
+        assert statement.startswith("WITH touched_session AS")
+
+
 async def test_thirty_concurrent_anonymous_messages_allow_exactly_ten(
     client: httpx.AsyncClient,
 ) -> None:
