@@ -216,3 +216,29 @@ async def test_a_question_joins_the_request_sessions_open_transaction(
     async with engine.connect() as connection:
         stored = (await connection.execute(select(ITEMS.c.name).order_by(ITEMS.c.id))).all()
     assert [name for (name,) in stored] == ["earlier write", "question"]
+
+
+async def test_the_request_session_commits_nothing_when_it_began_nothing(
+    tmp_path: Path,
+) -> None:
+    # advanced-alchemy commits every request's session as its response starts; an untouched
+    # one must not begin a transaction just to end it, and one that wrote still commits.
+    from sqlalchemy import event, text
+
+    from bookchat.db.config import make_alchemy_config
+
+    config = make_alchemy_config(make_settings(tmp_path))
+    session = config.create_session_maker()()
+    begun: list[object] = []
+    event.listen(session.sync_session, "after_transaction_create", lambda *_: begun.append(1))
+    try:
+        await session.commit()
+        assert begun == []
+        await session.execute(text("CREATE TABLE notes (text TEXT)"))
+        await session.execute(text("INSERT INTO notes VALUES ('kept')"))
+        await session.commit()
+        assert begun and not session.in_transaction()
+        assert (await session.execute(text("SELECT text FROM notes"))).scalar_one() == "kept"
+    finally:
+        await session.close()
+        await config.get_engine().dispose()
