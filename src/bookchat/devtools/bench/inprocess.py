@@ -161,16 +161,19 @@ def run(
     tokens: int,
     dump: Path | None = None,
     database_url: str | None = None,
+    token_delay: float = 0.0,
 ) -> int:
     """Measure `chats - skip` chats after `skip` warm-up ones; 0 when every chat ended well.
 
     `database_url`: another database than the temporary SQLite file (e.g. an empty
-    PostgreSQL database; it is migrated here)."""
+    PostgreSQL database; it is migrated here). `token_delay`: seconds between the fake's
+    chunks, so that each arrives on its own as from a real model (with none, a chat's
+    chunks arrive a few per read)."""
     from bookchat.settings import SAMPLE_BOOK
 
     with tempfile.TemporaryDirectory(prefix="bookchat-inprocess-") as tmp:
         data = Path(tmp)
-        with FakeGemini(answer=_answer(tokens), words_per_chunk=1) as fake:
+        with FakeGemini(answer=_answer(tokens), words_per_chunk=1, token_delay=token_delay) as fake:
             env = bench_env(data, fake.api_url)
             if database_url is not None:
                 env["DATABASE_URL"] = database_url
@@ -238,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=50, help="answer words (one per chunk)")
     parser.add_argument("--dump", type=Path, help="cprofile: also write the pstats here")
     parser.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.0,
+        help="seconds between the fake's chunks (e.g. 0.001: each token read on its own)",
+    )
+    parser.add_argument(
         "--database-url",
         help="an empty database to use instead of a temporary SQLite file (migrated here), "
         "e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/inprocess",
@@ -245,7 +254,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.skip < args.chats:
         parser.error("--skip must be at least 0 and below --chats")
-    return run(args.mode, args.chats, args.skip, args.tokens, args.dump, args.database_url)
+    return run(
+        args.mode,
+        args.chats,
+        args.skip,
+        args.tokens,
+        args.dump,
+        args.database_url,
+        args.token_delay,
+    )
 
 
 if __name__ == "__main__":
