@@ -306,19 +306,19 @@ class _GeminiStream:
     async def next_piece(self, deadline: float) -> StreamPiece:
         """The next chunk; TimeoutError past `deadline` (loop time), StopAsyncIteration at end.
 
-        One socket read often holds several chunks, and what aiohttp has read ahead is
-        taken without a wait: only waiting reads run under the deadline (one loop timer
-        for the stream, `StreamDeadline`).
+        One socket read often holds several chunks. `readany` takes what aiohttp has read
+        ahead without suspending and waits only for more, under the deadline (one loop
+        timer for the stream, `StreamDeadline`). A `read_nowait` first found nothing
+        nearly always: `readany` drains the buffer, and the task does not suspend between
+        two calls unless its reader holds it back.
         """
         while not self._chunks:
             if self._ended:
                 raise StopAsyncIteration
             response = self._response
-            data = response.content.read_nowait() if response is not None else b""
-            if not data and (response is None or not response.content.at_eof()):
-                if response is None:
-                    response = self._response = await self._deadline.wait(deadline, self._open)
-                data = await self._deadline.wait(deadline, response.content.readany)
+            if response is None:
+                response = self._response = await self._deadline.wait(deadline, self._open)
+            data = await self._deadline.wait(deadline, response.content.readany)
             if not data:
                 self._ended = True
                 data = b"\n\n"  # a last event without its blank line still counts
@@ -375,8 +375,16 @@ def _piece_of(chunk: _Chunk) -> StreamPiece:
     usage = chunk.usage_metadata
     candidate = chunk.candidates[0] if chunk.candidates else None
     finish = candidate.finish_reason if candidate is not None else None
+    text = ""
+    if candidate is not None and (content := candidate.content) is not None and content.parts:
+        parts = content.parts
+        if len(parts) == 1:  # what a streamed chunk nearly always holds: no generator
+            part = parts[0]
+            text = part.text if part.text and not part.thought else ""
+        else:  # thought summaries are not part of the answer
+            text = "".join(p.text for p in parts if p.text and not p.thought)
     return StreamPiece(
-        text=_text_of(candidate) if candidate is not None else "",
+        text=text,
         finish_reason=finish.lower() if finish is not None else None,
         finish_blocked=finish in BLOCKED_FINISH_REASONS,
         prompt_tokens=(usage.prompt_token_count or 0) if usage else None,
@@ -467,15 +475,3 @@ class GeminiGenerator(StreamingGenerator):
 def _model_path(model: str) -> str:
     """`models/<name>` as the REST API wants it (tuned models keep their own prefix)."""
     return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
-
-
-def _text_of(candidate: _Candidate) -> str:
-    content = candidate.content
-    if content is None or not content.parts:
-        return ""
-    parts = content.parts
-    if len(parts) == 1:  # what a streamed chunk nearly always holds: no generator per chunk
-        part = parts[0]
-        return part.text if part.text and not part.thought else ""
-    # Thought summaries are not part of the answer.
-    return "".join(p.text for p in parts if p.text and not p.thought)
