@@ -291,10 +291,11 @@ async def test_twenty_messages_come_back_in_order(any_db_settings: Settings) -> 
         assert times == sorted(times)
 
 
-async def test_an_answers_completion_is_stored_and_touches_its_session(
+async def test_a_chats_writes_store_the_question_and_answer_and_touch_the_session(
     any_db_settings: Settings,
 ) -> None:
-    """On PostgreSQL as one statement (the touch a CTE of the answer's update)."""
+    """On PostgreSQL each of a chat's two writes is one statement: the question's with the
+    new user and session (or the session's touch) as CTEs, the answer's with the touch."""
     from litestar.testing import AsyncTestClient
     from sqlalchemy import event
 
@@ -303,29 +304,38 @@ async def test_an_answers_completion_is_stored_and_touches_its_session(
     await aingest_sample_book(any_db_settings)
     app = create_app(any_db_settings)
     engine = app.state.runtime.engine
-    updates: list[str] = []
+    writes: list[str] = []
 
     def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if "WHERE messages.id =" in statement:  # a completion
-            updates.append(statement)
+        if statement.startswith(("WITH", "INSERT", "UPDATE")) and "messages" in statement:
+            writes.append(statement)  # the chat's writes (not, e.g., a first secret's)
 
-    event.listen(engine.sync_engine, "before_cursor_execute", record)
     async with AsyncTestClient(app=app) as client:
-        answer = await ask(client, PID)
-        session = answer.first("session")
+        event.listen(engine.sync_engine, "before_cursor_execute", record)
+        first = await ask(client, PID)
+        session = first.first("session")
         auth = {"Authorization": f"Bearer {session['token']}"}
+        second = await ask(client, "And its limits?", token=session["token"],
+                           session_id=session["session_id"])  # fmt: skip
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
         (listed,) = (await client.get("/api/v1/sessions", headers=auth)).json()["sessions"]
         messages = (
             await client.get(f"/api/v1/sessions/{session['session_id']}/messages", headers=auth)
         ).json()["messages"]
-    stored = messages[-1]
-    assert stored["id"] == session["message_id"] and stored["status"] == "complete"
-    assert stored["content"] == answer.text
-    # Touched when the answer was completed, after the question and its answer's row.
-    assert listed["last_activity"] > stored["created_at"]
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 2
+    assert [m["status"] for m in messages[1::2]] == ["complete", "complete"]
+    assert [m["content"] for m in messages[1::2]] == [first.text, second.text]
+    assert messages[3]["id"] == second.first("session")["message_id"]
+    # Touched when the last answer was completed, after its question and its row.
+    assert listed["last_activity"] > messages[3]["created_at"]
     if engine.dialect.name == "postgresql":
-        (statement,) = updates
-        assert statement.startswith("WITH touched_session AS")
+        assert len(writes) == 4  # two per chat
+        new_reader, completion, continued, completion_again = writes
+        assert new_reader.startswith("WITH write_0 AS") and "INSERT INTO users" in new_reader
+        assert "INSERT INTO chat_sessions" in new_reader
+        assert continued.startswith("WITH write_0 AS") and "UPDATE chat_sessions" in continued
+        for statement in (completion, completion_again):
+            assert statement.startswith("WITH touched_session AS")
 
 
 async def test_thirty_concurrent_anonymous_messages_allow_exactly_ten(

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Insert, Table, bindparam, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -695,11 +695,57 @@ def _write_session_and_commit(session: Session, statements: list[tuple[Any, Any]
     cost more than the plain connection's checkout, begin and commit.
     """
     bind = session.get_bind()
+    one = bind.dialect.name == "postgresql"
+    if one:
+        statements = [one_statement(statements)]
     if isinstance(bind, Engine) and not session.in_transaction():
-        _connect_write_and_commit(bind.connect, statements)
+        _connect_write_and_commit(bind.connect, statements, AUTOCOMMIT if one else None)
         return
     _write(session.connection(), statements)
     session.commit()
+
+
+_ONE_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def one_statement(statements: list[tuple[Any, Any]]) -> tuple[Any, dict[str, Any]]:
+    """PostgreSQL: a transaction's writes as one statement, every one but the last a CTE of
+    the last (a new reader's question: the user's and the session's inserts and the
+    question's row around its answer's row), to be run in autocommit: BEGIN, a parse and an
+    execute per statement (prepared statements are off for PgBouncer) and COMMIT were
+    eight round trips.
+
+    An insert of several rows becomes one insert per row (a multi-row VALUES is compiled
+    anew on every execution: SQLAlchemy does not cache it). Inserts get explicit VALUES
+    with parameters renamed per row, so that no parameter sets a same-named column of
+    another table; other statements keep their own bound parameters. Built once per shape.
+    """
+    writes: list[tuple[Any, dict[str, Any]]] = []
+    for statement, rows in statements:
+        if isinstance(rows, list):
+            writes.extend((statement, row) for row in rows)
+        else:
+            writes.append((statement, rows))
+    shape = tuple((id(statement), tuple(row)) for statement, row in writes)
+    built = _ONE_STATEMENTS.get(shape)
+    if built is None:
+        parts = [
+            insert(statement.table).values({key: bindparam(f"w{n}_{key}") for key in row})
+            if isinstance(statement, Insert)
+            else statement
+            for n, (statement, row) in enumerate(writes)
+        ]
+        *ctes, main = parts
+        built = _ONE_STATEMENTS[shape] = main.add_cte(
+            *(cte.cte(f"write_{n}") for n, cte in enumerate(ctes))
+        )
+    parameters: dict[str, Any] = {}
+    for n, (statement, row) in enumerate(writes):
+        if isinstance(statement, Insert):
+            parameters.update({f"w{n}_{key}": value for key, value in row.items()})
+        else:
+            parameters.update(row)
+    return built, parameters
 
 
 def _write_and_commit(connection: Connection, statements: list[tuple[Any, Any]]) -> None:
