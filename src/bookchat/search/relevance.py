@@ -146,6 +146,12 @@ def _credit(word: str, light: AbstractSet[str], stems: AbstractSet[str]) -> floa
     return STEM_ONLY_CREDIT if stem(word) in stems else 0.0
 
 
+def _not_everyday(word: str) -> bool:
+    """Neither one edit from an everyday word ("shoud") nor a closed compound of two
+    ("onboard"): a rare word the frequency list lacks for what it is."""
+    return everyday_spelling(word) is None and everyday_compound(word) is None
+
+
 def _adrift(
     own: Sequence[str],
     weighted: dict[str, float],
@@ -156,15 +162,10 @@ def _adrift(
     """The book lacks a rare word of the question and the hits lack its most specific word
     the book has: they hold the question's surroundings, not its subject ("hand-eye
     calibration … the arm's flange" finds wrists and cameras, none of them calibrated)."""
-    rare_missing = [
-        w
+    if not any(
+        in_book[w] == 0.0 and weighted[w] >= TYPO_CHECK_SPECIFICITY and _not_everyday(w)
         for w in own
-        if in_book[w] == 0.0
-        and weighted[w] >= TYPO_CHECK_SPECIFICITY
-        and everyday_spelling(w) is None
-        and everyday_compound(w) is None
-    ]
-    if not rare_missing:
+    ):
         return False
     present = [w for w in own if in_book[w] > 0.0 and weighted[w] > 0.0]
     if not present:
@@ -239,7 +240,7 @@ def judge(
         for w in own
         if in_book[w] == 0.0
         and weighted[w] >= NAMED_THING_SPECIFICITY
-        and (w in names or (everyday_spelling(w) is None and everyday_compound(w) is None))
+        and (w in names or _not_everyday(w))
     ]
     for name in proper_names(question):
         # A proper noun ("Windows", "Raspberry") the book never uses names a thing the
@@ -252,8 +253,12 @@ def judge(
         text = "\n".join(candidate_texts).lower()
         named += sorted(name for name in identifiers if name not in text)
     verdict: Verdict
-    adrift = _adrift(own, weighted, in_book, hit_light, hit_terms)
-    if found <= 0 or share >= REFUSE_MISSING_SHARE or named or adrift:
+    if (
+        found <= 0
+        or share >= REFUSE_MISSING_SHARE
+        or named
+        or _adrift(own, weighted, in_book, hit_light, hit_terms)
+    ):
         # `named`: the question names a thing (a product, a tool, a brand: a word nearly
         # absent from general English) that the book never mentions.
         verdict = "refuse"
