@@ -274,6 +274,18 @@ async def test_a_why_question_is_answered_from_the_limitations_it_asks_about(
     assert "the encoders count rotation that never became motion" in done.text
 
 
+async def test_is_that_normal_is_answered_from_the_limitations_it_asks_about(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # "…, is that normal?" asks whether a behaviour is a known failure: the limitations
+    # section answers it, not the specifications that share the question's "lidar".
+    done = await _ask(
+        sample_pipeline, "my lidar goes crazy outside in bright sunshine, is that normal?"
+    )
+    assert "Strong sunlight adds infrared noise" in done.text
+    assert "905 nm lasers designed to meet Class 1" not in done.text
+
+
 async def test_a_figure_in_words_answers_a_how_long_question(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     # "Plan for about two hours." states the duration without a digit: the figure rule
     # ("how long" → a time) looked for digits only and quoted speeds and lap times.

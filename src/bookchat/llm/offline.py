@@ -142,10 +142,11 @@ _CAVEAT_SECTION_RE = re.compile(
 )
 # A negated question ("why can't my lidar see the glass door?") asks what a thing cannot
 # do, which its limitations section says. Readers often drop the apostrophe ("cant").
+# "…, is that normal?" asks whether a behaviour is a known failure: the same section.
 _CAVEAT_QUESTION_RE = re.compile(
     r"\b(limit\w*|drawback\w*|disadvantage\w*|pitfall\w*|trade-?offs?|weak\w*|fail\w*|"
     r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*"
-    r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never)\b",
+    r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never|normal)\b",
     re.I,
 )
 # "Can a lidar see through glass?" asks what a thing can and cannot do: its limitations
