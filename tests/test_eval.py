@@ -319,10 +319,11 @@ def test_question_file_errors_are_reported_with_exit_code_2(
         load_questions(corpus, SAMPLE_DOCS)
 
 
-# The reader-phrased sets (calibration and held-out) gate CI at the level measured when the
-# relevance decision was redesigned — a regression floor, below the 0.90 target,
-# which they do not reach yet (see the README's measured results).
-READER_FLOOR = {"reader_questions.json": 0.8, "reader_questions_heldout.json": 0.75}
+# The reader-phrased sets gate CI: the calibration set at the 0.90 target (measured
+# 0.912, BM25), the held-out set as a regression floor under its measured 0.842 (the
+# target there, within 0.05 of the calibration set, is not reached with BM25 alone; see
+# the README's measured results).
+READER_FLOOR = {"reader_questions.json": 0.9, "reader_questions_heldout.json": 0.8}
 # "answer found" (the answer contains a phrase of the book's answering sentence), a
 # regression floor under the measured levels (BM25: 0.618 and 0.526).
 ANSWER_FOUND_FLOOR = {"reader_questions.json": 0.55, "reader_questions_heldout.json": 0.45}
