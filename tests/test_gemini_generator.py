@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from google import genai
 
@@ -20,6 +22,7 @@ from bookchat.llm.gemini import (
     retry_delay_hint,
 )
 from bookchat.llm.health import LLMHealth, TrackedGenerator
+from bookchat.llm.streaming import close_shielded
 
 from .generator_helpers import REQUEST, collect, text_of
 
@@ -80,6 +83,47 @@ async def test_blocked_prompt_is_generation_blocked(
     assert events == []
     assert error is not None and error.code == "generation_blocked"
     assert fake_gemini.generate_requests == 1
+
+
+async def test_a_gemini_stream_closes_without_a_task_of_its_own(
+    fake_gemini: FakeGemini, genai_client: genai.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp releases a response at once, so the close needs no task and shield to
+    outlive a cancellation."""
+    made: list[object] = []
+    monkeypatch.setattr(
+        asyncio, "ensure_future", lambda *a, **k: made.append(a) or pytest.fail("a task")
+    )
+
+    events, error = await collect(make_generator(genai_client))
+
+    assert error is None and text_of(events) == DEFAULT_ANSWER and made == []
+
+
+async def test_a_close_that_never_waits_runs_even_for_a_cancelled_consumer() -> None:
+    class Stream:
+        model = "m"
+        closed = 0
+
+        def close_now(self) -> None:
+            self.closed += 1
+
+        async def close(self) -> None:
+            raise AssertionError("close_now() is the one to call")
+
+    stream = Stream()
+
+    async def consumer() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # cancelled while closing: the close still runs, before the cancel
+        await close_shielded(stream)
+        assert stream.closed == 1
+        await asyncio.sleep(0)
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(consumer())
+    assert stream.closed == 1
 
 
 def test_retry_delay_hint_reads_retry_info() -> None:

@@ -357,6 +357,10 @@ class _GeminiStream:
     async def close(self) -> None:
         """Close the HTTP response: the provider sees the socket close and stops (a
         stream read to its end gives its connection back to the pool instead)."""
+        self.close_now()
+
+    def close_now(self) -> None:
+        """`close()` without waiting: aiohttp releases and closes a response at once."""
         self._deadline.cancel()
         if self._response is not None:
             try:

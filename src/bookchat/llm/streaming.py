@@ -63,7 +63,10 @@ class ProviderStream(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release the HTTP response at once (the provider sees its connection close)."""
+        """Release the HTTP response at once (the provider sees its connection close).
+
+        A stream whose close never waits may also offer it as a plain method,
+        `close_now()`, which `close_shielded` then calls instead."""
         ...
 
 
@@ -182,6 +185,15 @@ def backoff_delay(attempt: int, base: float, hint: float | None, cap: float) -> 
 
 async def close_shielded(stream: ProviderStream) -> None:
     """`stream.close()` that completes even when the consumer is being cancelled."""
+    close_now: Callable[[], None] | None = getattr(stream, "close_now", None)
+    if close_now is not None:
+        # A close that never waits cannot be cut short: no task and shield around it (a
+        # task, two callbacks and three loop iterations at the end of every answer).
+        try:
+            close_now()
+        except Exception:  # closing must never mask the caller's outcome
+            logger.debug("closing a provider stream failed", exc_info=True)
+        return
 
     async def close() -> None:
         try:
