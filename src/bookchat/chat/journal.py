@@ -74,11 +74,10 @@ def sse_event(name: str, event_id: int, payload: Any) -> bytes:
     Litestar's encoder (StringIO, two regexes per event) costs more than the rest of a
     token's trip; msgspec's JSON never holds a raw newline, so one `data:` line is enough.
     """
-    return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
-        event_id,
-        name.encode(),
-        msgspec.json.encode(payload),
-    )
+    return _SSE_EVENT % (event_id, name.encode(), msgspec.json.encode(payload))
+
+
+_SSE_EVENT = b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n"
 
 
 class ReplayExpiredError(Exception):
@@ -113,17 +112,19 @@ class _Stream:
         return self.first_id + len(self.events) - 1
 
     def append(self, event: bytes, max_events: int) -> None:
+        """Add `event` and wake the followers (`StreamJournal._produce` inlines this)."""
         events = self.events
         events.append(event)
         if len(events) > max_events:
-            # Drop a quarter at a time: amortised O(1) per event, bounded memory.
-            drop = len(events) - max_events + max_events // 4
-            del events[:drop]
-            self.first_id += drop
-        for follower in self.followers:  # `wake()`, inlined: this runs per token
-            waiter = follower.waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self.drop_oldest(max_events)
+        self.wake()
+
+    def drop_oldest(self, max_events: int) -> None:
+        # Drop a quarter at a time: amortised O(1) per event, bounded memory.
+        events = self.events
+        drop = len(events) - max_events + max_events // 4
+        del events[:drop]
+        self.first_id += drop
 
     def wake(self, value: bytes | None = None) -> None:
         for follower in self.followers:
@@ -361,6 +362,8 @@ class StreamJournal:
     ) -> None:
         mirror, max_events, bound = self._mirror, self.max_events, self.buffer_events
         this_task = asyncio.current_task()
+        encode = msgspec.json.encode
+        buffered, followers = stream.events, stream.followers  # lists never replaced
         next_id = 0
         terminal = False
         try:
@@ -373,17 +376,23 @@ class StreamJournal:
                         # readers and Redis get the `session` event without it.
                         stream.asker_first = sse_event(name, 1, payload)
                         payload = msgspec.structs.replace(payload, token=None)
-                    event = sse_event(name, next_id, payload)
+                    # `sse_event()` and `stream.append()`, inlined: this runs per token.
+                    event = _SSE_EVENT % (next_id, name.encode(), encode(payload))
                     if name in TERMINAL:
                         terminal = stream.ended = True
-                    stream.append(event, max_events)
+                    buffered.append(event)
+                    if len(buffered) > max_events:
+                        stream.drop_oldest(max_events)
+                    for follower in followers:
+                        waiter = follower.waiter
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(None)
                     if mirror is not None:
                         mirror.publish(message_id, next_id, event)
                         if terminal:
                             mirror.publish(message_id, next_id, None)
                     if terminal:
                         continue
-                    followers = stream.followers
                     if followers:
                         # `stream.slowest()`, inlined for the usual one follower (per token).
                         slowest = followers[0].position if len(followers) == 1 else stream.slowest()
