@@ -9,6 +9,7 @@ from bookchat.answer.grounding import (
     CitationMapper,
     PromptBuilder,
     abstention_message,
+    declines,
     short_selection_note,
     strip_invalid_citations,
 )
@@ -182,3 +183,16 @@ def test_context_blocks_are_accepted_as_sources() -> None:
     built = PromptBuilder("B").compose("What is a node?", [block])
     assert built.request.context[0].n == 1
     assert built.citations[0].title == "Selected text"
+
+
+def test_declines_reads_the_first_sentence_only_wherever_it_ends() -> None:
+    """A sentence ends at `.`, `!` or `?` before a space or the end, not inside "v1.2" or
+    "e.g.x"; a refusal after that end is a caveat, and any case or apostrophe counts."""
+    assert declines("The book doesn’t cover this.")
+    assert declines("  THE SOURCES DON'T DISCUSS IT")
+    assert declines("In v1.2 the book does not cover SLAM.")
+    assert declines("I cannot find this in the book!\nBut here is what I know.")
+    assert not declines("Why? The book does not cover it.")
+    assert not declines("PID tunes gains [1].\nThe book does not cover MPC.")
+    assert not declines("Lidar times light pulses [1], and the book covers it well.")
+    assert not declines("")

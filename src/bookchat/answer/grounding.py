@@ -478,7 +478,10 @@ _DECLINE_RE = re.compile(
     re.I,
 )
 DECLINE_WINDOW = 240  # characters: a refusal opens the reply, a caveat later does not count
-_FIRST_SENTENCE_RE = re.compile(r"^.*?(?:[.!?](?:\s|$)|$)", re.S)
+# Up to the first sentence end. Not the lazy `^.*?(?:[.!?](?:\s|$)|$)`, which tries the end
+# at every character (2-4 µs for a 60-character sentence, against 0.35): the same sentence,
+# save a newline that ends the window, which no refusal's words can follow.
+_FIRST_SENTENCE_RE = re.compile(r"[^.!?]*(?:[.!?](?!\s|$)[^.!?]*)*(?:[.!?](?:\s|$)|$)")
 
 
 def declines(text: str) -> bool:
@@ -488,7 +491,14 @@ def declines(text: str) -> bool:
     in depth" is an answer with a caveat, not a refusal.
     """
     match = _FIRST_SENTENCE_RE.match(text.strip()[:DECLINE_WINDOW])
-    return match is not None and _DECLINE_RE.search(match.group(0)) is not None
+    if match is None:
+        return False
+    sentence = match.group(0)
+    lowered = sentence.lower()
+    # Each refusal above says "not", "n't" or "cannot": without one, no need to search.
+    if "not" not in lowered and "n't" not in lowered and "n’t" not in lowered:
+        return False
+    return _DECLINE_RE.search(sentence) is not None
 
 
 SELECTION_NOT_COVERED = (
