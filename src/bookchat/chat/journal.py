@@ -610,19 +610,23 @@ class StreamJournal:
             timer = loop.call_at(now + ping_interval, ping_if_idle)
 
         timer = loop.call_at(last_sent + ping_interval, ping_if_idle)
+        events = stream.events  # trimmed in place, never replaced
         try:
             while True:
-                last = stream.last_id
-                if follower.position < last:
-                    start = follower.position + 1 - stream.first_id
+                # `stream.last_id`, inlined: this runs for every write and every wait.
+                first = stream.first_id
+                last = first + len(events) - 1
+                position = follower.position
+                if position < last:
+                    start = position + 1 - first
                     if start < 0:  # fell behind the bound: the gap cannot be filled
                         return
                     if asker and start == 0 and stream.asker_first is not None:
-                        chunk = b"".join([stream.asker_first, *stream.events[1:]])
-                    elif last - follower.position == 1:
-                        chunk = stream.events[start]
+                        chunk = b"".join([stream.asker_first, *events[1:]])
+                    elif last - position == 1:
+                        chunk = events[start]
                     else:
-                        chunk = b"".join(stream.events[start:])
+                        chunk = b"".join(events[start:])
                     follower.position = last
                     last_sent = loop.time()
                     yield chunk
@@ -636,7 +640,8 @@ class StreamJournal:
                     continue
                 if stream.ended or stream.finished:
                     return
-                follower.waiter = loop.create_future()
+                # `loop.create_future()` without its Python frame (per wait).
+                follower.waiter = asyncio.Future(loop=loop)
                 ping = await follower.waiter
                 follower.waiter = None
                 if ping is not None:
