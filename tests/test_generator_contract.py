@@ -32,7 +32,13 @@ from bookchat.llm.base import (
 )
 from bookchat.llm.gemini import GeminiProvider, close_genai_client, make_genai_client
 from bookchat.llm.openai import OpenAIProvider, make_openai_client
-from bookchat.llm.streaming import Provider, Route, StreamDeadline, StreamingGenerator
+from bookchat.llm.streaming import (
+    Provider,
+    Route,
+    StreamDeadline,
+    StreamingGenerator,
+    StreamPiece,
+)
 
 from .generator_helpers import REQUEST, collect, text_of
 
@@ -257,3 +263,69 @@ async def test_exact_texts_pass_through_unchanged(harness: Harness) -> None:
         "Odometry drifts [1]",
         " and [9].",
     ]
+
+
+class _ReadAhead:
+    """A provider stream whose one read brings three pieces, then the end."""
+
+    model = MAIN
+
+    def __init__(self) -> None:
+        self.calls = 0  # of next_piece
+        self.reads = 0
+        self.decoded: list[StreamPiece] = []
+
+    async def next_piece(self, deadline: float) -> StreamPiece:
+        self.calls += 1
+        if not self.decoded:
+            self.reads += 1
+            if self.reads > 1:
+                raise StopAsyncIteration
+            self.decoded = [
+                StreamPiece(text="Odometry "),
+                StreamPiece(text="drifts "),
+                StreamPiece(text="slowly.", finish_reason="stop", completion_tokens=3),
+            ]
+        return self.decoded.pop(0)
+
+    def buffered_piece(self) -> StreamPiece | None:
+        return self.decoded.pop(0) if self.decoded else None
+
+    async def close(self) -> None:
+        pass
+
+
+class _ReadAheadProvider:
+    name = "read-ahead"
+
+    def __init__(self) -> None:
+        self.stream = _ReadAhead()
+
+    def open_stream(self, model: str, request: object) -> _ReadAhead:
+        return self.stream
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        return False
+
+    def is_rate_limited(self, exc: BaseException) -> bool:
+        return False
+
+    def retry_hint(self, exc: BaseException) -> float | None:
+        return None
+
+    def describe(self, exc: BaseException) -> str:
+        return type(exc).__name__
+
+
+async def test_pieces_a_read_brought_are_taken_without_waiting_for_another() -> None:
+    provider = _ReadAheadProvider()
+    generator = StreamingGenerator(
+        [Route(provider, MAIN)], first_token_timeout=2.0, total_timeout=5.0
+    )
+
+    events, error = await collect(generator)
+
+    assert error is None and text_of(events) == "Odometry drifts slowly."
+    assert isinstance(events[-1], GenerationFinished) and events[-1].completion_tokens == 3
+    # The read that brought the three, and the end: no coroutine for the two read ahead.
+    assert provider.stream.calls == provider.stream.reads == 2

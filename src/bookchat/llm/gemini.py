@@ -325,6 +325,11 @@ class _GeminiStream:
             await self._feed(data)
         return _piece_of(self._chunks.popleft())
 
+    def buffered_piece(self) -> StreamPiece | None:
+        """The next chunk when a read brought it already, else None (see `next_piece`)."""
+        chunks = self._chunks
+        return _piece_of(chunks.popleft()) if chunks else None
+
     async def _feed(self, data: bytes) -> None:
         # SSE: events end at a blank line. Gemini sends CRLFs: split on those as they come
         # (rewriting every read to LFs cost a copy); the format allows LFs too.

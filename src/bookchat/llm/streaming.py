@@ -59,7 +59,11 @@ class ProviderStream(Protocol):
     model: str
 
     async def next_piece(self, deadline: float) -> StreamPiece:
-        """The next piece; TimeoutError past `deadline` (loop time), StopAsyncIteration at end."""
+        """The next piece; TimeoutError past `deadline` (loop time), StopAsyncIteration at end.
+
+        A stream that decodes several pieces per read may also offer `buffered_piece()`:
+        the next piece when one is decoded already, else None (no waiting, no deadline).
+        """
         ...
 
     async def close(self) -> None:
@@ -258,6 +262,11 @@ class StreamingGenerator:
             total_deadline = started + self._total_timeout
             first_deadline = min(started + self._first_token_timeout, total_deadline)
             stream, piece = await self._open(request, first_deadline)
+            # A piece already read needs no coroutine of `next_piece` (most of them, when
+            # a read holds several chunks).
+            buffered: Callable[[], StreamPiece | None] | None = getattr(
+                stream, "buffered_piece", None
+            )
             # The relay loop is inlined here: one async generator fewer for every chunk.
             finish: str | None = None
             blocked = False
@@ -281,7 +290,10 @@ class StreamingGenerator:
                     if piece.finish_reason is not None:
                         finish, blocked = piece.finish_reason, piece.finish_blocked
                     try:
-                        piece = await stream.next_piece(total_deadline)
+                        if buffered is not None and (ready := buffered()) is not None:
+                            piece = ready
+                        else:
+                            piece = await stream.next_piece(total_deadline)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
