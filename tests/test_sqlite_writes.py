@@ -242,3 +242,30 @@ async def test_the_request_session_commits_nothing_when_it_began_nothing(
     finally:
         await session.close()
         await config.get_engine().dispose()
+
+
+async def test_the_request_session_closes_at_once_when_it_holds_nothing(
+    tmp_path: Path,
+) -> None:
+    # An untouched session has nothing to close (no greenlet for SQLAlchemy's close); one
+    # that holds a transaction still closes it.
+    from sqlalchemy import text
+
+    from bookchat.db.config import make_alchemy_config
+
+    config = make_alchemy_config(make_settings(tmp_path))
+    maker = config.create_session_maker()
+    try:
+        untouched = maker()
+        closes: list[object] = []
+        untouched.sync_session.close = lambda: closes.append(1)  # type: ignore[method-assign]
+        await untouched.close()
+        assert closes == [] and not untouched.in_transaction()
+
+        session = maker()
+        await session.execute(text("SELECT 1"))
+        assert session.in_transaction()
+        await session.close()
+        assert not session.in_transaction()
+    finally:
+        await config.get_engine().dispose()

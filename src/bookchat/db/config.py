@@ -435,7 +435,8 @@ NO_LISTENERS = {"enable_cache_listener": False, "enable_file_object_listener": F
 
 
 class RequestSession(AsyncSession):
-    """The request's session: a commit with no transaction begun commits nothing, at once.
+    """The request's session: a commit with no transaction begun commits nothing, at once,
+    and a close with nothing to close closes nothing.
 
     advanced-alchemy's hook commits every request's session when the response starts;
     SQLAlchemy begins a transaction for that commit only to end it (a greenlet, a
@@ -447,6 +448,14 @@ class RequestSession(AsyncSession):
     async def commit(self) -> None:
         if self.sync_session.in_transaction():
             await super().commit()
+
+    async def close(self) -> None:
+        """Nothing to close in a session that holds no transaction and no objects (a new
+        reader's chat): SQLAlchemy's close would still run in a greenlet of its own to
+        make the session's maps anew."""
+        sync = self.sync_session
+        if sync.in_transaction() or len(sync.identity_map):
+            await super().close()
 
 
 def make_alchemy_config(
