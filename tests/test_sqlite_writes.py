@@ -4,12 +4,13 @@ aiosqlite's thread per transaction, with the same outcomes as statement by state
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
-from advanced_alchemy.types import DateTimeUTC, JsonB
+from advanced_alchemy.types import GUID, DateTimeUTC, JsonB
 from sqlalchemy import (
     Column,
     Integer,
@@ -48,6 +49,7 @@ NOTES = Table(
     Column("body", JsonB, nullable=True),
     Column("at", DateTimeUTC(timezone=True), nullable=False),
     Column("kind", String, nullable=False, default="plain"),
+    Column("ref", GUID, nullable=True),
 )
 
 
@@ -150,8 +152,15 @@ def _held_and_executed(connection: Connection) -> list[bool]:
     assert held is not None
     added = []
     for offset, hold in ((0, True), (3, False)):
-        one = {"id": 1 + offset, "body": {"a": [1, "x"]}, "at": at, "kind": "k"}
-        rows = [{**one, "id": 2 + offset, "body": None}, {**one, "id": 3 + offset}]
+        ref = UUID("0190f3c4-5e6f-7a8b-9cad-bedf01234567")
+        one = {"id": 1 + offset, "body": {"a": [1, "x"]}, "at": at, "kind": "k", "ref": ref}
+        # UTC datetimes and stdlib UUIDs take a shorter path: others (an offset, a UUID's
+        # text) must still be stored as SQLAlchemy and advanced-alchemy store them.
+        elsewhere = at.astimezone(timezone(timedelta(hours=2)))
+        rows = [
+            {**one, "id": 2 + offset, "body": None, "at": elsewhere, "ref": None},
+            {**one, "id": 3 + offset, "ref": str(ref)},
+        ]
         touch = {"note_id": 3 + offset, "body": [7]}
         statements: list[tuple[Any, Any]] = [
             (insert(NOTES), one),
@@ -183,6 +192,8 @@ async def test_held_core_writes_store_what_execute_stores(
     assert [tuple(row[1:]) for row in stored[:3]] == [tuple(row[1:]) for row in stored[3:]]
     assert [tuple(row[1:]) for row in raw[:3]] == [tuple(row[1:]) for row in raw[3:]]
     assert stored[2].body == [7] and stored[1].body is None
+    assert stored[0].ref == stored[2].ref == UUID("0190f3c4-5e6f-7a8b-9cad-bedf01234567")
+    assert stored[1].at == stored[0].at
 
 
 async def test_a_write_with_a_default_computed_at_execution_is_not_held(
