@@ -335,7 +335,8 @@ async def test_a_chats_writes_store_the_question_and_answer_and_touch_the_sessio
         assert "INSERT INTO chat_sessions" in new_reader
         assert continued.startswith("WITH write_0 AS") and "UPDATE chat_sessions" in continued
         for statement in (completion, completion_again):
-            assert statement.startswith("WITH touched_session AS")
+            assert statement.startswith("WITH write_0 AS") and "UPDATE messages" in statement
+            assert "UPDATE chat_sessions" in statement
 
 
 async def test_thirty_concurrent_anonymous_messages_allow_exactly_ten(

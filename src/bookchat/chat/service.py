@@ -23,11 +23,13 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
-from sqlalchemy import Insert, Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 from sqlalchemy.util import greenlet_spawn
 from tenacity import (
     AsyncRetrying,
@@ -91,21 +93,6 @@ TOUCH_SESSION = (
 )
 # The SET clause comes from the parameters' column names (one shape per chat path).
 COMPLETE_ANSWER = update(MESSAGES).where(MESSAGES.c.id == bindparam("completed_message_id"))
-# PostgreSQL: the answer's completion and its session's touch as one statement, run in
-# autocommit (one statement is its own transaction): BEGIN, two statements (a parse and
-# an execute each, prepared statements being off) and COMMIT were six round trips.
-# Its SET clauses are explicit (`answer_*` parameters): a parameter named after a column
-# would set that column in both tables (`status`, for one).
-ANSWER_COLUMNS = (
-    "content", "citations", "chunk_count", "status", "owner_id", "error_code", "model",
-    "prompt_tokens", "completion_tokens", "ttft_ms", "latency_ms", "finish_reason", "related",
-)  # fmt: skip
-COMPLETE_ANSWER_AND_TOUCH = (
-    update(MESSAGES)
-    .where(MESSAGES.c.id == bindparam("completed_message_id"))
-    .values({name: bindparam(f"answer_{name}") for name in ANSWER_COLUMNS})
-    .add_cte(TOUCH_SESSION.cte("touched_session"))
-)
 
 DB_ERRORS = (SQLAlchemyError, OSError, TimeoutError, ConnectionError)
 SAVE_TIMEOUT = 30.0  # generous: under overload the save queues for a pooled connection
@@ -656,15 +643,16 @@ class ChatService:
         return None
 
     async def _write_answer(self, turn: ChatTurn, values: dict[str, Any]) -> None:
-        completed = {"completed_message_id": turn.message_id, **values}
-        touched = {"touched_session_id": turn.session_id, "touched_at": utcnow()}
+        statements = [
+            (COMPLETE_ANSWER, {"completed_message_id": turn.message_id, **values}),
+            (TOUCH_SESSION, {"touched_session_id": turn.session_id, "touched_at": utcnow()}),
+        ]
         if self._answer_in_one_statement:
-            parameters = {f"answer_{name}": values[name] for name in ANSWER_COLUMNS}
-            parameters.update(completed_message_id=turn.message_id, **touched)
-            statement = [(COMPLETE_ANSWER_AND_TOUCH, parameters)]
+            # BEGIN, two statements (a parse and an execute each) and COMMIT were six
+            # round trips; one statement in autocommit is one.
+            statement = [one_statement(statements)]
             await greenlet_spawn(_connect_write_and_commit, self.connect, statement, AUTOCOMMIT)
             return
-        statements = [(COMPLETE_ANSWER, completed), (TOUCH_SESSION, touched)]
         async with self._writing():
             await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
 
@@ -705,20 +693,22 @@ def _write_session_and_commit(session: Session, statements: list[tuple[Any, Any]
     session.commit()
 
 
-_ONE_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+_ONE_STATEMENTS: dict[tuple[Any, ...], tuple[Any, list[dict[str, str]]]] = {}
 
 
 def one_statement(statements: list[tuple[Any, Any]]) -> tuple[Any, dict[str, Any]]:
     """PostgreSQL: a transaction's writes as one statement, every one but the last a CTE of
     the last (a new reader's question: the user's and the session's inserts and the
-    question's row around its answer's row), to be run in autocommit: BEGIN, a parse and an
-    execute per statement (prepared statements are off for PgBouncer) and COMMIT were
-    eight round trips.
+    question's row around its answer's row; an answer's completion and its session's
+    touch), to be run in autocommit: BEGIN, a parse and an execute per statement (prepared
+    statements are off for PgBouncer) and COMMIT were eight round trips.
 
     An insert of several rows becomes one insert per row (a multi-row VALUES is compiled
-    anew on every execution: SQLAlchemy does not cache it). Inserts get explicit VALUES
-    with parameters renamed per row, so that no parameter sets a same-named column of
-    another table; other statements keep their own bound parameters. Built once per shape.
+    anew on every execution: SQLAlchemy does not cache it). A parameter that is not one of
+    its statement's own bound parameters names a column to set (an insert's values, an
+    update's SET clause): it gets an explicit VALUES or SET entry with a name of its own
+    per write, so that no parameter sets a same-named column of another table (`status`,
+    for one). Built once per shape.
     """
     writes: list[tuple[Any, dict[str, Any]]] = []
     for statement, rows in statements:
@@ -729,23 +719,26 @@ def one_statement(statements: list[tuple[Any, Any]]) -> tuple[Any, dict[str, Any
     shape = tuple((id(statement), tuple(row)) for statement, row in writes)
     built = _ONE_STATEMENTS.get(shape)
     if built is None:
-        parts = [
-            insert(statement.table).values({key: bindparam(f"w{n}_{key}") for key in row})
-            if isinstance(statement, Insert)
-            else statement
-            for n, (statement, row) in enumerate(writes)
-        ]
+        parts, renames = [], []
+        for n, (statement, row) in enumerate(writes):
+            own = {b.key for b in visitors.iterate(statement) if isinstance(b, BindParameter)}
+            renamed = {key: f"w{n}_{key}" for key in row if key not in own}
+            if renamed:
+                statement = statement.values(
+                    {key: bindparam(name) for key, name in renamed.items()}
+                )
+            parts.append(statement)
+            renames.append(renamed)
         *ctes, main = parts
-        built = _ONE_STATEMENTS[shape] = main.add_cte(
-            *(cte.cte(f"write_{n}") for n, cte in enumerate(ctes))
+        built = _ONE_STATEMENTS[shape] = (
+            main.add_cte(*(cte.cte(f"write_{n}") for n, cte in enumerate(ctes))),
+            renames,
         )
+    statement, renames = built
     parameters: dict[str, Any] = {}
-    for n, (statement, row) in enumerate(writes):
-        if isinstance(statement, Insert):
-            parameters.update({f"w{n}_{key}": value for key, value in row.items()})
-        else:
-            parameters.update(row)
-    return built, parameters
+    for (_, row), renamed in zip(writes, renames, strict=True):
+        parameters.update({renamed.get(key, key): value for key, value in row.items()})
+    return statement, parameters
 
 
 def _write_and_commit(connection: Connection, statements: list[tuple[Any, Any]]) -> None:
