@@ -15,6 +15,7 @@ from bookchat.llm.offline import (
     OfflineGenerator,
     _readable_units,
 )
+from bookchat.text import is_side_section
 
 BLOCKS = [
     ContextBlock(
@@ -276,6 +277,24 @@ def test_an_exercise_question_is_not_an_answer_and_an_intro_keeps_its_list() -> 
     units = _readable_units(tuning.text)
     then_set = next(u for u in units if u.segment.text.startswith("Then set"))
     assert [b.text for b in then_set.bullets][:1] == ["Kp = 0.6 · Ku"]
+
+
+def test_a_quizs_list_of_questions_is_never_quoted_as_the_answer() -> None:
+    # "…both wheels turn 10 full times?" matches quiz question 3 ("Both wheels turn at
+    # 10 rad/s …"). Its continuation used to run on into questions 3–5 ("What are v and
+    # ω?", "Which PID term …?", "Name two reasons …"): prompts that answer nothing. Under
+    # a "Questions" heading they are side text, and a continuation stops at a question.
+    quiz = _sample_section("05-practice/02-quiz.md", "## Questions", title="Self-Check Quiz")
+    answers = _sample_section("05-practice/02-quiz.md", "## Answers", title="Self-Check Quiz", n=2)
+    kinematics = _sample_section("02-motion/01-differential-drive.md", "## Forward kin", n=3)
+    question = "how far does my robot go if both wheels turn 10 full times?"
+    alone = OfflineGenerator().compose(question, [quiz])[len(OFFLINE_LABEL) :]
+    assert "?" not in alone and "Name two reasons" not in alone, alone
+    # With the quiz's answers retrieved too, the answer quotes them, not the prompts.
+    body = OfflineGenerator().compose(question, [quiz, answers, kinematics])[len(OFFLINE_LABEL) :]
+    assert "the robot drives straight [2]" in body and "?" not in body, body
+    assert is_side_section("Questions") and is_side_section("Questions for your report")
+    assert not is_side_section("Frequently asked questions")
 
 
 def test_a_how_far_question_gets_the_figure_in_its_units() -> None:

@@ -145,7 +145,10 @@ def symbol_names(text: str) -> frozenset[str]:
 _SIDE_SECTION_RE = re.compile(
     r"\b(learning objectives?|objectives|exercises?|quiz|review questions?|assessment|"
     r"references|further reading|prerequisites|key takeaways|scenario|"
-    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b",
+    r"what (?:the|this) book covers|how to (?:read|use) this book|about this book)\b"
+    # "Questions", "Questions for your report": a list of prompts. Not "Frequently asked
+    # questions", whose entries answer them.
+    r"|^questions\b",
     re.I,
 )
 
@@ -153,8 +156,8 @@ _SIDE_SECTION_RE = re.compile(
 def is_side_section(heading: str) -> bool:
     """True for a section that restates, quizzes or lists rather than explains.
 
-    ("Learning objectives", "Exercises", "References", "What the book covers": they match
-    many questions and answer none.)
+    ("Learning objectives", "Exercises", "Questions for your report", "References", "What
+    the book covers": they match many questions and answer none.)
     """
     return _SIDE_SECTION_RE.search(heading) is not None
 

@@ -619,6 +619,8 @@ class OfflineGenerator:
                 nxt = by_pos.get(pos)
                 if nxt is None or (best.block.n, pos) in used:
                     break  # a heading, code or the end of the chunk: the section is over
+                if nxt.segment.text.endswith("?"):
+                    break  # an exercise prompt: what follows asks, it does not answer
                 if nxt.alone is not None:
                     # It repeats the sentence before it, which the answer already shows.
                     unit = msgspec.structs.replace(nxt.unit, segment=nxt.alone, alone=None)
