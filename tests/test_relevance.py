@@ -256,6 +256,34 @@ async def test_follow_up_comparing_directions_stays_on_the_method(sample_pipelin
     assert "02-motion/01-differential-drive" in {c.doc_path for c in done.citations}
 
 
+async def test_a_question_that_changes_the_subject_is_answered_from_its_own_topic(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # The "it" refers to the lidar the question names, not to the PID controller asked
+    # about before: read as a follow-up, the earlier topic's words weighed double and
+    # the answer came from the PID page.
+    done = await _ask(
+        sample_pipeline,
+        "how does a lidar measure distance, and how far can it see?",
+        "How do I tune a PID controller?",
+    )
+    assert done.grounded
+    assert {c.doc_path for c in done.citations} == {"01-sensors/01-lidar"}
+
+
+async def test_an_out_of_book_question_after_an_in_book_one_is_still_refused(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # Expanded with the lidar question's words, the bread question was answered from
+    # the lidar page.
+    done = await _ask(
+        sample_pipeline,
+        "how do I bake sourdough bread and how long should it rise?",
+        "How does a lidar measure distance?",
+    )
+    assert not done.grounded and done.finish_reason == "abstained"
+
+
 async def test_a_limitations_question_gets_the_sections_list(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     done = await _ask(sample_pipeline, "What are the limitations of lidar?")
     assert "Glass and mirrors" in done.text and "Sunlight" in done.text

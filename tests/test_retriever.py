@@ -64,6 +64,26 @@ def test_follow_up_rule() -> None:
     assert not is_follow_up("What are its limitations?", [])
 
 
+def test_a_pronoun_that_refers_inside_the_question_does_not_make_a_follow_up() -> None:
+    history = ["How do I tune a PID controller?"]
+    # An earlier clause of the question names what the pronoun stands for.
+    for question in (
+        "how does a lidar measure distance, and how far can it see?",
+        "what is RRT and why is it used for robot arms?",
+        "how do I tune the gains so that it stops overshooting?",
+        "ok, what is quality of service and when does it matter?",
+    ):
+        assert not is_follow_up(question, history), question
+    # The pronoun comes first, or the clause before it points back too ("the I one").
+    for question in (
+        "why can that be dangerous when the motor saturates, and how do people prevent it?",
+        "how did the next version improve on it?",
+        "ok, and why does it drift?",
+        "what goes wrong with the I one when the motor is maxed out, and how do I fix it?",
+    ):
+        assert is_follow_up(question, history), question
+
+
 async def test_standalone_question_is_not_expanded() -> None:
     store = FakeBM25Store(SAMPLE_CHUNKS)
     result = await Retriever(store, None).search(

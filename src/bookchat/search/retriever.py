@@ -5,7 +5,10 @@ On top of the store's ranking this module adds what the store cannot know:
 - **History-aware queries** (the follow-up rule). A question is a *follow-up* when there
   is history and the question either contains an anaphoric word (it, its, they, them,
   their, this, these, those, he, she, that when it ends the question or follows a
-  function word) or has fewer than two content terms ("why?", "and ROS 1?"). A follow-up's
+  function word) or has fewer than two content terms ("why?", "and ROS 1?"). A pronoun
+  that follows an earlier clause of the question naming something ("how does a lidar
+  measure distance, and how far can it see?") refers to that, not to the conversation:
+  such a question changes the subject and is searched alone. A follow-up's
   search query is the question plus the content words of the most recent user
   question(s), walking back over at most `follow_up_depth` questions until at least
   three expansion words are collected. The earlier topic's words weigh double in BM25
@@ -33,6 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -79,7 +83,7 @@ _ANAPHORA = frozenset(
 _FUNCTION_WORDS = frozenset(
     """
     is are was were does do did about of for with on in to from by why how what explain use
-    using and or but like than
+    using and or but like than can could would will should might may must
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
 
@@ -127,11 +131,60 @@ def _anaphoric(question: str) -> bool:
     return False
 
 
+# Words and the punctuation that ends a clause, for `_antecedent_inside`.
+_WORD_OR_BREAK_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?|[,;:]")
+# What joins two clauses of one question ("what is RRT and why is it used?").
+_CLAUSE_BREAKS = frozenset({",", ";", ":", "and", "but", "or", "so"})
+# Chat openers that name nothing ("ok, and why does it drift?").
+_INTERJECTIONS = frozenset(
+    "ok okay alright hmm thanks thank cool great nice sure yeah yep hi hello hey wow".split()  # noqa: SIM905 (word lists read better as text)
+)
+
+
+def _antecedent_inside(question: str) -> bool:
+    """Whether the question's first pronoun refers to what an earlier clause of the
+    question itself names: "how does a lidar measure distance, and how far can it see?",
+    "what is RRT and why is it used for robot arms?". Such a question changes the
+    subject, whatever was asked before; "why can that be dangerous …" and "how did the
+    next version improve on it?" have no earlier clause, so their pronoun points back."""
+    text = question.lower()
+    clause_end: int | None = None
+    toks = [
+        (m.start(), re.split(r"['’]", m[0], maxsplit=1)[0])
+        for m in _WORD_OR_BREAK_RE.finditer(text)
+    ]
+    previous = ""
+    for i, (start, tok) in enumerate(toks):
+        if tok in _CLAUSE_BREAKS:
+            clause_end = start
+            if tok.isalpha():
+                previous = tok
+            continue
+        # "the I one", "the other ones": a pro-form for something said before, unless
+        # "one of …" counts.
+        pro_one = (
+            tok in ("one", "ones")
+            and "the" in (t for _, t in toks[max(0, i - 2) : i])
+            and (i + 1 == len(toks) or toks[i + 1][1] != "of")
+        )
+        if pro_one or (
+            tok in _ANAPHORA
+            and (tok != "that" or not previous or previous in _FUNCTION_WORDS or i == len(toks) - 1)
+        ):
+            if clause_end is None:
+                return False
+            return any(w not in _INTERJECTIONS for w in content_words(text[:clause_end]))
+        previous = tok
+    return False
+
+
 def is_follow_up(question: str, history: Sequence[str]) -> bool:
     """True when `question` needs the conversation to be understood (see module docs)."""
     if not history:
         return False
-    return _anaphoric(question) or len(content_terms(question)) < 2
+    return (_anaphoric(question) and not _antecedent_inside(question)) or len(
+        content_terms(question)
+    ) < 2
 
 
 _PAIR_CACHE_SIZE = 100_000  # chunk pairs compared and remembered (cleared when full)
