@@ -343,12 +343,17 @@ async def test_reader_phrased_questions_are_answered_not_refused(name: str) -> N
     assert summary.answer_found is not None and summary.answer_found >= ANSWER_FOUND_FLOOR[name]
 
 
-async def test_a_reader_who_changes_the_subject_is_answered_on_the_new_one() -> None:
-    # Every question follows one on another topic (measured 1.000 and 4 of 4 refused,
-    # BM25; 0.750 and 3 of 4 when a pronoun always pointed back at the earlier topic).
-    path = SAMPLE_DOCS.parent / "reader_questions_switch.json"
+# Measured (BM25) 1.000 and 0.833; 0.750 and 0.500 when a pronoun always pointed back
+# and one content word always made a follow-up.
+SWITCH_FLOOR = {"reader_questions_switch.json": 0.9, "reader_questions_switch2.json": 0.8}
+
+
+@pytest.mark.parametrize("name", sorted(SWITCH_FLOOR))
+async def test_a_reader_who_changes_the_subject_is_answered_on_the_new_one(name: str) -> None:
+    # Every question follows one on another topic, or is a short real follow-up.
+    path = SAMPLE_DOCS.parent / name
     report = await evaluate(load_questions(path, SAMPLE_DOCS), SAMPLE_DOCS)
     summary = report.summary
-    assert summary.answered_at_5 is not None and summary.answered_at_5 >= 0.9
+    assert summary.answered_at_5 is not None and summary.answered_at_5 >= SWITCH_FLOOR[name]
     assert summary.refusals == 0
     assert summary.abstention_recall == 1.0  # out of book, near the book's topics too

@@ -271,6 +271,16 @@ async def test_a_question_that_changes_the_subject_is_answered_from_its_own_topi
     assert {c.doc_path for c in done.citations} == {"01-sensors/01-lidar"}
 
 
+async def test_a_definition_question_after_another_topic_is_answered_from_its_own(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # One content word made it a follow-up: the PID question's words, weighing double,
+    # outweighed "odometry" and the answer came from the PID page.
+    done = await _ask(sample_pipeline, "what is odometry?", "How do I tune a PID controller?")
+    assert done.grounded
+    assert done.citations[0].doc_path == "01-sensors/02-imu-and-odometry"
+
+
 async def test_an_out_of_book_question_after_an_in_book_one_is_still_refused(
     sample_pipeline,
 ) -> None:  # type: ignore[no-untyped-def]

@@ -84,6 +84,15 @@ def test_a_pronoun_that_refers_inside_the_question_does_not_make_a_follow_up() -
         assert is_follow_up(question, history), question
 
 
+def test_a_short_question_that_names_its_subject_is_not_a_follow_up() -> None:
+    history = ["How do I tune a PID controller?"]
+    for question in ("what is odometry?", "what about SLAM?", "explain anti-windup"):
+        assert not is_follow_up(question, history), question
+    # An attribute of what was asked before, or a definite article pointing back.
+    for question in ("drawbacks?", "how accurate?", "what is the range?", "why?"):
+        assert is_follow_up(question, history), question
+
+
 async def test_standalone_question_is_not_expanded() -> None:
     store = FakeBM25Store(SAMPLE_CHUNKS)
     result = await Retriever(store, None).search(

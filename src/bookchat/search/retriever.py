@@ -5,7 +5,9 @@ On top of the store's ranking this module adds what the store cannot know:
 - **History-aware queries** (the follow-up rule). A question is a *follow-up* when there
   is history and the question either contains an anaphoric word (it, its, they, them,
   their, this, these, those, he, she, that when it ends the question or follows a
-  function word) or has fewer than two content terms ("why?", "and ROS 1?"). A pronoun
+  function word) or has fewer than two content terms ("why?", "drawbacks?"), unless it
+  names its own subject ("what is odometry?", "what about SLAM?"; not "what is the
+  range?", whose article points back). A pronoun
   that follows an earlier clause of the question naming something ("how does a lidar
   measure distance, and how far can it see?") refers to that, not to the conversation:
   such a question changes the subject and is searched alone. A follow-up's
@@ -178,13 +180,22 @@ def _antecedent_inside(question: str) -> bool:
     return False
 
 
+# "what is odometry?", "what about SLAM?", "explain anti-windup": a short question that
+# names its own subject. Not "what is the range?": a definite article points back.
+_OWN_SUBJECT_RE = re.compile(
+    r"^\s*(?:(?:what|who)\s*(?:is|are|'s|’s)\s+(?:an?\s+)?|what\s+about\s+"
+    r"|(?:explain|define|describe)\s+(?:an?\s+)?)(?!the\b)[^?,;:]+?\s*[?.!]?\s*$",
+    re.I,
+)
+
+
 def is_follow_up(question: str, history: Sequence[str]) -> bool:
     """True when `question` needs the conversation to be understood (see module docs)."""
     if not history:
         return False
-    return (_anaphoric(question) and not _antecedent_inside(question)) or len(
-        content_terms(question)
-    ) < 2
+    if _anaphoric(question):
+        return not _antecedent_inside(question)
+    return len(content_terms(question)) < 2 and _OWN_SUBJECT_RE.match(question) is None
 
 
 _PAIR_CACHE_SIZE = 100_000  # chunk pairs compared and remembered (cleared when full)
