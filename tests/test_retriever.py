@@ -241,3 +241,18 @@ async def test_a_failing_side_search_leaves_the_questions_own_hits() -> None:
         "what's the difference between a topic and a service?", top_k=3
     )
     assert len(store.calls) == 1 and result.hits  # answered from the first search
+
+
+def test_a_follow_up_walks_back_only_to_the_question_that_set_its_topic() -> None:
+    retriever = Retriever(FakeBM25Store(SAMPLE_CHUNKS), None)
+    # "what is odometry?" changed the subject: the PID question before it is not the topic.
+    _, extra = retriever.build_query(
+        "why does it drift?", ["How do I tune a PID controller?", "what is odometry?"]
+    )
+    assert extra == ["odometry"]
+    # A follow-up of a follow-up reaches the question that set the topic.
+    _, extra = retriever.build_query(
+        "and how do people work around them?",
+        ["How does a lidar measure distance?", "What are its main drawbacks?"],
+    )
+    assert extra[:2] == ["main", "drawbacks"] and "lidar" in extra

@@ -13,7 +13,8 @@ On top of the store's ranking this module adds what the store cannot know:
   such a question changes the subject and is searched alone. A follow-up's
   search query is the question plus the content words of the most recent user
   question(s), walking back over at most `follow_up_depth` questions until at least
-  three expansion words are collected. The earlier topic's words weigh double in BM25
+  three expansion words are collected or a question that set the topic (one that was not
+  a follow-up itself) is reached. The earlier topic's words weigh double in BM25
   (`sparse.TOPIC_WEIGHT`), unless the follow-up names a new thing of its own, a
   capitalised word inside the sentence ("and how is that different from Gazebo?").
 - **Comparisons** ("the difference between a topic and a service", "RRT vs A*"): each
@@ -257,11 +258,15 @@ class Retriever:
             return question, []
         own = set(content_words(question))
         extra: list[str] = []
-        for previous in list(history)[::-1][: self.follow_up_depth]:
+        earlier = list(history)
+        for _ in range(min(self.follow_up_depth, len(earlier))):
+            previous = earlier.pop()
             for word in content_words(previous):
                 if word not in own and word not in extra:
                     extra.append(word)
-            if len(extra) >= 3:
+            # A question that was not a follow-up itself set the topic: what came before it
+            # is another topic ("why does it drift?" after "what is odometry?" after PID).
+            if len(extra) >= 3 or not is_follow_up(previous, earlier):
                 break
         if not extra:
             return question, []
