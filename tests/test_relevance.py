@@ -256,29 +256,24 @@ async def test_follow_up_comparing_directions_stays_on_the_method(sample_pipelin
     assert "02-motion/01-differential-drive" in {c.doc_path for c in done.citations}
 
 
+@pytest.mark.parametrize(
+    ("question", "page"),
+    [
+        # The "it" refers to the lidar the question names, not to the PID controller.
+        ("how does a lidar measure distance, and how far can it see?", "01-sensors/01-lidar"),
+        # One content word, but a subject of its own.
+        ("what is odometry?", "01-sensors/02-imu-and-odometry"),
+    ],
+)
 async def test_a_question_that_changes_the_subject_is_answered_from_its_own_topic(
-    sample_pipeline,
+    sample_pipeline, question: str, page: str
 ) -> None:  # type: ignore[no-untyped-def]
-    # The "it" refers to the lidar the question names, not to the PID controller asked
-    # about before: read as a follow-up, the earlier topic's words weighed double and
-    # the answer came from the PID page.
-    done = await _ask(
-        sample_pipeline,
-        "how does a lidar measure distance, and how far can it see?",
-        "How do I tune a PID controller?",
-    )
+    # Read as follow-ups, the PID question's words weighed double and the answers came
+    # from the PID page.
+    done = await _ask(sample_pipeline, question, "How do I tune a PID controller?")
     assert done.grounded
-    assert {c.doc_path for c in done.citations} == {"01-sensors/01-lidar"}
-
-
-async def test_a_definition_question_after_another_topic_is_answered_from_its_own(
-    sample_pipeline,
-) -> None:  # type: ignore[no-untyped-def]
-    # One content word made it a follow-up: the PID question's words, weighing double,
-    # outweighed "odometry" and the answer came from the PID page.
-    done = await _ask(sample_pipeline, "what is odometry?", "How do I tune a PID controller?")
-    assert done.grounded
-    assert done.citations[0].doc_path == "01-sensors/02-imu-and-odometry"
+    assert done.citations[0].doc_path == page
+    assert "02-motion/02-pid-control" not in {c.doc_path for c in done.citations}
 
 
 async def test_an_out_of_book_question_after_an_in_book_one_is_still_refused(
