@@ -13,7 +13,7 @@ import pytest
 from bookchat.answer import grounding
 from bookchat.answer.pipeline import AnswerPipeline
 from bookchat.devtools import evaluation
-from bookchat.devtools.eval_report import EvalReport
+from bookchat.devtools.eval_report import EvalReport, EvalSummary
 from bookchat.devtools.evaluation import (
     SAMPLE_DOCS,
     SAMPLE_QUESTIONS,
@@ -329,11 +329,15 @@ READER_FLOOR = {"reader_questions.json": 0.9, "reader_questions_heldout.json": 0
 ANSWER_FOUND_FLOOR = {"reader_questions.json": 0.55, "reader_questions_heldout.json": 0.45}
 
 
+async def _sample_set(name: str) -> EvalSummary:
+    """The offline eval of one of the sample book's question files."""
+    path = SAMPLE_DOCS.parent / name
+    return (await evaluate(load_questions(path, SAMPLE_DOCS), SAMPLE_DOCS)).summary
+
+
 @pytest.mark.parametrize("name", sorted(READER_FLOOR))
 async def test_reader_phrased_questions_are_answered_not_refused(name: str) -> None:
-    path = SAMPLE_DOCS.parent / name
-    report = await evaluate(load_questions(path, SAMPLE_DOCS), SAMPLE_DOCS)
-    summary = report.summary
+    summary = await _sample_set(name)
     assert summary.answered_at_5 is not None and summary.answered_at_5 >= READER_FLOOR[name]
     assert summary.refusals <= 1
     assert summary.far_abstention == 1.0  # every far out-of-book question refused
@@ -356,9 +360,7 @@ SWITCH_FLOOR = {
 @pytest.mark.parametrize("name", sorted(SWITCH_FLOOR))
 async def test_a_reader_who_changes_the_subject_is_answered_on_the_new_one(name: str) -> None:
     # Every question follows one on another topic, or is a short real follow-up.
-    path = SAMPLE_DOCS.parent / name
-    report = await evaluate(load_questions(path, SAMPLE_DOCS), SAMPLE_DOCS)
-    summary = report.summary
+    summary = await _sample_set(name)
     assert summary.answered_at_5 is not None and summary.answered_at_5 >= SWITCH_FLOOR[name]
     assert summary.refusals == 0
     assert summary.abstention_recall == 1.0  # out of book, near the book's topics too

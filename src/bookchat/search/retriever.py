@@ -68,7 +68,6 @@ from bookchat.text import (
     proper_names,
     segments,
     term_set,
-    tokenize,
 )
 
 __all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
@@ -120,21 +119,7 @@ class RetrievalResult(msgspec.Struct, kw_only=True):
     expanded: bool  # True when the follow-up rule added history words
 
 
-def _anaphoric(question: str) -> bool:
-    toks = tokenize(question)
-    for i, tok in enumerate(toks):
-        if tok not in _ANAPHORA:
-            continue
-        if tok != "that":
-            return True
-        # "that" is a pronoun at the end or after a function word ("is that", "about that"),
-        # but a relative pronoun after a noun ("the sensor that measures").
-        if i == len(toks) - 1 or i == 0 or toks[i - 1] in _FUNCTION_WORDS:
-            return True
-    return False
-
-
-# Words and the punctuation that ends a clause, for `_antecedent_inside`.
+# Words and the punctuation that ends a clause, for `_pronoun_points_back`.
 _WORD_OR_BREAK_RE = re.compile(r"[a-z0-9]+(?:['’][a-z]+)?|[,;:]")
 # What joins two clauses of one question ("what is RRT and why is it used?").
 _CLAUSE_BREAKS = frozenset({",", ";", ":", "and", "but", "or", "so"})
@@ -144,18 +129,25 @@ _INTERJECTIONS = frozenset(
 )
 
 
-def _antecedent_inside(question: str) -> bool:
-    """Whether the question's first pronoun refers to what an earlier clause of the
-    question itself names: "how does a lidar measure distance, and how far can it see?",
-    "what is RRT and why is it used for robot arms?". Such a question changes the
-    subject, whatever was asked before; "why can that be dangerous …" and "how did the
-    next version improve on it?" have no earlier clause, so their pronoun points back."""
+def _pronoun_points_back(question: str) -> bool | None:
+    """Whether the question's pronoun points back at the conversation (None: it has none).
+
+    "that" is a pronoun at the start, at the end or after a function word ("is that",
+    "about that"), but a relative pronoun after a noun ("the sensor that measures").
+    A pronoun refers inside the question instead when the first one (or a pro-form "the
+    I one", "the other ones") follows an earlier clause that names something: "how does
+    a lidar measure distance, and how far can it see?", "what is RRT and why is it used
+    for robot arms?". Such a question changes the subject, whatever was asked before;
+    "why can that be dangerous …" and "how did the next version improve on it?" have no
+    earlier clause, so their pronoun points back.
+    """
     text = question.lower()
-    clause_end: int | None = None
     toks = [
         (m.start(), re.split(r"['’]", m[0], maxsplit=1)[0])
         for m in _WORD_OR_BREAK_RE.finditer(text)
     ]
+    clause_end: int | None = None
+    inside: bool | None = None  # decided at the first pronoun or pro-form
     previous = ""
     for i, (start, tok) in enumerate(toks):
         if tok in _CLAUSE_BREAKS:
@@ -163,22 +155,23 @@ def _antecedent_inside(question: str) -> bool:
             if tok.isalpha():
                 previous = tok
             continue
-        # "the I one", "the other ones": a pro-form for something said before, unless
-        # "one of …" counts.
+        pronoun = tok in _ANAPHORA and (
+            tok != "that" or not previous or previous in _FUNCTION_WORDS or i == len(toks) - 1
+        )
+        # "one of …" counts; "the I one" stands for something said before.
         pro_one = (
             tok in ("one", "ones")
             and "the" in (t for _, t in toks[max(0, i - 2) : i])
             and (i + 1 == len(toks) or toks[i + 1][1] != "of")
         )
-        if pro_one or (
-            tok in _ANAPHORA
-            and (tok != "that" or not previous or previous in _FUNCTION_WORDS or i == len(toks) - 1)
-        ):
-            if clause_end is None:
-                return False
-            return any(w not in _INTERJECTIONS for w in content_words(text[:clause_end]))
+        if inside is None and (pronoun or pro_one):
+            inside = clause_end is not None and any(
+                w not in _INTERJECTIONS for w in content_words(text[:clause_end])
+            )
+        if pronoun:
+            return not inside
         previous = tok
-    return False
+    return None
 
 
 # "what is odometry?", "what about SLAM?", "explain anti-windup": a short question that
@@ -194,8 +187,9 @@ def is_follow_up(question: str, history: Sequence[str]) -> bool:
     """True when `question` needs the conversation to be understood (see module docs)."""
     if not history:
         return False
-    if _anaphoric(question):
-        return not _antecedent_inside(question)
+    points_back = _pronoun_points_back(question)
+    if points_back is not None:
+        return points_back
     return len(content_terms(question)) < 2 and _OWN_SUBJECT_RE.match(question) is None
 
 
