@@ -3,6 +3,7 @@ aiosqlite's thread per transaction, with the same outcomes as statement by state
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -280,3 +281,48 @@ async def test_the_request_session_closes_at_once_when_it_holds_nothing(
         assert not session.in_transaction()
     finally:
         await config.get_engine().dispose()
+
+
+def _chat_service(engine: AsyncEngine) -> Any:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from bookchat.chat.service import ChatService
+
+    return ChatService(
+        None,  # type: ignore[arg-type]  # the pipeline: not used by its writes
+        async_sessionmaker(engine),
+        connect=engine.sync_engine.connect,
+        history_messages=4,
+    )
+
+
+async def test_chats_writes_that_queue_together_are_committed_together(
+    engine: AsyncEngine, trips: list[Any]
+) -> None:
+    chat = _chat_service(engine)
+    await chat._write_grouped([(insert(ITEMS), {"id": 0, "name": "alone"})])
+    alone = len(trips)
+    trips.clear()
+    writes = [[(insert(ITEMS), {"id": n, "name": f"item {n}"})] for n in range(1, 6)]
+    assert await asyncio.gather(*(chat._write_grouped(w) for w in writes)) == [None] * 5
+    assert len(trips) == alone  # five chats' writes: the trips of one
+    assert await _names(engine) == ["alone", *(f"item {n}" for n in range(1, 6))]
+
+
+async def test_a_grouped_write_that_fails_fails_its_own_chat_only(engine: AsyncEngine) -> None:
+    chat = _chat_service(engine)
+    await chat._write_grouped([(insert(ITEMS), {"id": 1, "name": "first"})])
+    writes = [
+        [(insert(ITEMS), {"id": 2, "name": "two"})],
+        [(insert(ITEMS), {"id": 1, "name": "a duplicate id"})],
+        [
+            (insert(ITEMS), {"id": 3, "name": "three"}),
+            (update(ITEMS).where(ITEMS.c.id == 3), {"name": "three, renamed"}),
+        ],
+    ]
+    results = await asyncio.gather(
+        *(chat._write_grouped(w) for w in writes), return_exceptions=True
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], IntegrityError)
+    assert await _names(engine) == ["first", "two", "three, renamed"]
