@@ -511,3 +511,13 @@ def test_hits_without_the_questions_subject_and_a_rare_word_missing_are_adrift()
     # ...nor is a question whose missing word is everyday ("towel"), not rare.
     everyday = "How do I do calibration between my wrist camera and the arm's towel?"
     assert _judge(everyday, ARM_BOOK, hits=ARM_HITS).verdict != "refuse"
+
+
+async def test_a_contraction_typed_without_its_apostrophe_is_no_topic_word(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
+    # "doesnt" counted as a word the book lacks, and its weight refused the question
+    # that "doesn't" got answered.
+    typed = await sample_pipeline.retriever.search("why doesnt my robot turn on the spot?")
+    spelt = await sample_pipeline.retriever.search("why doesn't my robot turn on the spot?")
+    assert typed.evidence == spelt.evidence
+    assert typed.relevant and typed.evidence.missing_words == []
+    assert [h.id for h in typed.hits] == [h.id for h in spelt.hits]

@@ -149,3 +149,13 @@ def test_opens_with_reads_a_sentence_about_the_subject_not_a_label() -> None:
     assert not opens_with("Weighted A* makes A* greedier.", ("astar",))
     assert not opens_with("Topic: /imu/data at 200 Hz", ("topic",))
     assert not opens_with("A* — Complete?: Yes", ("astar",))
+
+
+def test_contractions_typed_without_their_apostrophe_are_function_words() -> None:
+    assert content_words("whats wrong, why doesnt my robot turn? its wheels dont spin") == [
+        "wrong",
+        "robot",
+        "turn",
+        "wheels",
+        "spin",
+    ]

@@ -60,7 +60,8 @@ __all__ = [
     "word_count",
 ]
 
-# Function words, plus question/request words that say nothing about the topic asked.
+# Function words, plus question/request words that say nothing about the topic asked;
+# contractions typed without their apostrophe ("doesnt", "whats") are function words too.
 STOPWORDS: frozenset[str] = frozenset(
     """
     a about above after again against all also am an and any are aren as at be because been
@@ -84,6 +85,9 @@ STOPWORDS: frozenset[str] = frozenset(
     book chapter section page passage selection selected
     already even still actually basically maybe perhaps probably somehow anyway although
     stuff lot lots vs versus
+    aint arent cant couldnt didnt doesnt dont hadnt hasnt havent isnt mustnt neednt
+    shouldnt wasnt werent wont wouldnt im ive youre youve theyre theyve weve thats whats
+    hows wheres whos heres theres
     """.split()  # noqa: SIM905 (word lists read better as text)
 )
 
