@@ -215,8 +215,7 @@ class ChatService:
         self._write_lock: asyncio.Lock | None = None
         self._write_lock_loop: asyncio.AbstractEventLoop | None = None
         # SQLite: chats' writes waiting for the next group commit (`_write_grouped`).
-        self._grouped: list[tuple[list[tuple[Any, Any]], asyncio.Future[None]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._group: _Group | None = None
 
     def _writing(self) -> contextlib.AbstractAsyncContextManager[object]:
         """Hold while a write transaction is open (SQLite only; see `__init__`)."""
@@ -241,31 +240,33 @@ class ChatService:
         error (a constraint, a bad value) is its own chat's only.
         """
         loop = asyncio.get_running_loop()
+        group = self._group
+        if group is None or group.loop is not loop:
+            # One group per event loop, like the lock: tests may drive one service from
+            # several loops.
+            group = self._group = _Group(loop)
         committed: asyncio.Future[None] = loop.create_future()
-        self._grouped.append((statements, committed))
-        committer = self._committer
-        if committer is None or committer.done() or committer.get_loop() is not loop:
-            self._committer = loop.create_task(self._commit_grouped())
+        group.waiting.append((statements, committed))
+        if group.committer is None or group.committer.done():
+            group.committer = loop.create_task(self._commit_grouped(group))
         await committed
 
-    async def _commit_grouped(self) -> None:
-        batch: list[tuple[list[tuple[Any, Any]], asyncio.Future[None]]] = []
+    async def _commit_grouped(self, group: _Group) -> None:
+        batch: list[_GroupedWrite] = []
         try:
-            while self._grouped:
-                batch, self._grouped = self._grouped, []
+            while group.waiting:
+                batch, group.waiting = group.waiting, []
                 async with self._writing():
                     await self._commit_batch(batch)
         finally:
             # Cancelled (the loop is closing): nobody may wait for a commit forever, and
             # the writes nobody waits for any more are not made later.
-            stranded, self._grouped = [*batch, *self._grouped], []
+            stranded, group.waiting = [*batch, *group.waiting], []
             for _statements, committed in stranded:
                 if not committed.done():
                     committed.cancel()
 
-    async def _commit_batch(
-        self, batch: list[tuple[list[tuple[Any, Any]], asyncio.Future[None]]]
-    ) -> None:
+    async def _commit_batch(self, batch: list[_GroupedWrite]) -> None:
         try:
             await greenlet_spawn(
                 _connect_write_and_commit,
@@ -724,6 +725,19 @@ class ChatService:
             await self._write_grouped(statements)
             return
         await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+
+
+# A chat's statements, and the future its chat waits on until they are committed.
+_GroupedWrite = tuple[list[tuple[Any, Any]], asyncio.Future[None]]
+
+
+@dataclass(eq=False)
+class _Group:
+    """An event loop's writes waiting for the next group commit, and its committer."""
+
+    loop: asyncio.AbstractEventLoop
+    waiting: list[_GroupedWrite] = field(default_factory=list)
+    committer: asyncio.Task[None] | None = None
 
 
 def _settle(committed: asyncio.Future[None], error: BaseException | None) -> None:
