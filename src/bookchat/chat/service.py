@@ -245,11 +245,23 @@ class ChatService:
             # One group per event loop, like the lock: tests may drive one service from
             # several loops.
             group = self._group = _Group(loop)
-        committed: asyncio.Future[None] = loop.create_future()
-        group.waiting.append((statements, committed))
-        if group.committer is None or group.committer.done():
-            group.committer = loop.create_task(self._commit_grouped(group))
-        await committed
+        if group.busy:
+            committed: asyncio.Future[None] = loop.create_future()
+            group.waiting.append((statements, committed))
+            await committed
+            return
+        # Nothing in flight: this write goes at once, in this task (no committer task and
+        # future for the usual write that finds nobody ahead of it); writes that queue
+        # meanwhile go together after it.
+        group.busy = True
+        try:
+            async with self._writing():
+                await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+        finally:
+            if group.waiting:
+                group.committer = loop.create_task(self._commit_grouped(group))
+            else:
+                group.busy = False
 
     async def _commit_grouped(self, group: _Group) -> None:
         batch: list[_GroupedWrite] = []
@@ -259,6 +271,7 @@ class ChatService:
                 async with self._writing():
                     await self._commit_batch(batch)
         finally:
+            group.busy = False
             # Cancelled (the loop is closing): nobody may wait for a commit forever, and
             # the writes nobody waits for any more are not made later.
             stranded, group.waiting = [*batch, *group.waiting], []
@@ -737,7 +750,8 @@ class _Group:
 
     loop: asyncio.AbstractEventLoop
     waiting: list[_GroupedWrite] = field(default_factory=list)
-    committer: asyncio.Task[None] | None = None
+    busy: bool = False  # a write or a group of them is being committed
+    committer: asyncio.Task[None] | None = None  # strong reference to the running one
 
 
 def _settle(committed: asyncio.Future[None], error: BaseException | None) -> None:
