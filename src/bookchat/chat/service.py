@@ -256,7 +256,7 @@ class ChatService:
         group.busy = True
         try:
             async with self._writing():
-                await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+                await self._commit(statements)
         finally:
             if group.waiting:
                 group.committer = loop.create_task(self._commit_grouped(group))
@@ -279,20 +279,20 @@ class ChatService:
                 if not committed.done():
                     committed.cancel()
 
+    async def _commit(self, statements: list[tuple[Any, Any]]) -> None:
+        """`statements` in one transaction on a connection of their own."""
+        await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+
     async def _commit_batch(self, batch: list[_GroupedWrite]) -> None:
         try:
-            await greenlet_spawn(
-                _connect_write_and_commit,
-                self.connect,
-                [statement for statements, _ in batch for statement in statements],
-            )
+            await self._commit([statement for statements, _ in batch for statement in statements])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
                 return
             for statements, committed in batch:  # whose write failed: each alone
                 try:
-                    await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+                    await self._commit(statements)
                 except Exception as alone:
                     _settle(committed, alone)
                 else:
@@ -737,7 +737,7 @@ class ChatService:
         if self._serialise_writes:
             await self._write_grouped(statements)
             return
-        await greenlet_spawn(_connect_write_and_commit, self.connect, statements)
+        await self._commit(statements)
 
 
 # A chat's statements, and the future its chat waits on until they are committed.
