@@ -66,6 +66,7 @@ class FakeBM25Store:
     def __init__(self, payloads: Sequence[ChunkPayload], *, k1: float = 1.2, b: float = 0.75):
         self.payloads = list(payloads)
         self.calls: list[dict[str, object]] = []
+        self.texts_read = 0
         self._docs = [
             Counter(_terms(f"{p.title} {' '.join(p.heading_breadcrumb)} {p.text}"))
             for p in self.payloads
@@ -146,6 +147,10 @@ class FakeBM25Store:
 
     async def stored_points(self) -> list[StoredPoint]:
         return []
+
+    async def texts(self) -> list[str]:
+        self.texts_read += 1
+        return [f"{p.title}\n{' '.join(p.heading_breadcrumb)}\n{p.text}" for p in self.payloads]
 
     async def count(self) -> int:
         return len(self.payloads)

@@ -85,6 +85,7 @@ async def test_snapshot_serves_while_the_writer_keeps_the_collection_open(
         assert await serving.count() == len(TEXTS)
         assert (await _chapters(serving, "lidar laser"))[0] == "page-2"
         assert len(await serving.stored_points()) == len(TEXTS)
+        assert len(await serving.texts()) == len(TEXTS)
         await serving.ping()
         # Ingestion keeps writing while the snapshot is served.
         await writer.upsert([_record(7, NEW_TEXT)])
@@ -175,6 +176,7 @@ async def test_missing_collection_is_empty_until_ingestion_creates_it(tmp_path: 
         assert await serving.count() == 0
         assert await _chapters(serving, "lidar") == []
         assert await serving.stored_points() == []
+        assert await serving.texts() == []
         await serving.ping()
         assert _copies(tmp_path) == []  # nothing to copy yet
         writer = await _ingest(tmp_path, TEXTS)

@@ -350,3 +350,17 @@ async def test_dense_search_returns_the_cosine_of_the_nearest_chunks(store: Vect
     only_code = SearchFilters(content_types=["code"])
     (code,) = await search_dense(dense=_unit(2), filters=only_code, limit=5)
     assert code.payload.text == TEXTS[1]
+
+
+async def test_texts_lists_every_chunks_title_headings_and_text(store: VectorStore) -> None:
+    texts = await store.texts()
+    assert len(texts) == len(TEXTS)
+    for text in TEXTS:
+        assert sum(text in t for t in texts) == 1
+    assert sorted(t.split("\n")[:3] for t in texts) == sorted(
+        [f"Page {n}", f"Page {n}", "S"] for n in range(len(TEXTS))
+    )
+
+
+async def test_texts_of_a_missing_collection_is_empty(make_store: StoreFactory) -> None:
+    assert await make_store().texts() == []

@@ -541,6 +541,11 @@ def _zipf(word: str) -> float:
     return math.log10(count * 1e9 / total) if count else -math.inf
 
 
+def in_english(word: str) -> bool:
+    """Whether `word` (lower case) is in the English word list at all."""
+    return word in _frequencies()[0]
+
+
 @lru_cache(maxsize=16384)
 def specificity(word: str) -> float:
     """How much a word says about a topic: 0 for everyday words, high for jargon and names."""

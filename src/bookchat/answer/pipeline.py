@@ -275,6 +275,10 @@ class AnswerPipeline:
             # extractive answerer scores sentences against the expanded question too
             # (a model reads the conversation in `contents`).
             request = msgspec.structs.replace(request, question=retrieval.query_used)
+        elif retrieval.spelled is not None:
+            # "what is odomatry": the extractive answerer looks for "odometry" (a model
+            # reads the question as typed and knows what was meant).
+            request = msgspec.structs.replace(request, question=retrieval.spelled)
         return PreparedAnswer(
             mode=mode,
             citations=built.citations,

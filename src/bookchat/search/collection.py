@@ -30,6 +30,8 @@ PREFETCH_FACTOR = 4
 PREFETCH_MIN = 20
 # What incremental sync needs, plus the page title and URL (author insights list pages).
 SYNC_FIELDS = ["doc_path", "content_hash", "chunk_index", "payload_hash", "title", "url"]
+# What `VectorStore.texts` reads of each chunk.
+TEXT_FIELDS = ["title", "heading_breadcrumb", "text"]
 SCROLL_PAGE = 1000
 UPSERT_BATCH = 256
 
@@ -90,6 +92,15 @@ def prefetch_limit(limit: int) -> int:
 
 def payload_dict(payload: ChunkPayload) -> dict[str, Any]:
     return msgspec.to_builtins(payload)
+
+
+def payload_text(payload: dict[str, Any] | None) -> str:
+    """A chunk's title, headings and text as one string (`TEXT_FIELDS`)."""
+    payload = payload or {}
+    crumbs = payload.get("heading_breadcrumb") or []
+    return "\n".join(
+        [str(payload.get("title", "")), *map(str, crumbs), str(payload.get("text", ""))]
+    )
 
 
 def stored_point(point_id: object, payload: dict[str, Any] | None) -> StoredPoint:

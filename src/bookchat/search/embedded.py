@@ -37,10 +37,12 @@ from bookchat.search.collection import (
     SCROLL_PAGE,
     SPARSE,
     SYNC_FIELDS,
+    TEXT_FIELDS,
     CollectionMeta,
     check_compatible,
     filter_terms,
     payload_dict,
+    payload_text,
     prefetch_limit,
     stored_point,
 )
@@ -403,20 +405,28 @@ class EmbeddedVectorStore:
 
     async def stored_points(self) -> list[StoredPoint]:
         """Every point's id, doc_path, content_hash and chunk_index."""
+        return await self._scroll(SYNC_FIELDS, lambda r: stored_point(r.id, r.payload))
 
-        def scroll() -> list[StoredPoint]:
+    async def texts(self) -> list[str]:
+        """Every chunk's title, headings and text."""
+        return await self._scroll(TEXT_FIELDS, lambda r: payload_text(r.payload))
+
+    async def _scroll(self, fields: list[str], read: Callable[[Any], T]) -> list[T]:
+        """`read` of every point, with the payload `fields` (in a worker thread)."""
+
+        def scroll() -> list[T]:
             shard = self._shard_for_read()
             if shard is None:
                 return []
-            found: list[StoredPoint] = []
+            found: list[T] = []
             offset: Any = None
-            selector = edge.PayloadSelector.Include(SYNC_FIELDS)
+            selector = edge.PayloadSelector.Include(fields)
             while True:
                 request = edge.ScrollRequest(
                     offset=offset, limit=SCROLL_PAGE, with_payload=selector
                 )
                 records, offset = shard.scroll(request)
-                found.extend(stored_point(r.id, r.payload) for r in records)
+                found.extend(read(r) for r in records)
                 if offset is None:
                     return found
 

@@ -10,8 +10,8 @@ factory imports it when `QDRANT_URL` is set, so the embedded default never loads
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -24,11 +24,13 @@ from bookchat.search.collection import (
     SCROLL_PAGE,
     SPARSE,
     SYNC_FIELDS,
+    TEXT_FIELDS,
     UPSERT_BATCH,
     CollectionMeta,
     check_compatible,
     filter_terms,
     payload_dict,
+    payload_text,
     prefetch_limit,
     stored_point,
 )
@@ -42,6 +44,8 @@ from bookchat.search.types import (
     StoredPoint,
     VectorStoreUnavailableError,
 )
+
+T = TypeVar("T")
 
 __all__ = ["QdrantServerStore"]
 
@@ -199,16 +203,26 @@ class QdrantServerStore:
 
     async def stored_points(self) -> list[StoredPoint]:
         """Every point's id, doc_path, content_hash and chunk_index."""
-        found: list[StoredPoint] = []
+        return await self._scroll("stored_points", SYNC_FIELDS, stored_point)
+
+    async def texts(self) -> list[str]:
+        """Every chunk's title, headings and text."""
+        return await self._scroll("texts", TEXT_FIELDS, lambda _id, payload: payload_text(payload))
+
+    async def _scroll(
+        self, operation: str, fields: list[str], read: Callable[[Any, Any], T]
+    ) -> list[T]:
+        """`read(id, payload)` of every point, with the payload `fields`."""
+        found: list[T] = []
         offset: Any = None
-        with _server_errors("stored_points"):
+        with _server_errors(operation):
             if not await self._client.collection_exists(self._collection):
                 return []
             while True:
                 records, offset = await self._client.scroll(
-                    self._collection, limit=SCROLL_PAGE, offset=offset, with_payload=SYNC_FIELDS
+                    self._collection, limit=SCROLL_PAGE, offset=offset, with_payload=fields
                 )
-                found.extend(stored_point(r.id, r.payload) for r in records)
+                found.extend(read(r.id, r.payload) for r in records)
                 if offset is None:
                     return found
 

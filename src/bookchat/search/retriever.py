@@ -22,6 +22,12 @@ On top of the store's ranking this module adds what the store cannot know:
   with a sentence that opens with it ("Topics enable …") joins the hits after the
   question's own best, so the answer can say what each is; BM25 alone ranks the passages
   that merely name both (an exercise list, a command listing) first.
+- **Spelling** (`search/spelling.py`): a question word that is neither the book's nor
+  English and is one typo from a word of the book ("odomatry", "dikstra") is read as that
+  word, in the question and its history, before anything else. The book's words are read
+  from the store on the first search and again every `VOCABULARY_TTL_S` (a re-ingest by
+  another process is seen within that time; one in this process calls
+  `refresh_vocabulary`).
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
@@ -36,6 +42,7 @@ On top of the store's ranking this module adds what the store cannot know:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -46,10 +53,12 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
+import anyio.to_thread
 import msgspec
 
 from bookchat.llm.base import Embedder
 from bookchat.search.relevance import Evidence, judge
+from bookchat.search.spelling import Vocabulary
 from bookchat.search.types import (
     ChunkPayload,
     SearchFilters,
@@ -73,6 +82,13 @@ from bookchat.text import (
 __all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
 
 logger = logging.getLogger(__name__)
+
+# How long the book's words (`Vocabulary`) are used before they are read again, and how
+# soon a failed read is retried.
+VOCABULARY_TTL_S = 300.0
+VOCABULARY_RETRY_S = 30.0
+# Books with more chunks than this have their vocabulary built in a worker thread.
+_VOCABULARY_INLINE_CHUNKS = 200
 
 # Hits read per compared thing of a comparison question (`Retriever._with_sides`).
 _SIDE_CANDIDATES = 10
@@ -117,6 +133,7 @@ class RetrievalResult(msgspec.Struct, kw_only=True):
     coverage: float  # weighted fraction of question terms found across `hits`
     dense_used: bool  # True when the query was embedded and the search was hybrid
     expanded: bool  # True when the follow-up rule added history words
+    spelled: str | None = None  # the question as read, when a misspelt word was corrected
 
 
 # Words and the punctuation that ends a clause, for `_pronoun_points_back`.
@@ -244,6 +261,48 @@ class Retriever:
         self._near_pairs: dict[str, dict[str, float]] = {}
         self._pairs = 0
         self._chunk_cache: dict[str, _ChunkTerms] = {}
+        # The book's words for spelling (`vocabulary()`), until when they are used, and
+        # the read in flight.
+        self._vocabulary: Vocabulary | None = None
+        self._vocabulary_until = -math.inf
+        self._vocabulary_read: asyncio.Task[Vocabulary | None] | None = None
+
+    async def vocabulary(self) -> Vocabulary | None:
+        """The book's words (None when the store cannot list them); read on first use and
+        again after `VOCABULARY_TTL_S`, while the previous ones keep serving."""
+        if time.monotonic() < self._vocabulary_until:
+            return self._vocabulary
+        loop = asyncio.get_running_loop()
+        task = self._vocabulary_read
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self._vocabulary_read = loop.create_task(self._read_vocabulary())
+        if self._vocabulary is None:
+            return await asyncio.shield(task)
+        return self._vocabulary
+
+    def refresh_vocabulary(self) -> None:
+        """Read the book's words again before the next search (after an ingest)."""
+        self._vocabulary, self._vocabulary_read = None, None
+        self._vocabulary_until = -math.inf
+
+    async def _read_vocabulary(self) -> Vocabulary | None:
+        read = getattr(self.store, "texts", None)
+        if read is None:  # a store that cannot list its chunks: no spelling correction
+            self._vocabulary_until = math.inf
+            return None
+        try:
+            texts: list[str] = await read()
+        except Exception as exc:  # a store down now: searches report it; retry later
+            logger.warning("could not read the book's words", extra={"error": str(exc)})
+            self._vocabulary_until = time.monotonic() + VOCABULARY_RETRY_S
+            return self._vocabulary
+        if len(texts) > _VOCABULARY_INLINE_CHUNKS:
+            vocabulary = await anyio.to_thread.run_sync(Vocabulary, texts)
+        else:
+            vocabulary = Vocabulary(texts)
+        self._vocabulary = vocabulary
+        self._vocabulary_until = time.monotonic() + VOCABULARY_TTL_S
+        return vocabulary
 
     def build_query(self, question: str, history: Sequence[str] = ()) -> tuple[str, list[str]]:
         """The search text for `question` and the history words added to it (follow-up rule)."""
@@ -444,6 +503,13 @@ class Retriever:
         top_k = max(1, min(top_k, 20))
         if filters is not None and filters.is_empty():
             filters = None
+        spelled = None
+        vocabulary = await self.vocabulary()
+        if vocabulary is not None:
+            corrected = vocabulary.correct(query)
+            if corrected != query:
+                query = spelled = corrected
+            history = [vocabulary.correct(earlier) for earlier in history]
         query_used, extra_words = self.build_query(query, history)
         dense = await self._embed(query_used) if self.embedder is not None else None
         raw = await self.store.search(
@@ -517,4 +583,5 @@ class Retriever:
             coverage=coverage,
             dense_used=dense is not None,
             expanded=bool(extra_words),
+            spelled=spelled,
         )

@@ -391,6 +391,11 @@ class SnapshotVectorStore:
         async with self._lease() as copy:
             return [] if copy.store is None else await copy.store.stored_points()
 
+    async def texts(self) -> list[str]:
+        """Every chunk's title, headings and text in the served copy."""
+        async with self._lease() as copy:
+            return [] if copy.store is None else await copy.store.texts()
+
     async def ping(self) -> None:
         """Raise VectorStoreUnavailableError if the copy cannot be made or read."""
         async with self._lease() as copy:

@@ -172,6 +172,9 @@ class VectorStore(Protocol):
     async def stored_points(self) -> list[StoredPoint]:
         """Every point's id, doc_path, content_hash and chunk_index (for incremental sync)."""
 
+    async def texts(self) -> list[str]:
+        """Every chunk's title, headings and text (the book's words: `search.spelling`)."""
+
     async def search(
         self,
         *,
