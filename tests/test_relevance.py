@@ -256,6 +256,20 @@ async def test_follow_up_comparing_directions_stays_on_the_method(sample_pipelin
     assert "02-motion/01-differential-drive" in {c.doc_path for c in done.citations}
 
 
+async def test_a_follow_up_in_words_the_book_lacks_stays_on_the_books_topic(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # "blocks" and "halfway" are not the book's words (nor is "route"): the question was
+    # refused on its missing share, although it asks about the planning topic.
+    planning = "how does the planner find a route?"
+    done = await _ask(sample_pipeline, "and what if something blocks it halfway?", planning)
+    assert done.grounded and done.finish_reason != NOT_COVERED
+    assert "03-navigation/02-planning/01-path-planning" in {c.doc_path for c in done.citations}
+    # A follow-up to a topic the book lacks is refused as before.
+    done = await _ask(sample_pipeline, "how long should it rise?", "how do I bake sourdough bread?")
+    assert not done.grounded and done.finish_reason == "abstained"
+
+
 @pytest.mark.parametrize(
     ("question", "page"),
     [

@@ -46,7 +46,12 @@ paraphrases are made of and weigh almost nothing.
 Verdicts: `refuse` when nothing specific was found, a named thing is missing, the search
 is adrift, or the missing share is at least `REFUSE_MISSING_SHARE`; in the band from
 `GREY_MISSING_SHARE` up, `refuse` when the best hit holds less than
-`SCATTERED_BEST_HIT_SHARE` of the question, else `grey`; below the band, `answer`. With
+`SCATTERED_BEST_HIT_SHARE` of the question, else `grey`; below the band, `answer`. A
+follow-up on a topic the book has (its expansion words would not be refused on their own
+missing share) is never refused on the missing share or the scattered hits: its own
+words are a paraphrase ("and what if something blocks it halfway?" after a planning
+question), so it is `grey` at worst unless something is evidently absent (nothing found,
+a named thing, adrift). With
 dense vectors a `refuse` needs the dense side to agree too: the best dense cosine in the
 book below `DENSE_CLEAR_MISS` (the model decides the grey zone under the grounding rules,
 so the gate refuses only clear misses).
@@ -253,9 +258,16 @@ def judge(
         text = "\n".join(candidate_texts).lower()
         named += sorted(name for name in identifiers if name not in text)
     verdict: Verdict
+    # A follow-up on a topic the book has: its own words are a paraphrase (see Verdicts).
+    # Not when the earlier topic is missing too (a follow-up to an out-of-book question).
+    topic = [w for w in weighted if w not in own]
+    topic_mass = sum(weighted[w] for w in topic)
+    on_books_topic = topic_mass > 0 and (
+        sum(weighted[w] * (1.0 - in_book[w]) for w in topic) < REFUSE_MISSING_SHARE * topic_mass
+    )
     if (
         found <= 0
-        or share >= REFUSE_MISSING_SHARE
+        or (share >= REFUSE_MISSING_SHARE and not on_books_topic)
         or named
         or _adrift(own, weighted, in_book, hit_light, hit_terms)
     ):
@@ -265,7 +277,8 @@ def judge(
     elif share >= GREY_MISSING_SHARE:
         # Partly missing and what was found is scattered: no single passage holds the
         # question's subject, so the book does not discuss it (it only uses its words).
-        verdict = "refuse" if best_hit < SCATTERED_BEST_HIT_SHARE * total else "grey"
+        scattered = best_hit < SCATTERED_BEST_HIT_SHARE * total
+        verdict = "refuse" if scattered and not on_books_topic else "grey"
     else:
         verdict = "answer"
     if (
