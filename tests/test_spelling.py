@@ -133,3 +133,32 @@ class _FailingTexts(FakeBM25Store):
         if self.fail:
             raise VectorStoreUnavailableError("down")
         return await super().texts()
+
+
+async def test_the_books_words_are_read_again_when_its_chunk_count_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = FakeBM25Store(SAMPLE_CHUNKS[:-1])
+    retriever = Retriever(store, None)
+    now = retriever_module.time.monotonic()
+    monkeypatch.setattr(retriever_module.time, "monotonic", lambda: now)
+    await retriever.search("What is a PID controller?")
+    assert store.texts_read == 1
+
+    async def after(seconds: float) -> Vocabulary | None:
+        nonlocal now
+        now += seconds
+        await retriever.vocabulary()  # the check starts (old words serve meanwhile)
+        assert retriever._vocabulary_read is not None
+        return await retriever._vocabulary_read
+
+    # Checked after the TTL: the same number of chunks, the words are not read again.
+    await after(retriever_module.VOCABULARY_TTL_S + 1)
+    assert store.texts_read == 1
+    # A re-ingest added a page: read again, and its words are corrected to.
+    store.payloads = list(SAMPLE_CHUNKS)
+    vocabulary = await after(retriever_module.VOCABULARY_TTL_S + 1)
+    assert store.texts_read == 2 and vocabulary is not None and "lidar" in vocabulary
+    # An edit that kept the count is seen once the words are an hour old.
+    await after(retriever_module.VOCABULARY_MAX_AGE_S)
+    assert store.texts_read == 3

@@ -25,9 +25,10 @@ On top of the store's ranking this module adds what the store cannot know:
 - **Spelling** (`search/spelling.py`): a question word that is neither the book's nor
   English and is one typo from a word of the book ("odomatry", "dikstra") is read as that
   word, in the question and its history, before anything else. The book's words are read
-  from the store on the first search and again every `VOCABULARY_TTL_S` (a re-ingest by
-  another process is seen within that time; one in this process calls
-  `refresh_vocabulary`).
+  from the store on the first search; every `VOCABULARY_TTL_S` the store's chunk count is
+  checked and the words are read again when it changed (a re-ingest by another process),
+  or when they are `VOCABULARY_MAX_AGE_S` old. An ingest in this process calls
+  `refresh_vocabulary`.
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
@@ -87,6 +88,8 @@ logger = logging.getLogger(__name__)
 # soon a failed read is retried.
 VOCABULARY_TTL_S = 300.0
 VOCABULARY_RETRY_S = 30.0
+# The book's words are read again at most this old even when the chunk count is the same.
+VOCABULARY_MAX_AGE_S = 3600.0
 # Books with more chunks than this have their vocabulary built in a worker thread.
 _VOCABULARY_INLINE_CHUNKS = 200
 
@@ -266,10 +269,12 @@ class Retriever:
         self._vocabulary: Vocabulary | None = None
         self._vocabulary_until = -math.inf
         self._vocabulary_read: asyncio.Task[Vocabulary | None] | None = None
+        self._vocabulary_count = 0  # the store's chunk count when the words were read
+        self._vocabulary_built = -math.inf
 
     async def vocabulary(self) -> Vocabulary | None:
         """The book's words (None when the store cannot list them); read on first use and
-        again after `VOCABULARY_TTL_S`, while the previous ones keep serving."""
+        checked every `VOCABULARY_TTL_S`, while the previous ones keep serving."""
         if time.monotonic() < self._vocabulary_until:
             return self._vocabulary
         loop = asyncio.get_running_loop()
@@ -291,6 +296,17 @@ class Retriever:
             self._vocabulary_until = math.inf
             return None
         try:
+            # Reading every chunk's text is the costly part (a large book on a Qdrant
+            # server): done again only when the number of chunks changed, or once the
+            # words are `VOCABULARY_MAX_AGE_S` old (an edit that kept the count).
+            count = await self.store.count()
+            if (
+                self._vocabulary is not None
+                and count == self._vocabulary_count
+                and time.monotonic() - self._vocabulary_built < VOCABULARY_MAX_AGE_S
+            ):
+                self._vocabulary_until = time.monotonic() + VOCABULARY_TTL_S
+                return self._vocabulary
             texts: list[str] = await read()
         except Exception as exc:  # a store down now: searches report it; retry later
             logger.warning("could not read the book's words", extra={"error": str(exc)})
@@ -300,7 +316,8 @@ class Retriever:
             vocabulary = await anyio.to_thread.run_sync(Vocabulary, texts)
         else:
             vocabulary = Vocabulary(texts)
-        self._vocabulary = vocabulary
+        self._vocabulary, self._vocabulary_count = vocabulary, count
+        self._vocabulary_built = time.monotonic()
         self._vocabulary_until = time.monotonic() + VOCABULARY_TTL_S
         return vocabulary
 
