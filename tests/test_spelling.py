@@ -11,7 +11,8 @@ from bookchat.search import retriever as retriever_module
 from bookchat.search.retriever import Retriever
 from bookchat.search.spelling import Vocabulary
 from bookchat.search.types import VectorStoreUnavailableError
-from tests.rag_fakes import SAMPLE_CHUNKS, FakeBM25Store
+from bookchat.text import light_stem
+from tests.rag_fakes import SAMPLE_CHUNKS, FakeBM25Store, chunk
 
 BOOK = [
     "Odometry integrates wheel motion. Its drift grows over time.",
@@ -162,3 +163,48 @@ async def test_the_books_words_are_read_again_when_its_chunk_count_changes(
     # An edit that kept the count is seen once the words are an hour old.
     await after(retriever_module.VOCABULARY_MAX_AGE_S)
     assert store.texts_read == 3
+
+
+def test_words_written_only_inside_a_hyphenated_phrase_are_known_with_its_other_words() -> None:
+    vocabulary = Vocabulary(
+        [
+            "SLAM is a chicken-and-egg problem. A time-of-flight sensor times the light.",
+            "Time is short; an up-to-date map helps.",
+        ]
+    )
+    # Keyed and valued by light stem ("time" → "tim").
+    assert vocabulary.phrase_only == {
+        "chicken": frozenset({"egg"}),
+        "egg": frozenset({"chicken"}),
+        "flight": frozenset({light_stem("time")}),
+        light_stem("date"): frozenset(),  # "up" and "to" are stop words
+    }
+
+
+EGG_BOOK = [
+    chunk(
+        "nav/slam", "SLAM", "SLAM",
+        "SLAM is a chicken-and-egg problem: a map is needed to localize, and a pose is "
+        "needed to build the map. Without it, a long corridor loop ends misaligned.",
+    ),
+    chunk(
+        "sensors/lidar", "Lidar", "Time of flight",
+        "A lidar times laser pulses: the time-of-flight principle gives the distance.",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("question", "relevant"),
+    [
+        # The book's only egg is SLAM's chicken-and-egg: a question about eggs is not.
+        ("how long should I boil an egg?", False),
+        ("why is SLAM called a chicken and egg problem?", True),
+        ("what is time of flight?", True),
+    ],
+)
+async def test_a_word_the_book_only_uses_in_a_phrase_is_found_with_the_phrase(
+    question: str, relevant: bool
+) -> None:
+    result = await Retriever(FakeBM25Store(EGG_BOOK), None).search(question)
+    assert result.relevant is relevant, result.evidence

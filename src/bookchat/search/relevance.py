@@ -33,6 +33,10 @@ paraphrases are made of and weigh almost nothing.
 - **Proper names**: a word capitalised inside the question ("How do I install ROS 2 on
   Windows?") is a name however common it is in English; one the book never uses names a
   thing the book lacks, like a rare word. A question in Title Case or capitals has none.
+- **Phrase-only words**: a word the whole book writes only inside a hyphenated phrase of
+  three or more words ("egg" in "chicken-and-egg", "flight" in "time-of-flight") is found
+  only when the question has another content word of that phrase: "how long should I
+  boil an egg?" is not about SLAM's chicken-and-egg problem (`Vocabulary.phrase_only`).
 - **Adrift**: the book lacks a rare question word (specificity ≥ `TYPO_CHECK_SPECIFICITY`,
   zipf ≤ 2.5: "flange"), and the question's most specific word that the book does use
   ("calibration") is in none of the returned hits. The hits then match the question's
@@ -79,7 +83,7 @@ cosines of 0.36–0.60 with the local model, inside the range of answerable ones
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from functools import lru_cache
 from typing import Literal
@@ -190,6 +194,7 @@ def judge(
     each_hit: Sequence[tuple[frozenset[str], frozenset[str]]] = (),
     candidate_texts: Sequence[str] = (),
     dense_best: float | None = None,
+    phrase_only: Mapping[str, AbstractSet[str]] | None = None,
 ) -> Evidence:
     """The verdict for `question` given the candidates' and the hits' stems.
 
@@ -198,6 +203,8 @@ def judge(
     (stems, light stems) per returned hit; `expansion` holds follow-up words (weigh half).
     `candidate_texts` are the candidates' raw texts, searched for the question's
     identifiers (only read when the question contains one).
+    `phrase_only`: light stem → the other words of the hyphenated phrases that word is
+    only ever written in, in the whole book (`Vocabulary.phrase_only`).
     """
     weighted: dict[str, float] = {}
     own = content_words(question)
@@ -227,6 +234,15 @@ def judge(
         for w, c in in_book.items():
             if c == 0.0 and any(w in joined for joined in compounds):
                 in_book[w] = 1.0
+    if phrase_only:
+        # "how long should I boil an egg?": the book's only egg is in "chicken-and-egg".
+        # A word the book writes only inside such a phrase is found only when the
+        # question has another word of the phrase ("why is SLAM chicken and egg?").
+        asked = {light_stem(w) for w in weighted}
+        for w in weighted:
+            others = phrase_only.get(light_stem(w))
+            if others is not None and in_book[w] > 0.0 and not others & asked:
+                in_book[w] = 0.0
     total = sum(weighted.values())
     missing = [w for w, c in in_book.items() if c < 1.0]
     missing_mass = sum(weighted[w] * (1.0 - in_book[w]) for w in missing)

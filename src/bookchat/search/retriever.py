@@ -586,6 +586,7 @@ class Retriever:
             hit_light=TermUnion(chosen_light),
             each_hit=list(zip(chosen_terms, chosen_light, strict=True)),
             candidate_texts=[h.payload.text for h in pool],
+            phrase_only=vocabulary.phrase_only if vocabulary is not None else None,
         )
         evidence = judge_hits()
         if evidence.verdict == "refuse" and dense is not None:

@@ -34,7 +34,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from bookchat.text import edits1, in_english, light_stem, specificity
+from bookchat.text import STOPWORDS, edits1, in_english, light_stem, specificity
 
 __all__ = ["MIN_LENGTH", "SUBSTITUTION_MIN_LENGTH", "Vocabulary"]
 
@@ -42,6 +42,8 @@ MIN_LENGTH = 5
 SUBSTITUTION_MIN_LENGTH = 7
 
 _TEXT_WORD_RE = re.compile(r"[a-z]+")
+# A hyphenated phrase of three or more words: "chicken-and-egg", "time-of-flight".
+_PHRASE_RE = re.compile(r"\b[a-z]+(?:-[a-z]+){2,}\b")
 # A question word made of letters only, not part of a name with digits, an identifier
 # (wheel_base), a hyphenated word (c-space), a path or a contraction.
 _QUESTION_WORD_RE = re.compile(r"(?<![\w'’./\-])[A-Za-z]+(?![\w'’/\-])")
@@ -56,13 +58,37 @@ def _substitution(a: str, b: str) -> bool:
 
 
 class Vocabulary:
-    """The book's words (lower case) with the number of chunks each appears in."""
+    """The book's words (lower case) with the number of chunks each appears in.
+
+    It also knows the words the book writes only inside a hyphenated phrase of three or
+    more parts (`phrase_only`: "egg" of "chicken-and-egg", "flight" of "time-of-flight"),
+    which the relevance decision reads (`search/relevance.py`).
+    """
 
     def __init__(self, texts: Iterable[str]) -> None:
         counts: Counter[str] = Counter()
+        occurrences: Counter[str] = Counter()
+        in_phrases: Counter[str] = Counter()
+        partners: dict[str, set[str]] = {}
         for text in texts:
-            counts.update(set(_TEXT_WORD_RE.findall(text.lower())))
+            lowered = text.lower()
+            words = _TEXT_WORD_RE.findall(lowered)
+            counts.update(set(words))
+            occurrences.update(words)
+            for phrase in _PHRASE_RE.findall(lowered):
+                parts = phrase.split("-")
+                in_phrases.update(parts)
+                for part in parts:
+                    partners.setdefault(part, set()).update(p for p in parts if p != part)
         self._counts = counts
+        phrase_only: dict[str, frozenset[str]] = {}
+        for word, n in in_phrases.items():
+            if occurrences[word] == n and word not in STOPWORDS:
+                others = {light_stem(p) for p in partners[word] if p not in STOPWORDS}
+                phrase_only[light_stem(word)] = frozenset(others)
+        # Light stem of a word used only in such phrases → the light stems of the phrases'
+        # other content words ("egg" → {"chicken"}).
+        self.phrase_only: dict[str, frozenset[str]] = phrase_only
         # Light stem → the book's most frequent word of that stem.
         best: dict[str, tuple[int, str]] = {}
         for word, n in counts.items():
