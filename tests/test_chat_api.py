@@ -146,6 +146,24 @@ async def test_second_message_continues_the_session(client: httpx.AsyncClient) -
     assert "x-bookchat-token" not in second.headers
 
 
+async def test_a_follow_up_stays_on_the_page_the_previous_answer_cited_first(
+    client: httpx.AsyncClient,
+) -> None:
+    # The stored answer's citations are the follow-up's topic: "can that go wrong?" after
+    # the PID integral went to the gyro page ("a heading integrated from a gyro"), which
+    # the first answer also cited, after the PID page.
+    first = await ask(client, "what does the integral part of pid do?")
+    cited = [c["doc_path"] for c in first.first("done")["citations"]]
+    assert cited[0] == "02-motion/02-pid-control"
+    session = first.first("session")
+    second = await ask(
+        client, "can that go wrong?", token=session["token"], session_id=session["session_id"]
+    )
+    sources = [c["doc_path"] for c in second.first("citations")["citations"]]
+    assert sources[0] == "02-motion/02-pid-control"
+    assert "integral keeps growing" in second.text
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -347,12 +347,13 @@ async def test_reader_phrased_questions_are_answered_not_refused(name: str) -> N
     assert summary.answer_found is not None and summary.answer_found >= ANSWER_FOUND_FLOOR[name]
 
 
-# Measured (BM25) 1.000, 0.833 and 1.000; 0.750, 0.500 and 0.833 when a pronoun always
+# Measured (BM25) 1.000, 1.000 and 1.000; 0.750, 0.500 and 0.833 when a pronoun always
 # pointed back, one content word always made a follow-up, and a follow-up's walk back
-# went past the question that changed the subject.
+# went past the question that changed the subject (0.833 for the second set while a lone
+# name, "dijkstra?", was read as a follow-up).
 SWITCH_FLOOR = {
     "reader_questions_switch.json": 0.9,
-    "reader_questions_switch2.json": 0.8,
+    "reader_questions_switch2.json": 0.9,
     "reader_questions_switch3.json": 0.9,
 }
 

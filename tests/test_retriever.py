@@ -93,6 +93,17 @@ def test_a_short_question_that_names_its_subject_is_not_a_follow_up() -> None:
         assert is_follow_up(question, history), question
 
 
+def test_a_lone_name_the_previous_question_did_not_use_is_a_new_subject() -> None:
+    # "dijkstra?" after an IMU question was searched with the IMU's words (and, once the
+    # previous answer's pages came first, answered from the IMU page).
+    history = ["What does an IMU measure?"]
+    for question in ("dijkstra?", "and serialization?", "quaternions?"):
+        assert not is_follow_up(question, history), question
+    # An everyday word is about the previous question, and so is a name it used.
+    assert is_follow_up("downsides?", history)
+    assert is_follow_up("and the imu?", history)
+
+
 async def test_standalone_question_is_not_expanded() -> None:
     store = FakeBM25Store(SAMPLE_CHUNKS)
     result = await Retriever(store, None).search(
@@ -256,3 +267,34 @@ def test_a_follow_up_walks_back_only_to_the_question_that_set_its_topic() -> Non
         ["How does a lidar measure distance?", "What are its main drawbacks?"],
     )
     assert extra[:2] == ["main", "drawbacks"] and "lidar" in extra
+
+
+TOPIC_BOOK = [
+    chunk(
+        "sensors/imu", "IMU", "Gyro drift",
+        "A heading integrated from a gyro alone drifts: cheap parts integrate their bias "
+        "into the heading, and integrated errors grow with time.",
+    ),
+    chunk(
+        "control/pid", "Control", "Windup",
+        "When the output saturates, the integral keeps growing and the wheel overshoots.",
+    ),
+]  # fmt: skip
+
+
+async def test_a_follow_up_prefers_the_pages_the_previous_answer_cited_first() -> None:
+    retriever = Retriever(FakeBM25Store(TOPIC_BOOK), None)
+    history = ["what does the integral part of pid do?"]
+    # Words alone: "integral" and "part" match the gyro's "integrated ... parts" best.
+    alone = await retriever.search("can that go wrong?", history=history)
+    assert alone.expanded and alone.hits[0].payload.doc_path == "sensors/imu"
+    # The previous answer cited the PID page first (and the IMU page after it).
+    result = await retriever.search(
+        "can that go wrong?", history=history, topic_pages=("control/pid", "sensors/imu")
+    )
+    assert [h.payload.doc_path for h in result.hits] == ["control/pid", "sensors/imu"]
+    # Not a follow-up (it names its own subject): the previous answer's pages do not count.
+    own = await retriever.search(
+        "what is gyro drift?", history=history, topic_pages=("control/pid",)
+    )
+    assert not own.expanded and own.hits[0].payload.doc_path == "sensors/imu"

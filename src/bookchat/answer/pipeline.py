@@ -254,8 +254,13 @@ class AnswerPipeline:
                 question, selected_text, source_doc_path, source_section, history
             )
         user_questions = [t.text for t in history if t.role == "user"]
+        answers = [t for t in history if t.role == "model"]
         retrieval = await self.retriever.search(
-            question, history=user_questions, filters=filters, top_k=top_k
+            question,
+            history=user_questions,
+            filters=filters,
+            top_k=top_k,
+            topic_pages=answers[-1].pages if answers else (),
         )
         if not retrieval.relevant:
             return PreparedAnswer(

@@ -159,10 +159,18 @@ def _filters(request: ChatRequest) -> tuple[SearchFilters | None, int]:
 
 def _history(messages: list[Message]) -> list[Turn]:
     return [
-        Turn(role="user" if m.role == "user" else "model", text=m.content)
+        Turn(role="user", text=m.content)
+        if m.role == "user"
+        else Turn(role="model", text=m.content, pages=_cited_pages(m.citations))
         for m in messages
         if m.content
     ]
+
+
+def _cited_pages(citations: Any) -> tuple[str, ...]:
+    """The doc paths an answer cited, in order, once each."""
+    pages = (c.get("doc_path") for c in citations or () if isinstance(c, dict))
+    return tuple(dict.fromkeys(p for p in pages if isinstance(p, str) and p))
 
 
 def _related(turn: ChatTurn, outcome: StreamOutcome) -> list[dict[str, Any]] | None:

@@ -277,7 +277,8 @@ async def _conversation(pipeline: AnswerPipeline, q: EvalQuestion) -> list[Turn]
     turns: list[Turn] = []
     for earlier in q.history:
         _, _, done = await _answer(pipeline, EvalQuestion(id="", question=earlier), turns)
-        turns += [Turn(role="user", text=earlier), Turn(role="model", text=done.text)]
+        pages = tuple(dict.fromkeys(c.doc_path for c in done.citations if c.doc_path))
+        turns += [Turn(role="user", text=earlier), Turn(role="model", text=done.text, pages=pages)]
     return turns
 
 

@@ -26,6 +26,8 @@ class ContextBlock(msgspec.Struct, kw_only=True, frozen=True):
 class Turn(msgspec.Struct, kw_only=True, frozen=True):
     role: Literal["user", "model"]
     text: str
+    # A model turn's cited pages (doc paths): the topic a follow-up continues.
+    pages: tuple[str, ...] = ()
 
 
 class GenerationRequest(msgspec.Struct, kw_only=True, frozen=True):

@@ -7,7 +7,9 @@ On top of the store's ranking this module adds what the store cannot know:
   their, this, these, those, he, she, that when it ends the question or follows a
   function word) or has fewer than two content terms ("why?", "drawbacks?"), unless it
   names its own subject ("what is odometry?", "what about SLAM?"; not "what is the
-  range?", whose article points back). A pronoun
+  range?", whose article points back) or is a lone name the previous question did not use
+  ("dijkstra?", "and serialization?": a word nearly absent from everyday English,
+  `NAMED_THING_SPECIFICITY`; "drawbacks?" is about the previous question). A pronoun
   that follows an earlier clause of the question naming something ("how does a lidar
   measure distance, and how far can it see?") refers to that, not to the conversation:
   such a question changes the subject and is searched alone. A follow-up's
@@ -17,6 +19,10 @@ On top of the store's ranking this module adds what the store cannot know:
   a follow-up itself) is reached. The earlier topic's words weigh double in BM25
   (`sparse.TOPIC_WEIGHT`), unless the follow-up names a new thing of its own, a
   capitalised word inside the sentence ("and how is that different from Gazebo?").
+  A follow-up's candidates from the pages the previous answer cited come first, in the
+  order it cited them (`topic_pages`): the previous answer is the topic, and words alone
+  can point elsewhere ("can that go wrong?" after the PID integral matched a gyro's
+  "integrated").
 - **Comparisons** ("the difference between a topic and a service", "RRT vs A*"): each
   compared thing is searched alone too (BM25, no embedding call), and its best passage
   with a sentence that opens with it ("Topics enable …") joins the hits after the
@@ -58,7 +64,7 @@ import anyio.to_thread
 import msgspec
 
 from bookchat.llm.base import Embedder
-from bookchat.search.relevance import Evidence, judge
+from bookchat.search.relevance import NAMED_THING_SPECIFICITY, Evidence, judge
 from bookchat.search.spelling import Vocabulary
 from bookchat.search.types import (
     ChunkPayload,
@@ -73,10 +79,12 @@ from bookchat.text import (
     content_terms,
     content_words,
     jaccard,
+    light_stem,
     light_term_set,
     opens_with,
     proper_names,
     segments,
+    specificity,
     term_set,
 )
 
@@ -210,7 +218,16 @@ def is_follow_up(question: str, history: Sequence[str]) -> bool:
     points_back = _pronoun_points_back(question)
     if points_back is not None:
         return points_back
-    return len(content_terms(question)) < 2 and _OWN_SUBJECT_RE.match(question) is None
+    if len(content_terms(question)) >= 2 or _OWN_SUBJECT_RE.match(question) is not None:
+        return False
+    # "dijkstra?", "and serialization?" after another topic: a lone name (nearly absent
+    # from everyday English) that the previous question did not use is a new subject;
+    # "drawbacks?" and "how accurate?" are about the previous one.
+    earlier = {light_stem(w) for w in content_words(history[-1])}
+    return not any(
+        specificity(w) >= NAMED_THING_SPECIFICITY and light_stem(w) not in earlier
+        for w in content_words(question)
+    )
 
 
 _PAIR_CACHE_SIZE = 100_000  # chunk pairs compared and remembered (cleared when full)
@@ -510,10 +527,12 @@ class Retriever:
         history: Sequence[str] = (),
         filters: SearchFilters | None = None,
         top_k: int = 5,
+        topic_pages: Sequence[str] = (),
     ) -> RetrievalResult:
         """Retrieve up to `top_k` chunks for `query` and judge their relevance.
 
-        `history` holds the previous *user* questions, oldest first. Raises
+        `history` holds the previous *user* questions, oldest first; `topic_pages` the
+        pages the previous answer cited (a follow-up's candidates from them go first). Raises
         `VectorStoreUnavailableError` (from the store) when the store cannot answer.
         """
         started = time.perf_counter()
@@ -542,6 +561,12 @@ class Retriever:
         # the engine returns ties in no fixed order: break them by id, so a question gets
         # the same sources every time.
         ranked = sorted(raw, key=lambda h: (-h.score, h.id))
+        if extra_words and topic_pages:
+            # A follow-up continues the previous answer: its pages' candidates first, the
+            # page it cited first (its main source) before the others ("can that go
+            # wrong?" after the PID integral: not the gyro's "integrated" it also cited).
+            order = {page: n for n, page in reversed(list(enumerate(topic_pages)))}
+            ranked = sorted(ranked, key=lambda h: order.get(h.payload.doc_path, len(order)))
         sides = comparison_sides(query) if not extra_words else None
         if sides is not None:
             ranked = await self._with_sides(ranked, sides, filters, top_k)
