@@ -44,9 +44,9 @@ SUBSTITUTION_MIN_LENGTH = 7
 _TEXT_WORD_RE = re.compile(r"[a-z]+")
 # A hyphenated phrase of three or more words: "chicken-and-egg", "time-of-flight".
 _PHRASE_RE = re.compile(r"\b[a-z]+(?:-[a-z]+){2,}\b")
-# A question word made of letters only, not part of a name with digits, an identifier
-# (wheel_base), a hyphenated word (c-space), a path or a contraction.
-_QUESTION_WORD_RE = re.compile(r"(?<![\w'’./\-])[A-Za-z]+(?![\w'’/\-])")
+# A question word made of letters only (`MIN_LENGTH` or more), not part of a name with
+# digits, an identifier (wheel_base), a hyphenated word (c-space), a path or a contraction.
+_QUESTION_WORD_RE = re.compile(rf"(?<![\w'’./\-])[A-Za-z]{{{MIN_LENGTH},}}(?![\w'’/\-])")
 
 
 def _substitution(a: str, b: str) -> bool:
