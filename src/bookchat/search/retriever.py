@@ -33,8 +33,8 @@ On top of the store's ranking this module adds what the store cannot know:
   word, in the question and its history, before anything else. The book's words are read
   from the store on the first search; every `VOCABULARY_TTL_S` the store's chunk count is
   checked and the words are read again when it changed (a re-ingest by another process),
-  or when they are `VOCABULARY_MAX_AGE_S` old. An ingest in this process calls
-  `refresh_vocabulary`.
+  or when they are `VOCABULARY_MAX_AGE_S` old (after an ingest in the same process,
+  `refresh_vocabulary` reads them at once).
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
