@@ -384,4 +384,3 @@ async def test_conversations_with_lone_words_and_typos_keep_their_topic() -> Non
     assert summary.answered_at_5 is not None and summary.answered_at_5 >= 0.9
     assert summary.refusals == 0
     assert summary.far_abstention == 1.0
-

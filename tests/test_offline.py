@@ -94,6 +94,28 @@ async def test_question_without_overlap_gets_the_opening_of_the_best_source() ->
     assert "[1]" in text and "PID controller" in text
 
 
+async def test_a_sentence_that_matches_only_through_its_pages_title_does_not_lead() -> None:
+    # Every chunk of the PID page carries its title: "PID" in the title made the
+    # implementation section's sampling-rate advice lead "what does the integral term of
+    # PID do?" because its block ranked first (code full of `integral`).
+    blocks = [
+        ContextBlock(
+            n=1, title="PID Control", section="Implementation",
+            text="## Implementation\n\nA rule of thumb is to sample ten times faster than "
+            "the fastest dynamics you want to control.",
+        ),
+        ContextBlock(
+            n=2, title="PID Control", section="Integral term",
+            text="## Integral term\n\nThe integral term accumulates the error over time, "
+            "so even a small persistent error eventually produces a large correction.",
+        ),
+    ]  # fmt: skip
+    text = "".join((await _collect("What does the integral term of PID do?", blocks))[0])
+    body = text[len(OFFLINE_LABEL) :].strip()
+    assert body.startswith("The integral term accumulates the error"), body
+    assert "rule of thumb" not in body
+
+
 def test_offline_compose_is_fast() -> None:
     generator = OfflineGenerator()
     generator.compose("What is a PID controller?", BLOCKS)  # warm the per-chunk caches

@@ -532,7 +532,11 @@ class OfflineGenerator:
             # every chunk of the page carries, does not.
             cand.matched = (
                 bool(matched) or gives_reason or close > 0
-                or (header > 0 and cand.heading != cand.block.title)
+                or (
+                    header > 0
+                    and cand.heading != cand.block.title
+                    and not q_terms.isdisjoint(term_set(cand.heading))
+                )
             )  # fmt: skip
             # The search ranked the blocks; a later block needs a much better sentence.
             cand.score = score * length * kind / (1.0 + 0.2 * cand.rank)
