@@ -279,6 +279,7 @@ TOPIC_BOOK = [
         "control/pid", "Control", "Windup",
         "When the output saturates, the integral keeps growing and the wheel overshoots.",
     ),
+    chunk("control/pid", "Control", "Exercises", "Part two: log the wheel speed.", chunk_index=1),
 ]  # fmt: skip
 
 
@@ -292,7 +293,8 @@ async def test_a_follow_up_prefers_the_pages_the_previous_answer_cited_first() -
     result = await retriever.search(
         "can that go wrong?", history=history, topic_pages=("control/pid", "sensors/imu")
     )
-    assert [h.payload.doc_path for h in result.hits] == ["control/pid", "sensors/imu"]
+    # The page's exercises are not its content: they keep their place.
+    assert [h.payload.section for h in result.hits] == ["Windup", "Gyro drift", "Exercises"]
     # Not a follow-up (it names its own subject): the previous answer's pages do not count.
     own = await retriever.search(
         "what is gyro drift?", history=history, topic_pages=("control/pid",)

@@ -78,6 +78,7 @@ from bookchat.text import (
     comparison_sides,
     content_terms,
     content_words,
+    is_side_section,
     jaccard,
     light_stem,
     light_term_set,
@@ -565,8 +566,17 @@ class Retriever:
             # A follow-up continues the previous answer: its pages' candidates first, the
             # page it cited first (its main source) before the others ("can that go
             # wrong?" after the PID integral: not the gyro's "integrated" it also cited).
+            # A page's references, exercises and objectives are not its content: they
+            # keep their place.
             order = {page: n for n, page in reversed(list(enumerate(topic_pages)))}
-            ranked = sorted(ranked, key=lambda h: order.get(h.payload.doc_path, len(order)))
+            ranked = sorted(
+                ranked,
+                key=lambda h: (
+                    len(order)
+                    if is_side_section(h.payload.section)
+                    else order.get(h.payload.doc_path, len(order))
+                ),
+            )
         sides = comparison_sides(query) if not extra_words else None
         if sides is not None:
             ranked = await self._with_sides(ranked, sides, filters, top_k)
