@@ -101,12 +101,15 @@ async def test_snapshot_sees_new_points_after_the_generation_changes(tmp_path: P
     try:
         assert await serving.count() == len(TEXTS)
         assert await serving.refresh() is False  # nothing changed: no copy made
+        served = serving.generation
         before = generation_signature(tmp_path, COLLECTION)
         await writer.upsert([_record(7, NEW_TEXT)])
         assert generation_signature(tmp_path, COLLECTION) != before
         # The interval has not passed: requests keep the old copy and do not look.
         assert await serving.count() == len(TEXTS)
+        assert serving.generation == served
         assert await serving.refresh() is True
+        assert serving.generation != served  # what the retriever's vocabulary watches
         assert await serving.count() == len(TEXTS) + 1
         assert await _chapters(serving, "quaternions gripper") == ["page-7"]
         await writer.delete([_record(7, NEW_TEXT).id])

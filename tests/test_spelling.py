@@ -94,13 +94,17 @@ async def test_a_follow_ups_misspelt_history_is_read_too() -> None:
     assert result.hits[0].payload.section == "Lifecycle"
 
 
-async def test_the_books_words_are_read_once_then_again_after_an_ingest() -> None:
-    store = FakeBM25Store(SAMPLE_CHUNKS)
+async def test_the_books_words_are_read_once_then_again_when_the_stores_generation_moves() -> None:
+    store = _WithGeneration(SAMPLE_CHUNKS)
     retriever = Retriever(store, None)
     for _ in range(3):
         await retriever.search("What is a lifecyle?")
     assert store.texts_read == 1
-    retriever.refresh_vocabulary()
+    store.generation += 1  # a write, or a snapshot's new copy after a re-ingest
+    await retriever.search("What is a lifecyle?")  # the old words serve meanwhile
+    assert retriever._vocabulary_read is not None
+    await retriever._vocabulary_read
+    assert store.texts_read == 2
     await retriever.search("What is a lifecyle?")
     assert store.texts_read == 2
 
@@ -119,6 +123,10 @@ async def test_a_store_that_fails_to_list_its_words_is_retried_later(
     store.fail = False
     result = await retriever.search("What is a lifecyle?")
     assert store.attempts == 2 and result.spelled == "What is a lifecycle?"
+
+
+class _WithGeneration(FakeBM25Store):
+    generation = 0
 
 
 class _WithoutTexts(FakeBM25Store):

@@ -364,3 +364,17 @@ async def test_texts_lists_every_chunks_title_headings_and_text(store: VectorSto
 
 async def test_texts_of_a_missing_collection_is_empty(make_store: StoreFactory) -> None:
     assert await make_store().texts() == []
+
+
+async def test_the_embedded_stores_generation_moves_on_every_write(tmp_path: Path) -> None:
+    store = EmbeddedVectorStore(tmp_path / "qdrant", COLLECTION)
+    try:
+        await store.ensure_collection(dense_dim=DIM, embedding_model=MODEL)
+        before = store.generation
+        await store.upsert(_records())
+        after = store.generation
+        assert after != before
+        await store.search(query_text="lidar", dense=None, filters=None, limit=3)
+        assert store.generation == after  # reads do not move it
+    finally:
+        await store.close()

@@ -152,6 +152,11 @@ class _PayloadCache:
             self._epoch += 1
             self._entries.clear()
 
+    @property
+    def epoch(self) -> int:
+        """Moves on every write (and reopen) of the shard."""
+        return self._epoch
+
     def hits(self, shard: edge.EdgeShard, points: Sequence[Any]) -> list[SearchHit]:
         """`points` (scored, without payload) as hits, payloads from the cache or the shard."""
         epoch = self._epoch
@@ -402,6 +407,11 @@ class EmbeddedVectorStore:
             lambda: self._require_shard().update(edge.UpdateOperation.delete_points(list(ids))),
             publish=True,
         )
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever this store's chunks may have changed (`VectorStore`)."""
+        return self._payloads.epoch
 
     async def stored_points(self) -> list[StoredPoint]:
         """Every point's id, doc_path, content_hash and chunk_index."""

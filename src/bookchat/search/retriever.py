@@ -31,10 +31,10 @@ On top of the store's ranking this module adds what the store cannot know:
 - **Spelling** (`search/spelling.py`): a question word that is neither the book's nor
   English and is one typo from a word of the book ("odomatry", "dikstra") is read as that
   word, in the question and its history, before anything else. The book's words are read
-  from the store on the first search; every `VOCABULARY_TTL_S` the store's chunk count is
-  checked and the words are read again when it changed (a re-ingest by another process),
-  or when they are `VOCABULARY_MAX_AGE_S` old (after an ingest in the same process,
-  `refresh_vocabulary` reads them at once).
+  from the store on the first search, and again at once when the store's `generation`
+  moves (the embedded store's writes, a snapshot's new copy after a re-ingest); on a
+  store without one, every `VOCABULARY_TTL_S` its chunk count is checked and the words
+  are read again when it changed, or when they are `VOCABULARY_MAX_AGE_S` old.
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
@@ -289,11 +289,14 @@ class Retriever:
         self._vocabulary_read: asyncio.Task[Vocabulary | None] | None = None
         self._vocabulary_count = 0  # the store's chunk count when the words were read
         self._vocabulary_built = -math.inf
+        self._vocabulary_generation: object = None  # the store's generation when read
 
     async def vocabulary(self) -> Vocabulary | None:
-        """The book's words (None when the store cannot list them); read on first use and
-        checked every `VOCABULARY_TTL_S`, while the previous ones keep serving."""
-        if time.monotonic() < self._vocabulary_until:
+        """The book's words (None when the store cannot list them); read on first use, at
+        once when the store's `generation` moves, and checked every `VOCABULARY_TTL_S`,
+        while the previous ones keep serving."""
+        changed = getattr(self.store, "generation", None) != self._vocabulary_generation
+        if time.monotonic() < self._vocabulary_until and not changed:
             return self._vocabulary
         loop = asyncio.get_running_loop()
         task = self._vocabulary_read
@@ -303,23 +306,21 @@ class Retriever:
             return await asyncio.shield(task)
         return self._vocabulary
 
-    def refresh_vocabulary(self) -> None:
-        """Read the book's words again before the next search (after an ingest)."""
-        self._vocabulary, self._vocabulary_read = None, None
-        self._vocabulary_until = -math.inf
-
     async def _read_vocabulary(self) -> Vocabulary | None:
         read = getattr(self.store, "texts", None)
         if read is None:  # a store that cannot list its chunks: no spelling correction
             self._vocabulary_until = math.inf
             return None
+        generation = getattr(self.store, "generation", None)
         try:
             # Reading every chunk's text is the costly part (a large book on a Qdrant
-            # server): done again only when the number of chunks changed, or once the
-            # words are `VOCABULARY_MAX_AGE_S` old (an edit that kept the count).
+            # server): done again only when the store's generation or the number of
+            # chunks changed, or once the words are `VOCABULARY_MAX_AGE_S` old (an edit
+            # that kept the count on a store without a generation).
             count = await self.store.count()
             if (
                 self._vocabulary is not None
+                and generation == self._vocabulary_generation
                 and count == self._vocabulary_count
                 and time.monotonic() - self._vocabulary_built < VOCABULARY_MAX_AGE_S
             ):
@@ -335,6 +336,7 @@ class Retriever:
         else:
             vocabulary = Vocabulary(texts)
         self._vocabulary, self._vocabulary_count = vocabulary, count
+        self._vocabulary_generation = generation
         self._vocabulary_built = time.monotonic()
         self._vocabulary_until = time.monotonic() + VOCABULARY_TTL_S
         return vocabulary

@@ -391,6 +391,11 @@ class SnapshotVectorStore:
         async with self._lease() as copy:
             return [] if copy.store is None else await copy.store.stored_points()
 
+    @property
+    def generation(self) -> GenerationSignature:
+        """The served copy's generation: changes when a new copy is served (`VectorStore`)."""
+        return None if self._current is None else self._current.signature
+
     async def texts(self) -> list[str]:
         """Every chunk's title, headings and text in the served copy."""
         async with self._lease() as copy:

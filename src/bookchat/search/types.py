@@ -191,6 +191,9 @@ class VectorStore(Protocol):
 
     # Optional: `search_dense(*, dense, filters, limit) -> list[SearchHit]` with cosine
     # scores, used as a relevance signal (search/relevance.py); every store here has it.
+    # Optional: a `generation` attribute that changes whenever the chunks may have changed
+    # (the embedded store and its snapshots have it): the retriever reads the book's words
+    # again at once; without it, it notices a changed chunk count within five minutes.
 
     async def count(self) -> int: ...
 
