@@ -24,8 +24,8 @@ then the first in alphabetical order. Only one edit: readers' typos are mostly o
 two edits from a short word reach too many of the book's words.
 
 Written here rather than with pyspellchecker's `SpellChecker`: that corrects towards
-general English (it would turn "odomatry" into nothing and "dikstra" into "diktat"),
-and loads a second copy of the dictionary `text` already holds.
+general English ("odomatry" → "idolatry", "partical" → "partial"), and loads a second
+copy of the dictionary `text` already holds.
 """
 
 from __future__ import annotations
