@@ -7,7 +7,7 @@ import pytest
 from bookchat.answer.grounding import PromptBuilder
 from bookchat.answer.pipeline import AnswerDone, AnswerPipeline
 from bookchat.llm.offline import OfflineGenerator
-from bookchat.search import retriever as retriever_module
+from bookchat.search import spelling
 from bookchat.search.retriever import Retriever
 from bookchat.search.spelling import Vocabulary
 from bookchat.search.types import VectorStoreUnavailableError
@@ -102,8 +102,8 @@ async def test_the_books_words_are_read_once_then_again_when_the_stores_generati
     assert store.texts_read == 1
     store.generation += 1  # a write, or a snapshot's new copy after a re-ingest
     await retriever.search("What is a lifecyle?")  # the old words serve meanwhile
-    assert retriever._vocabulary_read is not None
-    await retriever._vocabulary_read
+    assert retriever.book_words.reading is not None
+    await retriever.book_words.reading
     assert store.texts_read == 2
     await retriever.search("What is a lifecyle?")
     assert store.texts_read == 2
@@ -118,8 +118,8 @@ async def test_a_store_that_fails_to_list_its_words_is_retried_later(
     assert result.relevant and result.spelled is None
     await retriever.search("What is a PID controller?")
     assert store.attempts == 1  # not on every search
-    clock = retriever_module.time.monotonic() + retriever_module.VOCABULARY_RETRY_S + 1
-    monkeypatch.setattr(retriever_module.time, "monotonic", lambda: clock)
+    clock = spelling.time.monotonic() + spelling.VOCABULARY_RETRY_S + 1
+    monkeypatch.setattr(spelling.time, "monotonic", lambda: clock)
     store.fail = False
     result = await retriever.search("What is a lifecyle?")
     assert store.attempts == 2 and result.spelled == "What is a lifecycle?"
@@ -149,8 +149,8 @@ async def test_the_books_words_are_read_again_when_its_chunk_count_changes(
 ) -> None:
     store = FakeBM25Store(SAMPLE_CHUNKS[:-1])
     retriever = Retriever(store, None)
-    now = retriever_module.time.monotonic()
-    monkeypatch.setattr(retriever_module.time, "monotonic", lambda: now)
+    now = spelling.time.monotonic()
+    monkeypatch.setattr(spelling.time, "monotonic", lambda: now)
     await retriever.search("What is a PID controller?")
     assert store.texts_read == 1
 
@@ -158,18 +158,18 @@ async def test_the_books_words_are_read_again_when_its_chunk_count_changes(
         nonlocal now
         now += seconds
         await retriever.vocabulary()  # the check starts (old words serve meanwhile)
-        assert retriever._vocabulary_read is not None
-        return await retriever._vocabulary_read
+        assert retriever.book_words.reading is not None
+        return await retriever.book_words.reading
 
     # Checked after the TTL: the same number of chunks, the words are not read again.
-    await after(retriever_module.VOCABULARY_TTL_S + 1)
+    await after(spelling.VOCABULARY_TTL_S + 1)
     assert store.texts_read == 1
     # A re-ingest added a page: read again, and its words are corrected to.
     store.payloads = list(SAMPLE_CHUNKS)
-    vocabulary = await after(retriever_module.VOCABULARY_TTL_S + 1)
+    vocabulary = await after(spelling.VOCABULARY_TTL_S + 1)
     assert store.texts_read == 2 and vocabulary is not None and "lidar" in vocabulary
     # An edit that kept the count is seen once the words are an hour old.
-    await after(retriever_module.VOCABULARY_MAX_AGE_S + 1)
+    await after(spelling.VOCABULARY_MAX_AGE_S + 1)
     assert store.texts_read == 3
 
 

@@ -254,13 +254,13 @@ class AnswerPipeline:
                 question, selected_text, source_doc_path, source_section, history
             )
         user_questions = [t.text for t in history if t.role == "user"]
-        answers = [t for t in history if t.role == "model"]
         retrieval = await self.retriever.search(
             question,
             history=user_questions,
             filters=filters,
             top_k=top_k,
-            topic_pages=answers[-1].pages if answers else (),
+            # The previous answer's cited pages: a follow-up's topic.
+            topic_pages=next((t.pages for t in reversed(history) if t.role == "model"), ()),
         )
         if not retrieval.relevant:
             return PreparedAnswer(

@@ -72,7 +72,7 @@ from bookchat.db.services import (
     session_title,
 )
 from bookchat.errors import ApiError
-from bookchat.llm.base import GenerationError, Turn
+from bookchat.llm.base import GenerationError, Turn, cited_pages
 from bookchat.search.types import SearchFilters, VectorStoreUnavailableError
 
 logger = logging.getLogger("bookchat.chat")
@@ -161,16 +161,14 @@ def _history(messages: list[Message]) -> list[Turn]:
     return [
         Turn(role="user", text=m.content)
         if m.role == "user"
-        else Turn(role="model", text=m.content, pages=_cited_pages(m.citations))
+        else Turn(
+            role="model",
+            text=m.content,
+            pages=cited_pages(c.get("doc_path") for c in m.citations or () if isinstance(c, dict)),
+        )
         for m in messages
         if m.content
     ]
-
-
-def _cited_pages(citations: Any) -> tuple[str, ...]:
-    """The doc paths an answer cited, in order, once each."""
-    pages = (c.get("doc_path") for c in citations or () if isinstance(c, dict))
-    return tuple(dict.fromkeys(p for p in pages if isinstance(p, str) and p))
 
 
 def _related(turn: ChatTurn, outcome: StreamOutcome) -> list[dict[str, Any]] | None:

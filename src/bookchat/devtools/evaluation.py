@@ -107,7 +107,7 @@ from bookchat.devtools.eval_report import (
     render_table,
     summarise,
 )
-from bookchat.llm.base import AnswerGenerator, Embedder, Turn
+from bookchat.llm.base import AnswerGenerator, Embedder, Turn, cited_pages
 from bookchat.search.retriever import Retriever
 from bookchat.search.types import VectorStore
 from bookchat.text import word_count
@@ -277,7 +277,7 @@ async def _conversation(pipeline: AnswerPipeline, q: EvalQuestion) -> list[Turn]
     turns: list[Turn] = []
     for earlier in q.history:
         _, _, done = await _answer(pipeline, EvalQuestion(id="", question=earlier), turns)
-        pages = tuple(dict.fromkeys(c.doc_path for c in done.citations if c.doc_path))
+        pages = cited_pages(c.doc_path for c in done.citations)
         turns += [Turn(role="user", text=earlier), Turn(role="model", text=done.text, pages=pages)]
     return turns
 

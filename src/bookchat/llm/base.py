@@ -7,7 +7,7 @@ iterator early (`aclose()`, or cancellation) must release the provider stream at
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Literal, Protocol
 
 import msgspec
@@ -28,6 +28,11 @@ class Turn(msgspec.Struct, kw_only=True, frozen=True):
     text: str
     # A model turn's cited pages (doc paths): the topic a follow-up continues.
     pages: tuple[str, ...] = ()
+
+
+def cited_pages(doc_paths: Iterable[object]) -> tuple[str, ...]:
+    """An answer's cited doc paths in order, once each (`Turn.pages`)."""
+    return tuple(dict.fromkeys(p for p in doc_paths if isinstance(p, str) and p))
 
 
 class GenerationRequest(msgspec.Struct, kw_only=True, frozen=True):

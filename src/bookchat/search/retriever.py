@@ -30,11 +30,8 @@ On top of the store's ranking this module adds what the store cannot know:
   that merely name both (an exercise list, a command listing) first.
 - **Spelling** (`search/spelling.py`): a question word that is neither the book's nor
   English and is one typo from a word of the book ("odomatry", "dikstra") is read as that
-  word, in the question and its history, before anything else. The book's words are read
-  from the store on the first search, and again at once when the store's `generation`
-  moves (the embedded store's writes, a snapshot's new copy after a re-ingest); on a
-  store without one, every `VOCABULARY_TTL_S` its chunk count is checked and the words
-  are read again when it changed, or when they are `VOCABULARY_MAX_AGE_S` old.
+  word, in the question and its history, before anything else. The book's words come
+  from the store and are kept current by `spelling.BookWords`.
 - **Near-duplicate removal**: identical normalised text, or token-set Jaccard ≥
   `duplicate_jaccard` (same page) / ≥ `cross_page_duplicate_jaccard` (different pages).
   The stronger (earlier) hit is kept.
@@ -49,7 +46,6 @@ On top of the store's ranking this module adds what the store cannot know:
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -60,12 +56,11 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import NamedTuple
 
-import anyio.to_thread
 import msgspec
 
 from bookchat.llm.base import Embedder
 from bookchat.search.relevance import NAMED_THING_SPECIFICITY, Evidence, judge
-from bookchat.search.spelling import Vocabulary
+from bookchat.search.spelling import BookWords, Vocabulary
 from bookchat.search.types import (
     ChunkPayload,
     SearchFilters,
@@ -92,15 +87,6 @@ from bookchat.text import (
 __all__ = ["RetrievalResult", "RetrievedHit", "Retriever", "is_follow_up"]
 
 logger = logging.getLogger(__name__)
-
-# How long the book's words (`Vocabulary`) are used before they are read again, and how
-# soon a failed read is retried.
-VOCABULARY_TTL_S = 300.0
-VOCABULARY_RETRY_S = 30.0
-# The book's words are read again at most this old even when the chunk count is the same.
-VOCABULARY_MAX_AGE_S = 3600.0
-# Books with more chunks than this have their vocabulary built in a worker thread.
-_VOCABULARY_INLINE_CHUNKS = 200
 
 # Hits read per compared thing of a comparison question (`Retriever._with_sides`).
 _SIDE_CANDIDATES = 10
@@ -282,64 +268,12 @@ class Retriever:
         self._near_pairs: dict[str, dict[str, float]] = {}
         self._pairs = 0
         self._chunk_cache: dict[str, _ChunkTerms] = {}
-        # The book's words for spelling (`vocabulary()`), until when they are used, and
-        # the read in flight.
-        self._vocabulary: Vocabulary | None = None
-        self._vocabulary_until = -math.inf
-        self._vocabulary_read: asyncio.Task[Vocabulary | None] | None = None
-        self._vocabulary_count = 0  # the store's chunk count when the words were read
-        self._vocabulary_built = -math.inf
-        self._vocabulary_generation: object = None  # the store's generation when read
+        # The book's words, for spelling and phrase-only words (`search/spelling.py`).
+        self.book_words = BookWords(store)
 
     async def vocabulary(self) -> Vocabulary | None:
-        """The book's words (None when the store cannot list them); read on first use, at
-        once when the store's `generation` moves, and checked every `VOCABULARY_TTL_S`,
-        while the previous ones keep serving."""
-        changed = getattr(self.store, "generation", None) != self._vocabulary_generation
-        if time.monotonic() < self._vocabulary_until and not changed:
-            return self._vocabulary
-        loop = asyncio.get_running_loop()
-        task = self._vocabulary_read
-        if task is None or task.done() or task.get_loop() is not loop:
-            task = self._vocabulary_read = loop.create_task(self._read_vocabulary())
-        if self._vocabulary is None:
-            return await asyncio.shield(task)
-        return self._vocabulary
-
-    async def _read_vocabulary(self) -> Vocabulary | None:
-        read = getattr(self.store, "texts", None)
-        if read is None:  # a store that cannot list its chunks: no spelling correction
-            self._vocabulary_until = math.inf
-            return None
-        generation = getattr(self.store, "generation", None)
-        try:
-            # Reading every chunk's text is the costly part (a large book on a Qdrant
-            # server): done again only when the store's generation or the number of
-            # chunks changed, or once the words are `VOCABULARY_MAX_AGE_S` old (an edit
-            # that kept the count on a store without a generation).
-            count = await self.store.count()
-            if (
-                self._vocabulary is not None
-                and generation == self._vocabulary_generation
-                and count == self._vocabulary_count
-                and time.monotonic() - self._vocabulary_built < VOCABULARY_MAX_AGE_S
-            ):
-                self._vocabulary_until = time.monotonic() + VOCABULARY_TTL_S
-                return self._vocabulary
-            texts: list[str] = await read()
-        except Exception as exc:  # a store down now: searches report it; retry later
-            logger.warning("could not read the book's words", extra={"error": str(exc)})
-            self._vocabulary_until = time.monotonic() + VOCABULARY_RETRY_S
-            return self._vocabulary
-        if len(texts) > _VOCABULARY_INLINE_CHUNKS:
-            vocabulary = await anyio.to_thread.run_sync(Vocabulary, texts)
-        else:
-            vocabulary = Vocabulary(texts)
-        self._vocabulary, self._vocabulary_count = vocabulary, count
-        self._vocabulary_generation = generation
-        self._vocabulary_built = time.monotonic()
-        self._vocabulary_until = time.monotonic() + VOCABULARY_TTL_S
-        return vocabulary
+        """The book's words (None when the store cannot list them): `BookWords.current`."""
+        return await self.book_words.current()
 
     def build_query(self, question: str, history: Sequence[str] = ()) -> tuple[str, list[str]]:
         """The search text for `question` and the history words added to it (follow-up rule)."""

@@ -30,16 +30,42 @@ copy of the dictionary `text` already holds.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 
+import anyio.to_thread
+
+from bookchat.search.types import VectorStore
 from bookchat.text import STOPWORDS, edits1, in_english, light_stem, specificity
 
-__all__ = ["MIN_LENGTH", "SUBSTITUTION_MIN_LENGTH", "Vocabulary"]
+__all__ = [
+    "MIN_LENGTH",
+    "SUBSTITUTION_MIN_LENGTH",
+    "VOCABULARY_MAX_AGE_S",
+    "VOCABULARY_RETRY_S",
+    "VOCABULARY_TTL_S",
+    "BookWords",
+    "Vocabulary",
+]
+
+logger = logging.getLogger(__name__)
 
 MIN_LENGTH = 5
 SUBSTITUTION_MIN_LENGTH = 7
+
+# How long the book's words are used before the store is asked again whether they changed,
+# and how soon a failed read is retried.
+VOCABULARY_TTL_S = 300.0
+VOCABULARY_RETRY_S = 30.0
+# The book's words are read again at most this old even when the chunk count is the same.
+VOCABULARY_MAX_AGE_S = 3600.0
+# Books with more chunks than this have their vocabulary built in a worker thread.
+_INLINE_CHUNKS = 200
 
 _TEXT_WORD_RE = re.compile(r"[a-z]+")
 # A hyphenated phrase of three or more words: "chicken-and-egg", "time-of-flight".
@@ -146,3 +172,70 @@ class Vocabulary:
             return word.capitalize() if typed[0].isupper() else word
 
         return _QUESTION_WORD_RE.sub(fix, text)
+
+
+class BookWords:
+    """A store's `Vocabulary`, read on first use and kept current.
+
+    Read again at once when the store's `generation` moves (the embedded store's writes, a
+    snapshot's new copy after a re-ingest); on a store without one, every
+    `VOCABULARY_TTL_S` its chunk count is checked and the words are read again when it
+    changed, or when they are `VOCABULARY_MAX_AGE_S` old. The previous words keep
+    serving while a new read runs.
+    """
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+        self.words: Vocabulary | None = None
+        self.reading: asyncio.Task[Vocabulary | None] | None = None  # the read in flight
+        self._until = -math.inf  # used without asking the store until then
+        self._count = 0  # the store's chunk count when the words were read
+        self._built = -math.inf
+        self._generation: object = None  # the store's generation when read
+
+    async def current(self) -> Vocabulary | None:
+        """The book's words (None when the store cannot list them)."""
+        changed = getattr(self.store, "generation", None) != self._generation
+        if time.monotonic() < self._until and not changed:
+            return self.words
+        loop = asyncio.get_running_loop()
+        task = self.reading
+        if task is None or task.done() or task.get_loop() is not loop:
+            task = self.reading = loop.create_task(self._read())
+        if self.words is None:
+            return await asyncio.shield(task)
+        return self.words
+
+    async def _read(self) -> Vocabulary | None:
+        read = getattr(self.store, "texts", None)
+        if read is None:  # a store that cannot list its chunks: no spelling correction
+            self._until = math.inf
+            return None
+        generation = getattr(self.store, "generation", None)
+        try:
+            # Reading every chunk's text is the costly part (a large book on a Qdrant
+            # server): done again only when the store's generation or the number of
+            # chunks changed, or once the words are `VOCABULARY_MAX_AGE_S` old (an edit
+            # that kept the count on a store without a generation).
+            count = await self.store.count()
+            if (
+                self.words is not None
+                and generation == self._generation
+                and count == self._count
+                and time.monotonic() - self._built < VOCABULARY_MAX_AGE_S
+            ):
+                self._until = time.monotonic() + VOCABULARY_TTL_S
+                return self.words
+            texts: list[str] = await read()
+        except Exception as exc:  # a store down now: searches report it; retry later
+            logger.warning("could not read the book's words", extra={"error": str(exc)})
+            self._until = time.monotonic() + VOCABULARY_RETRY_S
+            return self.words
+        if len(texts) > _INLINE_CHUNKS:
+            words = await anyio.to_thread.run_sync(Vocabulary, texts)
+        else:
+            words = Vocabulary(texts)
+        self.words, self._count, self._generation = words, count, generation
+        self._built = time.monotonic()
+        self._until = self._built + VOCABULARY_TTL_S
+        return words
