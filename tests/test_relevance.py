@@ -333,6 +333,16 @@ async def test_is_that_normal_is_answered_from_the_limitations_it_asks_about(
     assert "905 nm lasers designed to meet Class 1" not in done.text
 
 
+async def test_a_reported_symptom_is_answered_from_the_limitations_it_runs_into(
+    sample_pipeline,
+) -> None:  # type: ignore[no-untyped-def]
+    # "our … gets sluggish when …" tells a failure as "why …?" asks for one: PID's
+    # limitations ("one set of gains may not suit both") answer it; they were weighed
+    # down as an unasked-for caveat and left out.
+    done = await _ask(sample_pipeline, "our pid loop gets sluggish when the robot carries a load")
+    assert "one set of gains may not suit" in done.text
+
+
 async def test_a_figure_in_words_answers_a_how_long_question(sample_pipeline) -> None:  # type: ignore[no-untyped-def]
     # "Plan for about two hours." states the duration without a digit: the figure rule
     # ("how long" → a time) looked for digits only and quoted speeds and lap times.

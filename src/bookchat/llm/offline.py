@@ -149,6 +149,13 @@ _CAVEAT_QUESTION_RE = re.compile(
     r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never|normal)\b",
     re.I,
 )
+# A reader reporting trouble with their own robot ("my robot keeps getting stuck on the
+# little bump in every doorway", "our controller gets sluggish with a heavy box"): its
+# limitations and trade-offs sections are where the book says what goes wrong.
+_SYMPTOM_Q_RE = re.compile(
+    r"^\s*(?:my|our)\b|\bkeeps?\s+(?:getting\s+)?\w+ing\b|\b(?:gets|getting)\s+\w+(?:ish|y)\b",
+    re.I,
+)
 # "Can a lidar see through glass?" asks what a thing can and cannot do: its limitations
 # answer as much as its features ("How can I …" and "can I …" ask how to, not whether).
 _CAPABILITY_Q_RE = re.compile(r"^\s*(?:can|could|will|does|do)\s+(?!i\b|we\b|you\b|there\b)", re.I)
@@ -459,6 +466,7 @@ class OfflineGenerator:
             _CAVEAT_QUESTION_RE.search(question) is not None
             or _CAPABILITY_Q_RE.match(question) is not None
             or why  # "why is my odometry worse on carpet?": its limitations say why
+            or _SYMPTOM_Q_RE.search(question) is not None
         )
         for cand in pool:
             where = (cand.block.title, cand.heading)
