@@ -18,7 +18,12 @@ from bookchat.ingest.pipeline import ingest_book
 from bookchat.llm.base import Turn
 from bookchat.llm.offline import CLOSEST_LABEL, OfflineGenerator
 from bookchat.search.embedded import EmbeddedVectorStore
-from bookchat.search.relevance import REFUSE_MISSING_SHARE, SCATTERED_BEST_HIT_SHARE, judge
+from bookchat.search.relevance import (
+    NAMED_THING_SPECIFICITY,
+    REFUSE_MISSING_SHARE,
+    SCATTERED_BEST_HIT_SHARE,
+    judge,
+)
 from bookchat.search.retriever import Retriever
 from bookchat.settings import SAMPLE_BOOK
 from bookchat.text import (
@@ -120,6 +125,19 @@ def test_a_compound_of_everyday_words_is_not_a_name() -> None:
         _judge("Should the balance controller run onboard or in the cloud?", book).verdict
         != "refuse"
     )
+
+
+def test_a_word_made_from_an_everyday_one_by_a_suffix_is_not_a_name() -> None:
+    # "zigzaggy" is missing from the frequency list and weighed like "PX4": a named thing
+    # the book lacks, so "a* path too zigzaggy?" was refused on a page about jagged paths.
+    assert specificity("zigzaggy") < NAMED_THING_SPECIFICITY
+    assert specificity("zigzag") < specificity("zigzaggy") <= specificity("zigzag") + 0.5
+    assert specificity("laggy") < NAMED_THING_SPECIFICITY
+    # Not a short word with a "y": "Sony" is not "son" made into an adjective.
+    assert specificity("sony") > 3.5
+    book = "A* paths on a grid are jagged, so they are usually smoothed afterwards."
+    assert _judge("a* path too zigzaggy?", book).verdict != "refuse"
+    assert _judge("a* path too zigzaggy and laggy?", book).verdict != "refuse"
 
 
 def test_a_word_the_book_hyphenates_is_in_the_book() -> None:

@@ -546,13 +546,48 @@ def in_english(word: str) -> bool:
     return word in _frequencies()[0]
 
 
+# Suffixes that make an adjective or adverb of a word without changing what it is about
+# ("zigzaggy", "laggy", "cartoonish", "jerkily"). The frequency list lacks many such
+# forms or holds them as rare, which would weigh a reader's casual word like a name.
+_DERIVING_SUFFIXES = ("ishly", "ish", "ily", "ly", "y", "ness", "like")
+# A derived word counts as a little rarer than the word it is made from.
+_DERIVED_ZIPF_DISCOUNT = 0.5
+_MIN_BASE_ZIPF = 2.0  # the base must itself be a real word, not a fragment
+
+
+def _derived_zipf(word: str) -> float:
+    """The frequency of the word `word` is derived from by a suffix, less a discount."""
+    best = -math.inf
+    for suffix in _DERIVING_SUFFIXES:
+        if not word.endswith(suffix) or len(word) - len(suffix) < 3:
+            continue
+        stem_ = word[: -len(suffix)]
+        doubled = stem_[-1] == stem_[-2] and stem_[-1] not in _VOWELS
+        if doubled:
+            bases = {stem_, stem_[:-1]}  # "zigzaggy" ← "zigzag", "laggy" ← "lag"
+        elif len(stem_) >= 4:
+            bases = {stem_, stem_ + "e"}  # "noisy" ← "noise"; not "sony" ← "son"
+        else:
+            continue
+        for base in bases:
+            z = _zipf(base)
+            if z >= _MIN_BASE_ZIPF:
+                best = max(best, z - _DERIVED_ZIPF_DISCOUNT)
+    return best
+
+
 @lru_cache(maxsize=16384)
 def specificity(word: str) -> float:
-    """How much a word says about a topic: 0 for everyday words, high for jargon and names."""
+    """How much a word says about a topic: 0 for everyday words, high for jargon and names.
+
+    A word made from an everyday one by a suffix ("zigzaggy", "laggy") weighs as that
+    word, a little more: it is a reader's description, not a name.
+    """
     word = word.lower().strip("'’")
     if word.isdigit():
         return NUMBER_SPECIFICITY
-    return max(0.0, min(MAX_SPECIFICITY, ZIPF_CEILING - _zipf(word)))
+    zipf = max(_zipf(word), _derived_zipf(word)) if word.isalpha() else _zipf(word)
+    return max(0.0, min(MAX_SPECIFICITY, ZIPF_CEILING - zipf))
 
 
 _VOWELS = frozenset("aeiou")

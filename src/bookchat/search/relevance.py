@@ -12,7 +12,9 @@ paraphrases are made of and weigh almost nothing.
   word's frequency in general English (log10 per billion words) from the word-frequency
   list that `pyspellchecker` ships (160k words from subtitles and books; read once per
   process, no download). Words missing from that list — product names, part numbers,
-  jargon — weigh the most (`MAX_SPECIFICITY`); numbers weigh `NUMBER_SPECIFICITY`.
+  jargon — weigh the most (`MAX_SPECIFICITY`); numbers weigh `NUMBER_SPECIFICITY`. A
+  word made from a listed one by a suffix ("zigzaggy", "laggy", "cartoonish") weighs
+  as that word, a little more (`text.specificity`): a reader's description, not a name.
   Words the book uses count by their stem (the same stems as the lexical signals).
 - **Missing share**: the specificity of question words found in none of the search's
   candidate chunks (the 20 best BM25/hybrid candidates: a rare word the book uses ranks
