@@ -145,6 +145,31 @@ def test_caveat_sections_answer_only_questions_about_caveats() -> None:
     assert "knows nothing" in limits
 
 
+def test_a_how_to_after_the_readers_symptom_gets_the_code_with_its_intro_line() -> None:
+    # "… all over the place. how do i clean them up?": a how-to question after a
+    # statement wants the code that does it, and the line announcing that code is shown,
+    # and scored, with it (the code alone was chosen, or nothing of the section).
+    context = [
+        ContextBlock(
+            n=1, title="Control Systems", section="Measurement Noise Filtering",
+            text="Real sensors are imperfect.\n\n"
+            "Smooth noisy sensor signals with low-pass filter:\n\n"
+            "```python\nclass LowPassFilter:\n    def step(self, measurement):\n"
+            "        return self.alpha * measurement\n\n"
+            "# Usage: denoise joint angle measurements\n"
+            "clean_angle = joint_filter.step(measurement)\n```\n",
+        ),
+        ContextBlock(
+            n=2, title="Humanoids", section="Inverse Kinematics",
+            text="Given a desired hand pose, find joint angles that achieve it.",
+        ),
+    ]  # fmt: skip
+    question = "my joint angle readings jump all over the place. how do i clean them up?"
+    answer = OfflineGenerator().compose(question, context)
+    assert "Smooth noisy sensor signals with low-pass filter" in answer
+    assert answer.index("low-pass filter") < answer.index("class LowPassFilter")
+
+
 def test_sentences_cut_before_a_formula_are_left_out() -> None:
     context = [
         ContextBlock(

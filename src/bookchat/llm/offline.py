@@ -11,6 +11,8 @@ scaled by the block's rank and by a length/kind factor. Code is left out unless 
 question asks about code, or a chosen sentence introduces it ("Reject measurements that
 don't match model predictions:"): such a line is shown with its code block or not at all,
 since technical books often answer a question with one such line and the code under it.
+When the question asks for code, code that such a line announces is scored with the line
+(the line's words and the code's) and shown with it, never alone.
 Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped. The answer leads with the best
 source's best sentence that shares a word with the question (the page title every chunk
 carries does not count); a definition question ("What is A*?") leads with the sentence of
@@ -127,9 +129,10 @@ _QUANTITY_ASKS: dict[str, tuple[str, str | None]] = {
 _QUANTITY_UNITS = {
     ask: re.compile(units, re.I) for ask, (_, units) in _QUANTITY_ASKS.items() if units
 }
-# "How do I …?", also after the reader's context: "for a two-joint leg, how do I …?"
+# "How do I …?", also after the reader's context: "for a two-joint leg, how do I …?",
+# "my joint readings are jittery. how do i clean them up?"
 _HOW_TO_RE = re.compile(
-    r"(?:^|[,;:]\s*)(?:how\s+(?:do|can|should|would)\s+(?:i|we|you)|how\s+to)\b", re.I
+    r"(?:^|[,;:.!?]\s*)(?:how\s+(?:do|can|should|would)\s+(?:i|we|you)|how\s+to)\b", re.I
 )
 _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
@@ -448,8 +451,14 @@ class OfflineGenerator:
             figure = _QUANTITY_UNITS.get(ask)
         pool: list[_Candidate] = []
         for rank, block in enumerate(context):
-            for unit in _readable_units(block.text):
-                if unit.segment.kind == "code" and not wants_code:
+            units = _readable_units(block.text)
+            # Code that an intro line announces is shown, and scored, with that line
+            # ("Smooth noisy sensor signals with low-pass filter:" and the filter).
+            announced = {u.code.position for u in units if u.code is not None}
+            for unit in units:
+                if unit.segment.kind == "code" and (
+                    not wants_code or unit.segment.position in announced
+                ):
                     continue
                 pool.append(_Candidate(block, rank, unit))
         if not q_terms:
@@ -478,6 +487,8 @@ class OfflineGenerator:
             terms = cand.terms
             if cand.bullets:
                 terms = terms.union(*(term_set(b.text) for b in cand.bullets))
+            if wants_code and cand.code is not None:
+                terms = terms | term_set(cand.code.text)
             matched = q_terms & terms
             gives_reason = why and _REASON_S_RE.search(cand.segment.text) is not None
             close = 0.0
