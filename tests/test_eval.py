@@ -384,3 +384,16 @@ async def test_conversations_with_lone_words_and_typos_keep_their_topic() -> Non
     assert summary.answered_at_5 is not None and summary.answered_at_5 >= 0.9
     assert summary.refusals == 0
     assert summary.far_abstention == 1.0
+
+
+async def test_reported_symptoms_and_casual_words_are_answered() -> None:
+    # Written blind by a helper who read only the book (session 15): 0.750 with 1 refusal
+    # (BM25). Then: a reader's report of trouble ("my robot keeps getting stuck …") is
+    # answered from the section saying what goes wrong, and a word made from an everyday
+    # one ("zigzaggy") is not taken for a name: 0.900, no refusal, answer found 0.55.
+    summary = await _sample_set("reader_questions_fresh10.json")
+    assert summary.answered_at_5 is not None and summary.answered_at_5 >= 0.85
+    assert summary.refusals == 0
+    assert summary.far_abstention == 1.0
+    assert summary.answer_checked == summary.in_book + summary.follow_up
+    assert summary.answer_found is not None and summary.answer_found >= 0.45
