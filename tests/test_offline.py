@@ -170,6 +170,30 @@ def test_a_how_to_after_the_readers_symptom_gets_the_code_with_its_intro_line() 
     assert answer.index("low-pass filter") < answer.index("class LowPassFilter")
 
 
+def test_a_drawback_question_gets_the_line_labelled_as_one() -> None:
+    # "**Limitation**: …" inside a model's own section (not a "Limitations" section) is
+    # what "what's the downside?" or "is there a catch?" asks for.
+    context = [
+        ContextBlock(
+            n=1, title="Vision-Language-Action Models", section="PaLM-E",
+            text="PaLM-E is an embodied multimodal language model from Google Research. "
+            "PaLM-E reads images, robot states and text in one sequence, and PaLM-E plans "
+            "long tasks from a single instruction.\n\n"
+            "**Language model**: PaLM with 540B parameters, used for embodied reasoning.\n\n"
+            "**Innovation**: Treat robot sensory data as tokens in a language model sequence. "
+            "PaLM-E answers visual questions and plans with the same weights.\n\n"
+            "**Limitation**: Computationally expensive (requires TPU clusters for inference).\n",
+        ),
+        ContextBlock(
+            n=2, title="Vision-Language-Action Models", section="RT-1",
+            text="RT-1 maps camera images and an instruction to discretized robot actions.",
+        ),
+    ]  # fmt: skip
+    for question in ("what's the downside of PaLM-E?", "is there any catch with PaLM-E?"):
+        answer = OfflineGenerator().compose(question, context)
+        assert "Computationally expensive" in answer, question
+
+
 def test_sentences_cut_before_a_formula_are_left_out() -> None:
     context = [
         ContextBlock(

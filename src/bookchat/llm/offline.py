@@ -11,6 +11,8 @@ scaled by the block's rank and by a length/kind factor. Code is left out unless 
 question asks about code, or a chosen sentence introduces it ("Reject measurements that
 don't match model predictions:"): such a line is shown with its code block or not at all,
 since technical books often answer a question with one such line and the code under it.
+A drawback question ("what's the downside?", "is there a catch?") is also answered by a
+line labelled as one ("Limitation: …", "Cons: …") outside any section so titled.
 When the question asks for code, code that such a line announces is scored with the line
 (the line's words and the code's) and shown with it, never alone.
 Near-duplicate sentences (term Jaccard ≥ 0.6) are skipped. The answer leads with the best
@@ -149,7 +151,16 @@ _CAVEAT_SECTION_RE = re.compile(
 _CAVEAT_QUESTION_RE = re.compile(
     r"\b(limit\w*|drawback\w*|disadvantage\w*|pitfall\w*|trade-?offs?|weak\w*|fail\w*|"
     r"problem\w*|downside\w*|wrong|issue\w*|caveat\w*|drift\w*|error\w*"
-    r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never|normal)\b",
+    r"|can['’]?t|cannot|doesn['’]?t|don['’]?t|won['’]t|isn['’]?t|never|normal"
+    r"|(?:the|a|any)\s+catch)\b",
+    re.I,
+)
+# A sentence or list item labelled as a drawback ("**Limitation**: Computationally
+# expensive …", "- **Cons**: Sensitive to lighting"): what "what's the downside?" asks for,
+# wherever the book puts it, not only under a section so titled.
+_CAVEAT_LABEL_RE = re.compile(
+    r"^\s*(?:main\s+|key\s+)?(?:limitations?|cons|drawbacks?|disadvantages?|downsides?|"
+    r"weakness(?:es)?|caveats?|pitfalls?|trade-?offs?)\s*:",
     re.I,
 )
 # A reader reporting trouble with their own robot ("my robot keeps getting stuck on the
@@ -471,8 +482,9 @@ class OfflineGenerator:
         }
         total = sum(weights.values())
         header_match: dict[tuple[str, str], float] = {}
+        asks_drawbacks = _CAVEAT_QUESTION_RE.search(question) is not None
         asks_caveats = (
-            _CAVEAT_QUESTION_RE.search(question) is not None
+            asks_drawbacks
             or _CAPABILITY_Q_RE.match(question) is not None
             or why  # "why is my odometry worse on carpet?": its limitations say why
             or _SYMPTOM_Q_RE.search(question) is not None
@@ -491,12 +503,15 @@ class OfflineGenerator:
                 terms = terms | term_set(cand.code.text)
             matched = q_terms & terms
             gives_reason = why and _REASON_S_RE.search(cand.segment.text) is not None
+            # "what's the downside of using it?" is answered by "Limitation: …".
+            names_caveat = asks_drawbacks and _CAVEAT_LABEL_RE.match(cand.segment.text) is not None
             close = 0.0
             if similarity is not None:
                 close = max(0.0, similarity.get(_unit_text(cand.unit), 0.0) - SEM_FLOOR)
             if (
                 not matched
                 and not gives_reason
+                and not names_caveat
                 and not close
                 and (header == 0 or cand.segment.kind == "code")
             ):
@@ -519,6 +534,8 @@ class OfflineGenerator:
                 score += 0.3  # "A* adds a heuristic …" is what "What is A*?" asks for
             if gives_reason:
                 score += 0.3  # "why …?" is answered by the sentence that gives the reason
+            if names_caveat:
+                score += 0.3
             if figure is not None and figure.search(cand.segment.text):
                 score += 0.2  # "how far can a lidar see?" is answered by "reach 12–30 m"
             if mechanism and matched and _MECHANISM_S_RE.search(cand.segment.text):
@@ -550,7 +567,7 @@ class OfflineGenerator:
             # A section titled after the question matches; the page's title alone, which
             # every chunk of the page carries, does not.
             cand.matched = (
-                bool(matched) or gives_reason or close > 0
+                bool(matched) or gives_reason or names_caveat or close > 0
                 or (
                     header > 0
                     and cand.heading != cand.block.title
