@@ -30,6 +30,9 @@ BOOK = [
         ("drfit", "drift"),  # two neighbours swapped
         ("subscibers", "subscribers"),  # a letter dropped, plural
         ("overshoting", "overshoot"),  # through its stem: "overshot" is one from "overshoot"
+        # One edit from an English word the book uses in another form ("reflectance"):
+        # the search stems "reflective" as it does the book's word.
+        ("refelctive", "reflective"),
     ],
 )
 def test_a_word_one_typo_from_the_books_is_read_as_it(typed: str, meant: str) -> None:
@@ -44,7 +47,7 @@ def test_a_word_one_typo_from_the_books_is_read_as_it(typed: str, meant: str) ->
         "follows",  # an inflection of the book's word
         "cobot",  # one letter replaced in a short word: another thing, not "robot"
         "robt",  # shorter than MIN_LENGTH
-        "sourdogh",  # nothing of the book is one edit away
+        "sourdogh",  # nothing of the book is one edit away ("sourdough" is not the book's)
     ],
 )
 def test_words_that_are_not_typos_of_the_books_are_left(typed: str) -> None:

@@ -17,7 +17,10 @@ A question word is read as a word of the book when all of these hold:
 - one edit turns it (or its light stem) into a word (stem) of the book: a letter
   dropped, added or two neighbours swapped; a *replaced* letter only from
   `SUBSTITUTION_MIN_LENGTH` letters on, as one letter changed in a short word is as often
-  another thing ("cobot" is not a misspelt "robot").
+  another thing ("cobot" is not a misspelt "robot");
+- failing that, one such edit (no replaced letter) turns it into an English word that the
+  search stems like a word of the book ("refelctive" → "reflective", where the book says
+  "reflect" and "reflectance").
 
 Among several such words the one in most chunks wins, then the more common in English,
 then the first in alphabetical order. Only one edit: readers' typos are mostly one, and
@@ -41,7 +44,15 @@ from collections.abc import Iterable
 import anyio.to_thread
 
 from bookchat.search.types import VectorStore
-from bookchat.text import STOPWORDS, edits1, in_english, light_stem, specificity
+from bookchat.text import (
+    MAX_SPECIFICITY,
+    STOPWORDS,
+    edits1,
+    in_english,
+    light_stem,
+    specificity,
+)
+from bookchat.text import stem as index_stem
 
 __all__ = [
     "MIN_LENGTH",
@@ -122,6 +133,9 @@ class Vocabulary:
             if stem not in best or (n, word) > best[stem]:
                 best[stem] = (n, word)
         self._stems = {stem: word for stem, (_n, word) in best.items()}
+        # The index's stems of the book's words: an English word of the same stem
+        # ("reflective" for the book's "reflect") is one the search finds.
+        self._index_stems = {index_stem(word) for word in counts}
         self._fixes: dict[str, str | None] = {}
 
     def __len__(self) -> int:
@@ -156,9 +170,19 @@ class Vocabulary:
                 for s in edits1(stem) & self._stems.keys()
                 if len(stem) >= SUBSTITUTION_MIN_LENGTH or not _substitution(stem, s)
             ]
-        if not found:
-            return None
-        return min(found, key=lambda w: (-self._counts[w], specificity(w), w))
+        if found:
+            return min(found, key=lambda w: (-self._counts[w], specificity(w), w))
+        # "refelctive": one edit from an English word ("reflective") that the book uses in
+        # another form ("reflect", "reflectance"); the index stems both alike.
+        english = [
+            w
+            for w in edits1(word)
+            if in_english(w)
+            and specificity(w) < MAX_SPECIFICITY
+            and not _substitution(word, w)
+            and index_stem(w) in self._index_stems
+        ]
+        return min(english, key=lambda w: (specificity(w), w)) if english else None
 
     def correct(self, text: str) -> str:
         """`text` with each misspelt word replaced by the book's word (same first-letter
