@@ -27,6 +27,7 @@ from bookchat.search.relevance import (
 from bookchat.search.retriever import Retriever
 from bookchat.settings import SAMPLE_BOOK
 from bookchat.text import (
+    american_spelling,
     content_words,
     everyday_compound,
     light_stem,
@@ -138,6 +139,17 @@ def test_a_word_made_from_an_everyday_one_by_a_suffix_is_not_a_name() -> None:
     book = "A* paths on a grid are jagged, so they are usually smoothed afterwards."
     assert _judge("a* path too zigzaggy?", book).verdict != "refuse"
     assert _judge("a* path too zigzaggy and laggy?", book).verdict != "refuse"
+
+
+def test_a_british_spelling_is_not_a_name() -> None:
+    # The word list is American: "millimetres" is missing from it and was taken for a
+    # named thing the book lacks, refusing a question on the encoder's counts.
+    assert american_spelling("millimetres") == "millimeters"
+    assert american_spelling("localisation") == "localization"
+    assert american_spelling("roomba") is None and american_spelling("meters") is None
+    book = "A wheel encoder counts ticks. The distance a wheel travels per count is 2πr / N."
+    question = "how do I turn the encoder's counts into millimetres travelled?"
+    assert _judge(question, book).verdict != "refuse"
 
 
 def test_a_word_the_book_hyphenates_is_in_the_book() -> None:

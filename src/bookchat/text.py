@@ -576,6 +576,32 @@ def _derived_zipf(word: str) -> float:
     return best
 
 
+# British spellings the (American) word list lacks, as (ending, replacement):
+# "millimetres" → "millimeters", "colour" → "color", "localisation" → "localization",
+# "analysed" → "analyzed", "modelling" → "modeling", "catalogue" → "catalog".
+_BRITISH_ENDINGS = re.compile(
+    r"(?P<tre>(?<=[a-z])tre(?=s?$))"
+    r"|(?P<our>(?<=[a-z]{2})our(?=(?:s|ed|ing|ite|ites|able)?$))"
+    r"|(?P<is>(?<=[a-z]{3})is(?=(?:e|es|ed|ing|ation|ations|er|ers)$))"
+    r"|(?P<ys>(?<=[a-z]{3})ys(?=(?:e|es|ed|ing)$))"
+    r"|(?P<ll>(?<=[aeiou][a-z])ll(?=(?:ed|ing|er|ers)$))"
+    r"|(?P<ogue>ogue(?=s?$))"
+)
+_AMERICAN = {"tre": "ter", "our": "or", "is": "iz", "ys": "yz", "ll": "l", "ogue": "og"}
+
+
+def american_spelling(word: str) -> str | None:
+    """The American spelling of a British one the English word list lacks
+    ("millimetres" → "millimeters"), if the list holds it."""
+    if word in _frequencies()[0]:
+        return None
+    m = _BRITISH_ENDINGS.search(word)
+    if m is None or m.lastgroup is None:
+        return None
+    american = word[: m.start()] + _AMERICAN[m.lastgroup] + word[m.end() :]
+    return american if american in _frequencies()[0] else None
+
+
 @lru_cache(maxsize=16384)
 def specificity(word: str) -> float:
     """How much a word says about a topic: 0 for everyday words, high for jargon and names.

@@ -30,7 +30,8 @@ paraphrases are made of and weigh almost nothing.
   uses is the question's subject, and the book lacks it. Readers misspell, so a rare word
   one edit from a word of the book counts as found, and one one edit from an everyday word
   ("shoud") is not taken for a name, nor is a closed compound of two everyday words
-  ("onboard": the frequency list lacks many of them). A word the book writes hyphenated
+  ("onboard": the frequency list lacks many of them), nor a British spelling of a listed
+  word ("millimetres": the list is American). A word the book writes hyphenated
   ("wifi" for "Wi-Fi", "estop" for "e-stop") is in the book.
 - **Proper names**: a word capitalised inside the question ("How do I install ROS 2 on
   Windows?") is a name however common it is in English; one the book never uses names a
@@ -93,6 +94,7 @@ from typing import Literal
 import msgspec
 
 from bookchat.text import (
+    american_spelling,
     content_words,
     edits1,
     everyday_compound,
@@ -158,9 +160,14 @@ def _credit(word: str, light: AbstractSet[str], stems: AbstractSet[str]) -> floa
 
 
 def _not_everyday(word: str) -> bool:
-    """Neither one edit from an everyday word ("shoud") nor a closed compound of two
-    ("onboard"): a rare word the frequency list lacks for what it is."""
-    return everyday_spelling(word) is None and everyday_compound(word) is None
+    """Neither one edit from an everyday word ("shoud"), a closed compound of two
+    ("onboard") nor a British spelling ("millimetres"): a rare word the frequency list
+    lacks for what it is."""
+    return (
+        everyday_spelling(word) is None
+        and everyday_compound(word) is None
+        and american_spelling(word) is None
+    )
 
 
 def _adrift(
