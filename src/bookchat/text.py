@@ -593,13 +593,11 @@ _AMERICAN = {"tre": "ter", "our": "or", "is": "iz", "ys": "yz", "ll": "l", "ogue
 def american_spelling(word: str) -> str | None:
     """The American spelling of a British one the English word list lacks
     ("millimetres" → "millimeters"), if the list holds it."""
-    if word in _frequencies()[0]:
-        return None
     m = _BRITISH_ENDINGS.search(word)
-    if m is None or m.lastgroup is None:
+    if m is None or m.lastgroup is None or in_english(word):
         return None
     american = word[: m.start()] + _AMERICAN[m.lastgroup] + word[m.end() :]
-    return american if american in _frequencies()[0] else None
+    return american if in_english(american) else None
 
 
 @lru_cache(maxsize=16384)

@@ -140,11 +140,11 @@ _MAX_CODE_LINES = 15
 _PIECE_RE = re.compile(r"\s*\S+")
 # Caveat sections answer "what are its limits?" and "why does it go wrong?", not "what is
 # it?" or "how does it work?".
-_CAVEAT_SECTION_RE = re.compile(
-    r"\b(limitations?|limits|drawbacks?|disadvantages?|pitfalls?|trade-?offs?|weakness(es)?|"
-    r"failure modes?|caveats?)\b",
-    re.I,
+_CAVEATS = (
+    r"limitations?|limits|drawbacks?|disadvantages?|pitfalls?|trade-?offs?|weakness(?:es)?|"
+    r"failure modes?|caveats?"
 )
+_CAVEAT_SECTION_RE = re.compile(rf"\b(?:{_CAVEATS})\b", re.I)
 # A negated question ("why can't my lidar see the glass door?") asks what a thing cannot
 # do, which its limitations section says. Readers often drop the apostrophe ("cant").
 # "…, is that normal?" asks whether a behaviour is a known failure: the same section.
@@ -158,11 +158,7 @@ _CAVEAT_QUESTION_RE = re.compile(
 # A sentence or list item labelled as a drawback ("**Limitation**: Computationally
 # expensive …", "- **Cons**: Sensitive to lighting"): what "what's the downside?" asks for,
 # wherever the book puts it, not only under a section so titled.
-_CAVEAT_LABEL_RE = re.compile(
-    r"^\s*(?:main\s+|key\s+)?(?:limitations?|cons|drawbacks?|disadvantages?|downsides?|"
-    r"weakness(?:es)?|caveats?|pitfalls?|trade-?offs?)\s*:",
-    re.I,
-)
+_CAVEAT_LABEL_RE = re.compile(rf"^\s*(?:main\s+|key\s+)?(?:{_CAVEATS}|cons|downsides?)\s*:", re.I)
 # A reader reporting trouble with their own robot ("my robot keeps getting stuck on the
 # little bump in every doorway", "our controller gets sluggish with a heavy box"): its
 # limitations and trade-offs sections are where the book says what goes wrong.
