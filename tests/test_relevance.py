@@ -152,6 +152,23 @@ def test_a_british_spelling_is_not_a_name() -> None:
     assert _judge(question, book).verdict != "refuse"
 
 
+def test_a_clipped_word_of_the_book_is_not_a_name() -> None:
+    # "bot" is missing from the book and rare in the frequency list, so it was taken for a
+    # named thing the book lacks and a question on the turning centre was refused.
+    book = (
+        "When a two-wheeled robot drives round a curve, it turns about the instantaneous "
+        "centre of curvature, a point on the wheel axis set by the two wheel speeds."
+    )
+    question = "when my two wheeled bot drives round a curve, what point is it turning around?"
+    assert specificity("bot") >= NAMED_THING_SPECIFICITY
+    evidence = _judge(question, book)
+    assert evidence.verdict != "refuse" and "bot" in evidence.missing_words
+    # Only the head or tail of a longer word of the book: a name stays a name.
+    assert _judge("which ouster lidar should my robot use?", book).verdict == "refuse"
+    named = "when my two wheeled PX4 drives round a curve, what point is it turning around?"
+    assert _judge(named, book).verdict == "refuse"
+
+
 def test_a_word_the_book_hyphenates_is_in_the_book() -> None:
     # The frequency list lacks "wifi" (no everyday weight), so a book without it refuses
     # the question as one about a missing name; a book that writes "Wi-Fi" answers it.

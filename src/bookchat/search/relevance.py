@@ -31,8 +31,9 @@ paraphrases are made of and weigh almost nothing.
   one edit from a word of the book counts as found, and one one edit from an everyday word
   ("shoud") is not taken for a name, nor is a closed compound of two everyday words
   ("onboard": the frequency list lacks many of them), nor a British spelling of a listed
-  word ("millimetres": the list is American). A word the book writes hyphenated
-  ("wifi" for "Wi-Fi", "estop" for "e-stop") is in the book.
+  word ("millimetres": the list is American), nor a clipped word of the book ("bot" of
+  "robot", "sim" of "simulator": the head or the tail of a longer word it uses). A word
+  the book writes hyphenated ("wifi" for "Wi-Fi", "estop" for "e-stop") is in the book.
 - **Proper names**: a word capitalised inside the question ("How do I install ROS 2 on
   Windows?") is a name however common it is in English; one the book never uses names a
   thing the book lacks, like a rare word. A question in Title Case or capitals has none.
@@ -170,6 +171,18 @@ def _not_everyday(word: str) -> bool:
     )
 
 
+def _clipping(word: str, book_words: Iterable[str]) -> bool:
+    """A word that is the head or the tail of a longer word of the book ("bot" of
+    "robot", "sim" of "simulator", "odom" of "odometry"): a reader's short form of the
+    book's word, not a name the book lacks."""
+    if not word.isalpha() or len(word) < 3:
+        return False
+    return any(
+        len(full) >= len(word) + 2 and (full.startswith(word) or full.endswith(word))
+        for full in book_words
+    )
+
+
 def _adrift(
     own: Sequence[str],
     weighted: dict[str, float],
@@ -270,7 +283,7 @@ def judge(
         for w in own
         if in_book[w] == 0.0
         and weighted[w] >= NAMED_THING_SPECIFICITY
-        and (w in names or _not_everyday(w))
+        and (w in names or (_not_everyday(w) and not _clipping(w, candidate_light)))
     ]
     for name in proper_names(question):
         # A proper noun ("Windows", "Raspberry") the book never uses names a thing the
