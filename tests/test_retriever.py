@@ -104,6 +104,25 @@ def test_a_lone_name_the_previous_question_did_not_use_is_a_new_subject() -> Non
     assert is_follow_up("and the imu?", history)
 
 
+def test_a_question_that_carries_on_without_a_topic_word_is_a_follow_up() -> None:
+    # Blind textbook set: "so the robot looks first and then acts, …?" after a question on
+    # the perception-action loop was searched alone and answered from the walking pages.
+    history = ["what's the perception-action loop in physical ai?"]
+    for question in (
+        "so the robot looks first and then acts, one step after the other?",
+        "and in a busy place full of people walking around?",
+        "ok so the loop never really stops then?",
+    ):
+        assert is_follow_up(question, history), question
+    # Opening with "so" or "and" while naming a topic of its own changes the subject.
+    for question in (
+        "so how does a lidar measure distance?",
+        "and how do encoders count wheel turns?",
+        "but how does the robot plan a path around obstacles?",
+    ):
+        assert not is_follow_up(question, history), question
+
+
 async def test_standalone_question_is_not_expanded() -> None:
     store = FakeBM25Store(SAMPLE_CHUNKS)
     result = await Retriever(store, None).search(

@@ -12,7 +12,11 @@ On top of the store's ranking this module adds what the store cannot know:
   `NAMED_THING_SPECIFICITY`; "drawbacks?" is about the previous question). A pronoun
   that follows an earlier clause of the question naming something ("how does a lidar
   measure distance, and how far can it see?") refers to that, not to the conversation:
-  such a question changes the subject and is searched alone. A follow-up's
+  such a question changes the subject and is searched alone. A question that opens by
+  carrying on ("so …", "and …", "ok but …") is a follow-up when it brings no topic word
+  the previous question did not use (specificity ≥ `QUERY_FULL_WEIGHT_SPECIFICITY`): "so
+  the robot looks first and then acts?" continues, "so how does a lidar work?" does not.
+  A follow-up's
   search query is the question plus the content words of the most recent user
   question(s), walking back over at most `follow_up_depth` questions until at least
   three expansion words are collected or a question that set the topic (one that was not
@@ -60,6 +64,7 @@ import msgspec
 
 from bookchat.llm.base import Embedder
 from bookchat.search.relevance import NAMED_THING_SPECIFICITY, Evidence, judge
+from bookchat.search.sparse import QUERY_FULL_WEIGHT_SPECIFICITY
 from bookchat.search.spelling import BookWords, Vocabulary
 from bookchat.search.types import (
     ChunkPayload,
@@ -198,6 +203,13 @@ _OWN_SUBJECT_RE = re.compile(
 )
 
 
+# "so the robot looks first and then acts?", "and in a busy place?": a question that
+# opens by carrying on from the previous one.
+_CARRIES_ON_RE = re.compile(
+    r"^\s*(?:(?:ok(?:ay)?|alright|right)[,.]?\s+)?(?:so|and|but|then)\b", re.I
+)
+
+
 def is_follow_up(question: str, history: Sequence[str]) -> bool:
     """True when `question` needs the conversation to be understood (see module docs)."""
     if not history:
@@ -205,12 +217,19 @@ def is_follow_up(question: str, history: Sequence[str]) -> bool:
     points_back = _pronoun_points_back(question)
     if points_back is not None:
         return points_back
+    earlier = {light_stem(w) for w in content_words(history[-1])}
+    if _CARRIES_ON_RE.match(question) is not None and not any(
+        specificity(w) >= QUERY_FULL_WEIGHT_SPECIFICITY and light_stem(w) not in earlier
+        for w in content_words(question)
+    ):
+        # It carries on and brings no topic word of its own ("… and then acts, one step
+        # after the other?"); "so how does a lidar measure distance?" changes the subject.
+        return True
     if len(content_terms(question)) >= 2 or _OWN_SUBJECT_RE.match(question) is not None:
         return False
     # "dijkstra?", "and serialization?" after another topic: a lone name (nearly absent
     # from everyday English) that the previous question did not use is a new subject;
     # "drawbacks?" and "how accurate?" are about the previous one.
-    earlier = {light_stem(w) for w in content_words(history[-1])}
     return not any(
         specificity(w) >= NAMED_THING_SPECIFICITY and light_stem(w) not in earlier
         for w in content_words(question)
