@@ -386,27 +386,30 @@ async def test_conversations_with_lone_words_and_typos_keep_their_topic() -> Non
     assert summary.far_abstention == 1.0
 
 
-async def test_reported_symptoms_and_casual_words_are_answered() -> None:
-    # Written blind by a helper who read only the book (session 15): 0.750 with 1 refusal
-    # (BM25). Then: a reader's report of trouble ("my robot keeps getting stuck …") is
-    # answered from the section saying what goes wrong, and a word made from an everyday
-    # one ("zigzaggy") is not taken for a name: 0.900, no refusal, answer found 0.55.
-    summary = await _sample_set("reader_questions_fresh10.json")
-    assert summary.answered_at_5 is not None and summary.answered_at_5 >= 0.85
+# Sets written blind by a helper who read only the book, with no refusal allowed: floors
+# for answered@5 and "answer found", and whether near out-of-book questions must be
+# refused too (far ones always are).
+# - fresh10 (session 15: reported symptoms, casual words): 0.750 with 1 refusal (BM25);
+#   then a reader's report of trouble ("my robot keeps getting stuck …") is answered from
+#   the section saying what goes wrong, and a word made from an everyday one ("zigzaggy")
+#   is not taken for a name: 0.900, no refusal, answer found 0.55.
+# - fresh13 (session 16: missing articles, quoted figures and symbols, how-many
+#   questions, procedures), never used to change anything: 0.958, no refusal, every
+#   out-of-book question refused, answer found 0.71.
+BLIND_FLOOR = {
+    "reader_questions_fresh10.json": (0.85, 0.45, False),
+    "reader_questions_fresh13.json": (0.9, 0.6, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLIND_FLOOR))
+async def test_blind_reader_sets_are_answered(name: str) -> None:
+    answered, found, near_refused = BLIND_FLOOR[name]
+    summary = await _sample_set(name)
+    assert summary.answered_at_5 is not None and summary.answered_at_5 >= answered
     assert summary.refusals == 0
     assert summary.far_abstention == 1.0
+    if near_refused:
+        assert summary.abstention_recall == 1.0
     assert summary.answer_checked == summary.in_book + summary.follow_up
-    assert summary.answer_found is not None and summary.answer_found >= 0.45
-
-
-async def test_non_native_phrasing_and_quoted_figures_are_answered() -> None:
-    # Written blind by a helper who read only the book (session 16: missing articles,
-    # quoted figures and symbols, how-many questions, procedures) and never used to change
-    # anything: 0.958 with no refusal, every out-of-book question refused (near ones too),
-    # answer found 0.71 (BM25).
-    summary = await _sample_set("reader_questions_fresh13.json")
-    assert summary.answered_at_5 is not None and summary.answered_at_5 >= 0.9
-    assert summary.refusals == 0
-    assert summary.abstention_recall == 1.0
-    assert summary.answer_checked == summary.in_book + summary.follow_up
-    assert summary.answer_found is not None and summary.answer_found >= 0.6
+    assert summary.answer_found is not None and summary.answer_found >= found
