@@ -97,10 +97,13 @@ async def test_unrelated_question_about_selection_says_so_without_any_call() -> 
 async def test_selection_coverage_counts_the_page_and_section_it_came_from() -> None:
     pipeline = _pipeline(store=RaisingStore(), embedder=RaisingEmbedder())
     passage = "Glass lets the beam pass and mirrors reflect it away, so walls may vanish."
-    question = "What can a mirror make the lidar see?"
-    # The passage never says "lidar"; the page it was selected on does.
+    question = "What are the lidar's limitations?"
+    # The passage never says "lidar" nor "limitations"; the page and section it was
+    # selected on do.
     assert not pipeline.selection_covers(question, passage)
     assert pipeline.selection_covers(question, passage, "Limitations  sensors lidar")
+    # A question that shares a word with the passage is about it, page or not.
+    assert pipeline.selection_covers("What can a mirror make the lidar see?", passage)
     done = _done(
         await _events(
             pipeline,

@@ -474,7 +474,30 @@ async def test_questions_about_the_selection_in_other_words_are_answered(questio
 
 @pytest.mark.parametrize(
     "question",
-    ["How does A* decide which node to expand next?", "What is the capital of France?"],
+    [
+        # Shares a word with the passage ("sensor"), though most of it is the reader's own
+        # (a blind set's question, declined when the passage had to hold 40 % of it).
+        "Why does the stopwatch inside the sensor have to be so ridiculously fast?",
+        # Shares nothing, but points at the passage as a follow-up points back.
+        "Are these numbers exact, or only rough?",
+    ],
+)
+async def test_a_question_that_shares_a_word_or_points_at_the_selection_is_answered(
+    question: str,
+) -> None:
+    done, _ = await _ask_selection(question)
+    assert done.grounded and done.citations and done.citations[0].url == ""
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "How does A* decide which node to expand next?",
+        "What is the capital of France?",
+        "How should I pick the integral gain for my wheel motor controller?",
+        # Points at the passage, but names a thing it never mentions.
+        "How does this compare with a Velodyne VLP-16?",
+    ],
 )
 async def test_questions_about_something_else_are_declined(question: str) -> None:
     done, _ = await _ask_selection(question)

@@ -17,8 +17,10 @@ Decisions made in `prepare()`:
   extractive answerer labels its excerpt as the book's closest passages.
 - `selected_text_only`: the store and embedder are never touched. The selection is the
   only source (`[1]`). When the question is clearly about something else (the relevance
-  test of `search/relevance.py` with the selection as the book), the answer says so and
-  suggests asking without a selection (`grounded=False`, no generator call). A selection under
+  test of `search/relevance.py` with the selection as the book refuses it, and it shares
+  no specific word with the selection nor points at it; see `selection_covers`), the
+  answer says so and suggests asking without a selection (`grounded=False`, no generator
+  call). A selection under
   `min_selection_words` words is answered, followed by a note that more text would help.
 """
 
@@ -50,7 +52,7 @@ from bookchat.llm.base import (
     Turn,
 )
 from bookchat.search.relevance import judge
-from bookchat.search.retriever import RetrievalResult, Retriever
+from bookchat.search.retriever import RetrievalResult, Retriever, is_follow_up
 from bookchat.search.types import ChunkPayload, SearchFilters
 from bookchat.text import light_term_set, term_set, word_count
 
@@ -219,13 +221,19 @@ class AnswerPipeline:
         self.min_selection_topic = min_selection_topic
 
     def selection_covers(self, question: str, selected_text: str, where: str = "") -> bool:
-        """Whether the question is about the selection (the same test as for the book).
+        """Whether the question is about the selection (the same test as for the book, and
+        the reader's pointing).
 
-        The selection plays the book: the question is declined only when its specific
-        words are missing from the selection (and from `where`, the selection's page and
-        section: a passage from the lidar page is about lidar even when it never says so).
-        A question with nothing topical in it ("what does this mean?", "why is it divided
-        by two?") is about the selection itself, so it is covered.
+        The selection plays the book (with `where`, the selection's page and section: a
+        passage from the lidar page is about lidar even when it never says so). A question
+        with nothing topical in it ("what does this mean?") is about the selection itself.
+        The reader pointed at this passage, so a question the book's test would refuse is
+        still about it when it shares a specific word with it ("why draw the walls
+        thicker …?" on inflated obstacles) or points back at it as a follow-up would
+        ("are these values final?", "what's the point of the second sentence?"). Declined:
+        a question that names a thing the selection lacks ("… compared with PX4?"), or
+        shares nothing with it and does not point at it ("how should I pick the integral
+        gain?" on a lidar passage).
         """
         text = f"{selected_text}\n{where}"
         stems, light = term_set(text), light_term_set(text)
@@ -233,7 +241,11 @@ class AnswerPipeline:
             question, [], candidate_terms=stems, candidate_light=light, hit_terms=stems,
             hit_light=light, each_hit=[(stems, light)],
         )  # fmt: skip
-        return evidence.weight < self.min_selection_topic or evidence.verdict != "refuse"
+        if evidence.weight < self.min_selection_topic or evidence.verdict != "refuse":
+            return True
+        if evidence.named:
+            return False
+        return evidence.found > 0 or is_follow_up(question, [selected_text])
 
     async def prepare(
         self,

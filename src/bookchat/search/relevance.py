@@ -140,6 +140,7 @@ class Evidence(msgspec.Struct, kw_only=True, frozen=True):
     best_hit_share: float  # the largest specificity share one hit holds (co-location)
     missing_words: list[str]  # the specific question words (or identifiers) found in no candidate
     dense_best: float | None  # best dense cosine in the book (None: BM25 only, or not needed)
+    named: tuple[str, ...] = ()  # the named things (names, identifiers) the book lacks
 
 
 STEM_ONLY_CREDIT = 0.5  # found only through stemming ("predictive" ~ "predict")
@@ -339,4 +340,5 @@ def judge(
             *sorted((w for w in missing if weighted[w] > 0), key=lambda w: -weighted[w]),
         ],
         dense_best=None if dense_best is None else round(dense_best, 4),
+        named=tuple(named),
     )
