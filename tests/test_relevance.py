@@ -465,16 +465,10 @@ async def test_why_about_the_selection_gets_the_sentence_with_the_reason() -> No
 
 @pytest.mark.parametrize(
     "question",
-    ["What does this mean in plain words?", "Explain this passage", "how fast is light?"],
-)
-async def test_questions_about_the_selection_in_other_words_are_answered(question: str) -> None:
-    done, _ = await _ask_selection(question)
-    assert done.grounded and done.citations and done.citations[0].url == ""
-
-
-@pytest.mark.parametrize(
-    "question",
     [
+        "What does this mean in plain words?",
+        "Explain this passage",
+        "how fast is light?",
         # Shares a word with the passage ("sensor"), though most of it is the reader's own
         # (a blind set's question, declined when the passage had to hold 40 % of it).
         "Why does the stopwatch inside the sensor have to be so ridiculously fast?",
@@ -482,9 +476,7 @@ async def test_questions_about_the_selection_in_other_words_are_answered(questio
         "Are these numbers exact, or only rough?",
     ],
 )
-async def test_a_question_that_shares_a_word_or_points_at_the_selection_is_answered(
-    question: str,
-) -> None:
+async def test_questions_about_the_selection_in_other_words_are_answered(question: str) -> None:
     done, _ = await _ask_selection(question)
     assert done.grounded and done.citations and done.citations[0].url == ""
 
