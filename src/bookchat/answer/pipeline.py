@@ -20,8 +20,8 @@ Decisions made in `prepare()`:
   test of `search/relevance.py` with the selection as the book refuses it, and it shares
   no specific word with the selection nor points at it; see `selection_covers`), the
   answer says so and suggests asking without a selection (`grounded=False`, no generator
-  call). A selection under
-  `min_selection_words` words is answered, followed by a note that more text would help.
+  call). A selection under `min_selection_words` words is answered, followed by a note
+  that more text would help.
 """
 
 from __future__ import annotations
